@@ -1,0 +1,1 @@
+"""corral launcher: cluster config, node providers, SSH, bootstrap and the CLI."""

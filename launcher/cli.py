@@ -1,0 +1,99 @@
+"""The `corral` command. Subcommands are loaded only when called, so `corral --help`
+and each command start fast, and each part (launcher, runtime, autoscaler) owns its own
+command module. Only this module turns errors into exit codes: 0 ok, 1 operation failed,
+2 bad usage or config."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from launcher.errors import ClusterError
+from runtime.errors import RuntimeSystemError
+
+# name -> ("module:attribute", one-line help shown in `corral --help`)
+COMMANDS = {
+    "up": ("launcher.commands.up:up", "Create or update a cluster from its YAML file."),
+    "down": ("launcher.commands.down:down", "Stop and remove every node of a cluster."),
+    "exec": ("launcher.commands.remote:exec_command", "Run a shell command on cluster nodes."),
+    "attach": ("launcher.commands.remote:attach", "Open an interactive shell on the head."),
+    "rsync-up": ("launcher.commands.remote:rsync_up", "Copy local files to cluster nodes."),
+    "rsync-down": ("launcher.commands.remote:rsync_down", "Copy files from the head to here."),
+    "get-head-ip": ("launcher.commands.info:get_head_ip", "Print the head node's IP."),
+    "get-worker-ips": ("launcher.commands.info:get_worker_ips", "Print worker IPs."),
+    "status": ("launcher.commands.status:status", "Show nodes, their stages and the autoscaler."),
+    "validate": ("launcher.commands.validate:validate", "Check a cluster YAML file."),
+    "start": ("runtime.cli:start", "Start the runtime on this node (used by start commands)."),
+    "stop": ("runtime.cli:stop", "Stop this node's runtime processes."),
+    "plan": ("autoscaler.commands:plan", "Show the nodes a given demand needs."),
+    "simulate": ("autoscaler.commands:simulate", "Replay a demand trace through the planner."),
+    "monitor": ("autoscaler.commands:monitor", "Follow the autoscaler's event log."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name][0].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and module_name.startswith(error.name):
+                return _unavailable(name)
+            raise
+        return getattr(module, attribute)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, short) for name, (_, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str) -> click.Command:
+    @click.command(name=name, help=COMMANDS[name][1], context_settings={
+        "ignore_unknown_options": True, "allow_extra_args": True})
+    def missing():
+        raise click.UsageError(f"'corral {name}' is not available in this build.")
+    return missing
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="corral")
+def cli():
+    """corral launches clusters from one YAML file, runs Python tasks on them with a
+    Ray-shaped API, and grows or shrinks them with the queued work.
+
+    \b
+    Try:
+      corral up configs/demo.yaml       # a cluster of local processes, no cloud needed
+      corral exec configs/demo.yaml 'corral status'
+      corral down configs/demo.yaml
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="corral", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
+    except (ClusterError, RuntimeSystemError) as error:
+        click.secho(f"Error: {error}", err=True, fg="red")
+        sys.exit(getattr(error, "exit_code", 1))
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

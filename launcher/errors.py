@@ -1,0 +1,130 @@
+"""The launcher's error tree. Every leaf carries the data a caller (or a retry) needs.
+
+Only the CLI turns these into exit codes and messages.
+"""
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Root of every error raised by the launcher, the providers and the autoscaler."""
+
+    exit_code = 1
+
+
+class ConfigError(ClusterError):
+    """A problem in the cluster YAML, located by its path inside the document and line."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, line: int | None, message: str, source: str | None = None):
+        self.path = path
+        self.line = line
+        self.message = message
+        self.source = source
+        where = source or "cluster config"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {path or '<top level>'}: {message}")
+
+
+class ConfigErrors(ClusterError):
+    """Several config problems found in one pass; one message per problem."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+class UsageError(ClusterError):
+    """The command was asked for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class ProviderError(ClusterError):
+    """A node provider failed. `retryable` says whether trying again (later) may help;
+    `try_elsewhere` says whether another zone or node type is worth trying."""
+
+    retryable = False
+    try_elsewhere = False
+
+    def __init__(self, message: str, *, node_type: str | None = None, zone: str | None = None,
+                 cause: str | None = None):
+        self.node_type = node_type
+        self.zone = zone
+        self.cause = cause
+        super().__init__(message)
+
+
+class CapacityError(ProviderError):
+    """The cloud has no capacity for this node type here now (retry later or elsewhere)."""
+
+    retryable = True
+    try_elsewhere = True
+
+
+class QuotaError(ProviderError):
+    """An account quota stops the launch; other node types may still fit."""
+
+    retryable = False
+    try_elsewhere = True
+
+
+class ProviderAuthError(ProviderError):
+    """Credentials are missing or refused."""
+
+
+class RateLimitError(ProviderError):
+    """The provider's API throttled us beyond its own retries."""
+
+    retryable = True
+
+
+class NodeNotFoundError(ProviderError):
+    """The node id is unknown to the provider (already gone?)."""
+
+
+class CommandError(ClusterError):
+    """A remote or local command failed. Carries the CommandResult."""
+
+    def __init__(self, result, message: str | None = None):
+        self.result = result
+        tail = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
+        text = message or (f"command on {result.host} exited {result.exit_code}: {result.command}")
+        if tail:
+            text += "\n  " + "\n  ".join(tail)
+        super().__init__(text)
+
+
+class SSHUnreachableError(ClusterError):
+    """SSH to a host did not come up within the timeout."""
+
+    def __init__(self, host: str, timeout_s: float, last_error: str):
+        self.host = host
+        self.timeout_s = timeout_s
+        self.last_error = last_error
+        super().__init__(f"could not reach {host} over SSH within {timeout_s:g} s: {last_error}")
+
+
+class HostKeyMismatchError(ClusterError):
+    """A host presented a key different from the one pinned on first contact."""
+
+    def __init__(self, host: str, known_hosts_path: str, expected: str, got: str):
+        self.host = host
+        self.known_hosts_path = known_hosts_path
+        super().__init__(
+            f"host key of {host} changed (pinned {expected}, now {got}); refusing to connect. "
+            f"If the host was legitimately re-created, remove its line from {known_hosts_path}.")
+
+
+class BootstrapError(ClusterError):
+    """A node failed a bootstrap stage."""
+
+    def __init__(self, node_id: str, stage: str, message: str, log_path: str | None = None):
+        self.node_id = node_id
+        self.stage = stage
+        self.log_path = log_path
+        super().__init__(f"node {node_id} failed in {stage}: {message}"
+                         + (f" (log: {log_path})" if log_path else ""))

@@ -1,0 +1,99 @@
+"""The NodeProvider interface: what every provider (process, local, aws, gcp) implements.
+
+A node is a machine (a VM, an on-prem host, or a group of local processes). Providers
+speak in plain records (`Node`) and our own errors (launcher.errors); cloud SDK exceptions
+never leave a provider.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from launcher.command_runner import CommandRunner
+    from launcher.config import ClusterConfig
+
+NodeId = str
+
+# Node.state: the provider's view of the machine, not the bootstrap stage (that is a tag).
+STATE_PENDING = "pending"
+STATE_RUNNING = "running"
+STATE_STOPPING = "stopping"
+STATE_STOPPED = "stopped"
+STATE_TERMINATED = "terminated"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    id: NodeId
+    kind: str  # launcher.tags.KIND_HEAD or KIND_WORKER
+    node_type: str
+    state: str  # one of STATE_*
+    internal_ip: str | None
+    external_ip: str | None
+    tags: Mapping[str, str]
+
+    def __post_init__(self):
+        object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
+
+    @property
+    def status(self) -> str | None:
+        """The bootstrap stage recorded in the node's tags."""
+        from launcher.tags import TAG_NODE_STATUS
+        return self.tags.get(TAG_NODE_STATUS)
+
+
+class NodeProvider(abc.ABC):
+    """Lifecycle of the nodes of one cluster.
+
+    Constructed with the frozen cluster config; `cluster_name` scopes every call: a
+    provider only ever lists, tags or terminates nodes tagged with its cluster's name.
+    """
+
+    def __init__(self, config: "ClusterConfig"):
+        self.config = config
+        self.cluster_name = config.cluster_name
+
+    @staticmethod
+    def bootstrap(config: "ClusterConfig") -> "ClusterConfig":
+        """Fill in cloud resources (key pair, security group, firewall) once, idempotently."""
+        return config
+
+    @abc.abstractmethod
+    def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
+        """Every node of this cluster not terminated, whose tags match all of tag_filters."""
+
+    @abc.abstractmethod
+    def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
+                     count: int) -> list[NodeId]:
+        """Create `count` nodes of `node_type` carrying `tags` (plus the cluster tag).
+        May return before the nodes run."""
+
+    @abc.abstractmethod
+    def terminate_nodes(self, ids: list[NodeId]) -> None:
+        """Terminate the nodes; unknown ids are ignored (terminating is idempotent)."""
+
+    @abc.abstractmethod
+    def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        """Merge `tags` into the node's tags."""
+
+    @abc.abstractmethod
+    def command_runner(self, node: Node) -> "CommandRunner":
+        """A CommandRunner that runs commands on `node`."""
+
+    def node(self, node_id: NodeId) -> Node | None:
+        """The node with this id, if it is not terminated."""
+        for node in self.non_terminated_nodes():
+            if node.id == node_id:
+                return node
+        return None
+
+    def close(self) -> None:
+        """Release connections; the provider is not used afterwards."""
+
+
+def matches(tags: Mapping[str, str], tag_filters: Mapping[str, str] | None) -> bool:
+    """True when every filter key is present in tags with the same value."""
+    return all(tags.get(key) == value for key, value in (tag_filters or {}).items())
