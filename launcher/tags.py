@@ -9,6 +9,8 @@ TAG_RUNTIME_HASH = "corral-runtime-hash"
 TAG_NODE_NAME = "corral-node-name"
 # Last failure of a node (update-failed): "stage: command exited N" — short, human readable.
 TAG_FAILURE = "corral-failure"
+# The runtime head port chosen by a provider (process: a free port per cluster).
+TAG_HEAD_PORT = "corral-head-port"
 
 KIND_HEAD = "head"
 KIND_WORKER = "worker"
