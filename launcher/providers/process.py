@@ -1,0 +1,198 @@
+"""The `process` provider: each node is a group of processes on this machine.
+
+A node is a directory `~/.corral/clusters/<name>/nodes/<node_id>/` holding `node.json`
+(kind, type, tags, state, creation time). Files are replaced atomically (temp + rename)
+under a per-cluster file lock, so every corral process on this machine (the laptop's
+`corral up`, the head's autoscaler) reads the same truth. Listing reads files only.
+
+Commands run through a LocalRunner with cwd = the node directory and
+CORRAL_NODE_DIR = the node directory; terminating a node stops every process whose
+environment carries that CORRAL_NODE_DIR (daemons included) or whose PID the runtime
+recorded under `session/`, then removes the directory.
+
+The head node gets a free TCP port on 127.0.0.1 for the cluster's runtime, recorded in
+its tags as `corral-head-port` (see `head_port()`), so clusters on one machine never
+collide on the runtime's default port.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Mapping
+
+from filelock import FileLock
+
+from launcher import paths
+from launcher import tags as T
+from launcher.command_runner import LocalRunner
+from launcher.errors import NodeNotFoundError, UsageError
+from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
+from launcher.providers.node_processes import stop_node_processes
+
+log = logging.getLogger(__name__)
+
+NODE_FILE = "node.json"
+LOCAL_IP = "127.0.0.1"
+LOCK_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def free_tcp_port(host: str = LOCAL_IP) -> int:
+    """A TCP port that nothing listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable node file %s: %s", path, error)
+        return None
+
+
+class ProcessProvider(NodeProvider):
+    """Nodes are process groups on this machine, one directory each."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.nodes_dir = paths.cluster_dir(self.cluster_name) / "nodes"
+        self.nodes_dir.mkdir(mode=0o700, exist_ok=True)
+        self._lock = FileLock(str(self.nodes_dir / ".lock"), timeout=LOCK_TIMEOUT_S)
+
+    # -- paths ---------------------------------------------------------------------------
+    def node_dir(self, node_id: NodeId) -> Path:
+        """The node's directory (its CORRAL_NODE_DIR). Raises UsageError for an id that
+        could escape the nodes directory."""
+        if not _NODE_ID.match(node_id or ""):
+            raise UsageError(f"not a valid process node id: {node_id!r}")
+        return Path(os.path.abspath(self.nodes_dir / node_id))
+
+    def _record(self, node_id: NodeId) -> dict | None:
+        if not _NODE_ID.match(node_id or ""):
+            return None
+        return _read_json(self.node_dir(node_id) / NODE_FILE)
+
+    @staticmethod
+    def _node(record: dict) -> Node:
+        return Node(id=record["id"], kind=record["kind"], node_type=record["node_type"],
+                    state=record["state"], internal_ip=LOCAL_IP, external_ip=LOCAL_IP,
+                    tags=record["tags"])
+
+    # -- NodeProvider ----------------------------------------------------------------------
+    def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
+        nodes = []
+        for entry in sorted(os.scandir(self.nodes_dir), key=lambda e: e.name):
+            if not entry.is_dir() or not _NODE_ID.match(entry.name):
+                continue
+            record = _read_json(Path(entry.path) / NODE_FILE)
+            if not record or record.get("state") == "terminated":
+                continue
+            if record.get("tags", {}).get(T.TAG_CLUSTER_NAME) != self.cluster_name:
+                continue
+            if matches(record["tags"], tag_filters):
+                nodes.append(self._node(record))
+        nodes.sort(key=lambda node: (node.kind != T.KIND_HEAD, node.id))
+        return nodes
+
+    def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
+                     count: int) -> list[NodeId]:
+        kind = tags.get(T.TAG_NODE_KIND, T.KIND_WORKER)
+        if kind not in (T.KIND_HEAD, T.KIND_WORKER):
+            raise UsageError(f"unknown node kind {kind!r} in tags")
+        created = []
+        with self._lock:
+            for _ in range(count):
+                node_id = f"{self.cluster_name}-{kind}-{secrets.token_hex(3)}"
+                node_dir = self.node_dir(node_id)
+                node_dir.mkdir(mode=0o700)
+                node_tags = {**tags, T.TAG_CLUSTER_NAME: self.cluster_name,
+                             T.TAG_NODE_KIND: kind, T.TAG_NODE_TYPE: node_type}
+                node_tags.setdefault(T.TAG_NODE_NAME, node_id)
+                if kind == T.KIND_HEAD:
+                    node_tags[T.TAG_HEAD_PORT] = str(free_tcp_port())
+                _write_json_atomic(node_dir / NODE_FILE, {
+                    "id": node_id, "kind": kind, "node_type": node_type,
+                    "state": STATE_RUNNING, "created_s": time.time(),
+                    "node_config": _plain(node_config), "tags": node_tags})
+                created.append(node_id)
+        return created
+
+    def terminate_nodes(self, ids: list[NodeId]) -> None:
+        for node_id in ids:
+            record = self._record(node_id)
+            if record is None or record.get("tags", {}).get(T.TAG_CLUSTER_NAME) \
+                    != self.cluster_name:
+                continue  # unknown here: terminating is idempotent
+            node_dir = self.node_dir(node_id)
+            with self._lock:
+                record = self._record(node_id)
+                if record is None:
+                    continue
+                record["state"] = "stopping"
+                _write_json_atomic(node_dir / NODE_FILE, record)
+            outcome = stop_node_processes(str(node_dir), STOP_GRACE_S)
+            if outcome["left"]:
+                log.warning("node %s: processes %s survived SIGKILL", node_id, outcome["left"])
+            with self._lock:
+                record["state"] = "terminated"
+                _write_json_atomic(node_dir / NODE_FILE, record)
+                shutil.rmtree(node_dir, ignore_errors=True)
+                if node_dir.exists():  # a file appeared while removing: try once more
+                    shutil.rmtree(node_dir, ignore_errors=True)
+
+    def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        with self._lock:
+            record = self._record(node_id)
+            if record is None or record.get("state") == "terminated":
+                raise NodeNotFoundError(f"no process node {node_id!r} in cluster "
+                                        f"{self.cluster_name!r}")
+            record["tags"].update({key: str(value) for key, value in tags.items()})
+            _write_json_atomic(self.node_dir(node_id) / NODE_FILE, record)
+
+    def command_runner(self, node: Node) -> LocalRunner:
+        node_dir = str(self.node_dir(node.id))
+        env = {"CORRAL_NODE_DIR": node_dir, "CORRAL_CLUSTER_NAME": self.cluster_name,
+               "CORRAL_NODE_ID": node.id, "CORRAL_NODE_KIND": node.kind,
+               "CORRAL_NODE_TYPE": node.node_type, "CORRAL_HEAD_IP": LOCAL_IP}
+        port = self.head_port()
+        if port is not None:
+            env["CORRAL_HEAD_PORT"] = str(port)
+        return LocalRunner(workdir=node_dir, env=env, host=node.id)
+
+    # -- process-provider specifics --------------------------------------------------------
+    def head_port(self) -> int | None:
+        """The runtime port chosen for this cluster's head (None before a head exists)."""
+        for node in self.non_terminated_nodes({T.TAG_NODE_KIND: T.KIND_HEAD}):
+            port = node.tags.get(T.TAG_HEAD_PORT)
+            if port:
+                return int(port)
+        return None
+
+
+def _plain(value):
+    """JSON-ready copy of a (possibly frozen) node_config."""
+    from launcher.frozen import thaw
+    return thaw(value)
