@@ -1,0 +1,338 @@
+"""Bring one node to up-to-date through its CommandRunner: a small state machine.
+
+    waiting-for-ssh -> syncing-files -> setting-up -> starting -> up-to-date
+                                  (any stage) -> update-failed
+
+Every stage is written to the node's tags (TAG_NODE_STATUS) as it begins, so the laptop,
+the head's autoscaler and `corral status` all see the same truth. A failure records the
+stage, the failing command and its exit code in TAG_FAILURE, and the command's last lines
+of output in the error and in the node's log (launcher.paths.node_log_path).
+
+The commands of one stage run in one remote shell (launcher.command_batch), so a stage
+costs one round trip however many commands it has.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Callable, Mapping
+
+import yaml
+
+from launcher import paths
+from launcher.command_batch import run_batch
+from launcher.errors import BootstrapError, ClusterError
+from launcher.hashing import (TAG_CONFIG_HASH, config_hash, file_mounts_digest,
+                              launch_hash, runtime_hash, tree_digest)
+from launcher.providers.base import Node, NodeProvider
+from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_STARTING,
+                           STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
+                           STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_HEAD_PORT, TAG_LAUNCH_HASH,
+                           TAG_NODE_STATUS, TAG_RUNTIME_HASH)
+
+DEFAULT_NODE_DIR = "/tmp/corral"
+DEFAULT_HEAD_PORT = 6390
+FAILURE_TAG_MAX_CHARS = 200
+
+# Called as on_stage(node_id, stage, detail) whenever a node enters a stage.
+StageCallback = Callable[[str, str, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapSteps:
+    """Which stages a bootstrap runs. `config_only`: only re-upload the head's config."""
+    sync_files: bool = True
+    run_setup: bool = True
+    run_start: bool = True
+    config_only: bool = False
+
+    def describe(self) -> str:
+        if self.config_only:
+            return "upload config"
+        parts = [name for name, on in (("sync", self.sync_files), ("setup", self.run_setup),
+                                       ("start", self.run_start)) if on]
+        return " + ".join(parts) if parts else "nothing"
+
+
+FULL = BootstrapSteps()
+RESTART_ONLY = BootstrapSteps(run_setup=False)
+NO_RESTART = BootstrapSteps(run_start=False)
+CONFIG_ONLY = BootstrapSteps(sync_files=False, run_setup=False, run_start=False,
+                             config_only=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeHashes:
+    launch: str
+    runtime: str
+    config: str | None  # head only
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapOutcome:
+    node_id: str
+    node_kind: str
+    node_type: str
+    ip: str | None
+    status: str  # STATUS_UP_TO_DATE or STATUS_UPDATE_FAILED
+    duration_s: float
+    steps: str
+    error: BootstrapError | None = None
+    log_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def head_port_of(provider: NodeProvider, head: Node | None) -> int:
+    """The head's runtime port: the provider's choice (tag or attribute), else 6390."""
+    if head is not None and head.tags.get(TAG_HEAD_PORT):
+        return int(head.tags[TAG_HEAD_PORT])
+    port = getattr(provider, "head_port", None)
+    port = port() if callable(port) else port
+    return int(port) if port else DEFAULT_HEAD_PORT
+
+
+def node_ip(node: Node) -> str | None:
+    return node.internal_ip or node.external_ip
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterContext:
+    """What the bootstraps of one cluster share, computed once (checksums included)."""
+    config: object  # ClusterConfig
+    head_ip: str
+    head_port: int
+    keys_dir: str | None
+    mounts_digest: Mapping[str, str]
+    keys_digest: str | None
+
+    @classmethod
+    def build(cls, config, head_ip: str, head_port: int,
+              keys_dir: str | None = None) -> "ClusterContext":
+        has_keys = bool(keys_dir and os.path.isdir(keys_dir) and os.listdir(keys_dir))
+        return cls(config=config, head_ip=head_ip, head_port=int(head_port),
+                   keys_dir=keys_dir if has_keys else None,
+                   mounts_digest=file_mounts_digest(config),
+                   keys_digest=tree_digest(keys_dir) if has_keys else None)
+
+    def hashes(self, node_kind: str, node_type: str) -> NodeHashes:
+        config = self.config
+        return NodeHashes(
+            launch=launch_hash(config, node_type),
+            runtime=runtime_hash(config, node_kind, node_type, head_ip=self.head_ip,
+                                 head_port=self.head_port, mounts_digest=self.mounts_digest,
+                                 keys_digest=self.keys_digest),
+            config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None)
+
+    def node_env(self, node: Node, node_dir: str) -> dict[str, str]:
+        """The environment every command on `node` gets (the common contract)."""
+        node_type = self.config.available_node_types.get(node.node_type)
+        resources = dict(node_type.resources) if node_type else {}
+        return {
+            "CORRAL_CLUSTER_NAME": self.config.cluster_name,
+            "CORRAL_NODE_ID": node.id,
+            "CORRAL_NODE_TYPE": node.node_type,
+            "CORRAL_NODE_KIND": node.kind,
+            "CORRAL_HEAD_IP": self.head_ip,
+            "CORRAL_HEAD_PORT": str(self.head_port),
+            "CORRAL_NODE_RESOURCES": json.dumps(resources, sort_keys=True),
+            "CORRAL_NODE_DIR": node_dir,
+        }
+
+    def head_document(self, node_dir: str) -> dict:
+        """The normalised config as the head reads it. On SSH providers the head needs
+        the SSH key to reach new workers: it travels with the config, 0600."""
+        document = self.config.to_dict()
+        if self.config.provider_type != "process" and document["auth"].get("ssh_private_key"):
+            document["auth"]["ssh_private_key"] = f"{node_dir}/ssh_key"
+        return document
+
+
+def known_node_dir(runner) -> str | None:
+    """The node dir a runner already knows (the process provider sets it in its env)."""
+    base_env = getattr(runner, "base_env", None) or {}
+    return base_env.get("CORRAL_NODE_DIR")
+
+
+def resolve_node_dir_command() -> str:
+    """One round trip: find the node dir, create it (0700) and print it."""
+    return (f'd="${{CORRAL_NODE_DIR:-{DEFAULT_NODE_DIR}}}"; '
+            'mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" && echo "$d"')
+
+
+class _StageFailed(Exception):
+    def __init__(self, message: str, tag_text: str):
+        super().__init__(message)
+        self.message = message
+        self.tag_text = tag_text
+
+
+class NodeBootstrap:
+    """One run of the state machine for one node."""
+
+    def __init__(self, provider: NodeProvider, node: Node, context: ClusterContext,
+                 steps: BootstrapSteps = FULL, *, on_stage: StageCallback | None = None,
+                 command_timeout_s: float | None = None):
+        self.provider = provider
+        self.node = node
+        self.context = context
+        self.config = context.config
+        self.steps = steps
+        self.on_stage = on_stage
+        self.command_timeout_s = command_timeout_s
+        self.is_head = node.kind == KIND_HEAD
+        self.hashes = context.hashes(node.kind, node.node_type)
+        self.log_path = str(paths.node_log_path(self.config.cluster_name, node.id))
+        self.stage = STATUS_WAITING_FOR_SSH
+        self.runner = None
+        self.node_dir = ""
+        self.env: dict[str, str] = {}
+
+    def run(self) -> BootstrapOutcome:
+        started = time.monotonic()
+        error = None
+        try:
+            self._run_stages()
+            status = STATUS_UP_TO_DATE
+        except _StageFailed as failed:
+            status = STATUS_UPDATE_FAILED
+            error = BootstrapError(self.node.id, self.stage, failed.message, self.log_path)
+            self._record_failure(failed.tag_text)
+        finally:
+            if self.runner is not None:
+                self.runner.close()
+        self._notify(status, str(error) if error else "")
+        return BootstrapOutcome(self.node.id, self.node.kind, self.node.node_type,
+                                node_ip(self.node), status, time.monotonic() - started,
+                                self.steps.describe(), error, self.log_path)
+
+    # -- stages -------------------------------------------------------------------------
+    def _run_stages(self) -> None:
+        self._enter(STATUS_WAITING_FOR_SSH)
+        try:
+            self.runner = self.provider.command_runner(self.node)
+            self.runner.wait_ready(self.config.auth.ssh_timeout_s)
+            node_dir = self._prepare_node_dir()
+        except (ClusterError, OSError) as error:
+            raise _StageFailed(str(error), f"{self.stage}: {error}") from error
+        self.env = self.context.node_env(self.node, node_dir)
+        self.node_dir = node_dir
+        if self.steps.sync_files or self.steps.config_only:
+            self._enter(STATUS_SYNCING_FILES)
+            self._guard(self._sync_files)
+        if self.steps.run_setup:
+            self._enter(STATUS_SETTING_UP)
+            self._run_commands(self._setup_commands())
+        if self.steps.run_start:
+            self._enter(STATUS_STARTING)
+            self._run_commands(self._start_commands())
+        self.stage = STATUS_UP_TO_DATE
+        tags = {TAG_NODE_STATUS: STATUS_UP_TO_DATE, TAG_FAILURE: "",
+                TAG_LAUNCH_HASH: self.hashes.launch, TAG_RUNTIME_HASH: self.hashes.runtime}
+        if self.hashes.config:
+            tags[TAG_CONFIG_HASH] = self.hashes.config
+        self._guard(lambda: self.provider.set_node_tags(self.node.id, tags))
+
+    def _prepare_node_dir(self) -> str:
+        known = known_node_dir(self.runner)
+        if known:
+            os.makedirs(os.path.join(known, "keys"), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(known, "session"), mode=0o700, exist_ok=True)
+            return known
+        result = self.runner.run(resolve_node_dir_command(), timeout_s=60,
+                                 log_path=self.log_path)
+        lines = (result.stdout or "").strip().splitlines()
+        if not result.ok or not lines:
+            raise ClusterError(f"could not create the node directory on {self.runner.host}: "
+                               f"{result.tail(5) or f'exit {result.exit_code}'}")
+        return lines[-1].strip()
+
+    def _sync_files(self) -> None:
+        exclude = list(self.config.rsync_exclude)
+        put = self.runner.put
+        private = []  # files that must end up 0600 on the node
+        if not self.steps.config_only:
+            for remote, local in self.config.file_mounts.items():
+                put(os.path.expanduser(local), remote, exclude=exclude)
+            if self.context.keys_dir:
+                put(self.context.keys_dir, f"{self.node_dir}/keys")
+                private.append("keys/*")
+        if self.is_head:
+            document = self.context.head_document(self.node_dir)
+            with tempfile.TemporaryDirectory(prefix="corral-head-") as staging:
+                config_path = os.path.join(staging, "cluster.yaml")
+                paths.write_private(config_path, yaml.safe_dump(document, sort_keys=False))
+                put(config_path, f"{self.node_dir}/cluster.yaml")
+            private.append("cluster.yaml")
+            key_path = self.config.auth.ssh_private_key
+            if key_path and document["auth"].get("ssh_private_key") != key_path:
+                put(os.path.expanduser(key_path), f"{self.node_dir}/ssh_key")
+                private.append("ssh_key")
+        if private:
+            # Files arrive with their local modes; nothing secret may be readable by others.
+            self.runner.run(f'cd "{self.node_dir}" && chmod 700 keys && chmod 600 '
+                            + " ".join(private), timeout_s=60, check=True, env=self.env)
+
+    def _setup_commands(self) -> list[str]:
+        kind_setup = (self.config.head_setup_commands if self.is_head
+                      else self.config.worker_setup_commands)
+        return [*self.config.initialization_commands, *self.config.setup_commands,
+                *kind_setup]
+
+    def _start_commands(self) -> list[str]:
+        return list(self.config.head_start_commands if self.is_head
+                    else self.config.worker_start_commands)
+
+    def _run_commands(self, commands: list[str]) -> None:
+        failure = self._guard(lambda: run_batch(self.runner, commands, env=self.env,
+                                                log_path=self.log_path,
+                                                timeout_s=self.command_timeout_s))
+        if failure is None:
+            return
+        message = f"`{failure.command}` exited {failure.exit_code}"
+        detail = message
+        if failure.output_tail:
+            detail += "; last output:\n    " + failure.output_tail.replace("\n", "\n    ")
+        raise _StageFailed(detail, f"{self.stage}: {message}")
+
+    # -- helpers ------------------------------------------------------------------------
+    def _guard(self, action):
+        try:
+            return action()
+        except (ClusterError, OSError) as error:
+            raise _StageFailed(str(error), f"{self.stage}: {error}") from error
+
+    def _enter(self, stage: str) -> None:
+        self.stage = stage
+        self._notify(stage, "")
+        self._guard(lambda: self.provider.set_node_tags(self.node.id,
+                                                        {TAG_NODE_STATUS: stage}))
+
+    def _notify(self, stage: str, detail: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(self.node.id, stage, detail)
+
+    def _record_failure(self, tag_text: str) -> None:
+        text = " ".join(tag_text.split())
+        if len(text) > FAILURE_TAG_MAX_CHARS:
+            text = text[:FAILURE_TAG_MAX_CHARS - 3] + "..."
+        try:
+            self.provider.set_node_tags(self.node.id, {TAG_NODE_STATUS: STATUS_UPDATE_FAILED,
+                                                       TAG_FAILURE: text})
+        except (ClusterError, OSError) as error:
+            # The node may be unreachable for tags too; the outcome still carries the error.
+            self._notify(STATUS_UPDATE_FAILED, f"could not record the failure: {error}")
+
+
+def bootstrap_node(provider: NodeProvider, node: Node, context: ClusterContext,
+                   steps: BootstrapSteps = FULL, *, on_stage: StageCallback | None = None,
+                   command_timeout_s: float | None = None) -> BootstrapOutcome:
+    """Run the bootstrap state machine on one node; never raises for a node failure
+    (the outcome carries the BootstrapError)."""
+    return NodeBootstrap(provider, node, context, steps, on_stage=on_stage,
+                         command_timeout_s=command_timeout_s).run()
