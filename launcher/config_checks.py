@@ -1,0 +1,134 @@
+"""Checks that JSON Schema cannot express: cross references between keys, worker counts
+that cannot add up, files that must exist. They run on the merged document even when the
+schema found problems, and skip any value that is not of the right type (the schema has
+already reported it), so one pass reports everything.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from launcher.config_defaults import node_type_max_workers
+from launcher.config_schema import did_you_mean
+
+Problem = tuple[tuple, str]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_document(document: dict, base_dir: Path | None, user_keys: set[str],
+                   check_local_files: bool = True) -> tuple[list[Problem], list[Problem]]:
+    """Returns (problems, notices), each as (path, message)."""
+    problems: list[Problem] = []
+    notices: list[Problem] = []
+    node_types = document.get("available_node_types")
+    head = document.get("head_node_type")
+    if isinstance(node_types, dict) and node_types and isinstance(head, str) \
+            and head not in node_types:
+        problems.append((("head_node_type",),
+                         f"{head!r} is not one of the node types in available_node_types "
+                         f"({', '.join(node_types)})" + did_you_mean(head, list(node_types))))
+    if isinstance(node_types, dict):
+        problems += _check_worker_counts(document, node_types, head, user_keys)
+    provider = document.get("provider")
+    if isinstance(provider, dict) and provider.get("type") == "local":
+        found, notes = _check_local(document, provider, check_local_files, base_dir)
+        problems += found
+        notices += notes
+    if check_local_files:
+        problems += _check_file_mounts(document.get("file_mounts"), base_dir)
+    return problems, notices
+
+
+def _check_worker_counts(document: dict, node_types: dict, head: Any,
+                         user_keys: set[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    global_max = document.get("max_workers")
+    total_min = 0
+    for name, spec in node_types.items():
+        if not isinstance(spec, dict):
+            continue
+        low = spec.get("min_workers", 0)
+        high = node_type_max_workers(name, spec, head, global_max)
+        if _is_count(low):
+            total_min += low
+        if _is_count(low) and _is_count(high) and low > high:
+            why = "" if "max_workers" in spec else (
+                " (the head type's default)" if name == head
+                else " (the cluster's max_workers, as this type sets none)")
+            problems.append((("available_node_types", name, "min_workers"),
+                             f"min_workers {low} is more than max_workers {high}{why}"))
+    if _is_count(global_max) and total_min > global_max:
+        where = "" if "max_workers" in user_keys else " (the default)"
+        problems.append((("max_workers",),
+                         f"the node types' min_workers add up to {total_min}, more than "
+                         f"max_workers {global_max}{where}; raise max_workers or lower "
+                         f"min_workers"))
+    return problems
+
+
+def _check_local(document: dict, provider: dict, check_local_files: bool,
+                 base_dir: Path | None) -> tuple[list[Problem], list[Problem]]:
+    problems: list[Problem] = []
+    notices: list[Problem] = []
+    auth = document.get("auth") if isinstance(document.get("auth"), dict) else {}
+    if not auth.get("ssh_user"):
+        problems.append((("auth", "ssh_user"),
+                         "the local provider needs auth.ssh_user: the user to log in as on "
+                         "head_ip and worker_ips"))
+    key = auth.get("ssh_private_key")
+    if check_local_files and isinstance(key, str) and key:
+        if not resolve_local_path(key, base_dir).is_file():
+            problems.append((("auth", "ssh_private_key"),
+                             f"no such key file: {resolve_local_path(key, base_dir)}"))
+    head_ip = provider.get("head_ip")
+    worker_ips = provider.get("worker_ips")
+    if isinstance(worker_ips, list):
+        seen: dict[str, int] = {}
+        for index, host in enumerate(worker_ips):
+            if not isinstance(host, str):
+                continue
+            if host == head_ip:
+                problems.append((("provider", "worker_ips", index),
+                                 f"{host!r} is the head_ip; a host is either the head or "
+                                 f"a worker"))
+            elif host in seen:
+                problems.append((("provider", "worker_ips", index),
+                                 f"{host!r} is listed twice (also worker_ips[{seen[host]}])"))
+            else:
+                seen[host] = index
+        notices += _local_capacity_notices(document, len(worker_ips))
+    return problems, notices
+
+
+def _local_capacity_notices(document: dict, host_count: int) -> list[Problem]:
+    global_max = document.get("max_workers")
+    if _is_count(global_max) and global_max > host_count:
+        return [(("max_workers",),
+                 f"max_workers {global_max} is more than the {host_count} hosts in "
+                 f"worker_ips; at most {host_count} workers can run")]
+    return []
+
+
+def _check_file_mounts(file_mounts: Any, base_dir: Path | None) -> list[Problem]:
+    if not isinstance(file_mounts, dict):
+        return []
+    problems: list[Problem] = []
+    for remote, local in file_mounts.items():
+        if isinstance(local, str) and local and not resolve_local_path(local, base_dir).exists():
+            problems.append((("file_mounts", remote),
+                             f"local path {local!r} does not exist "
+                             f"(looked for {resolve_local_path(local, base_dir)})"))
+    return problems
+
+
+def resolve_local_path(path: str, base_dir: Path | None) -> Path:
+    """~ expanded; a relative path is relative to the YAML file's directory (or the
+    current directory for a document that came from no file)."""
+    expanded = Path(os.path.expanduser(path))
+    if expanded.is_absolute():
+        return expanded
+    return ((base_dir or Path.cwd()) / expanded).resolve()
