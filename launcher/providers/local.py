@@ -1,0 +1,263 @@
+"""The `local` provider: on-prem hosts listed in the config, reached over SSH.
+
+    provider: {type: local, head_ip: 10.0.0.1, worker_ips: [10.0.0.2, 10.0.0.3]}
+
+A node is a host; its id is the host's address. Which hosts are in use, and by which
+cluster, is known from ONE place only: the tag file on each host (launcher/providers/
+host_tags.py), read over SSH by whoever asks — the laptop and the head see the same
+truth, so `corral down` from either frees every host (unlike ray-project/ray#43232).
+
+Terminating a node stops every runtime process of ours on the host (`corral stop`, then
+every process tagged CORRAL_NODE_DIR=/tmp/corral or recorded in its pid files, by PID),
+removes /tmp/corral and deletes the tag file, which frees the host.
+
+Limits: a host removed from the config while claimed is no longer looked at; run `corral
+down` before removing hosts. A host without `flock` is claimed without the host-side
+lock (the compare-and-swap still catches most races).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import shlex
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping
+
+from launcher import tags as T
+from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
+                             ProviderError, UsageError)
+from launcher.providers import host_tags, node_processes
+from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
+
+log = logging.getLogger(__name__)
+
+REMOTE_NODE_DIR = "/tmp/corral"  # CORRAL_NODE_DIR on SSH hosts (common contract)
+TAG_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+CAS_ATTEMPTS = 5
+MAX_PARALLEL = 32
+
+
+class LocalProvider(NodeProvider):
+    """Claims on-prem hosts for one cluster through tag files on the hosts themselves."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        provider = config.provider
+        self.head_ip: str = provider["head_ip"]
+        self.worker_ips: list[str] = [ip for ip in dict.fromkeys(provider.get("worker_ips", ()))
+                                      if ip != self.head_ip]
+        self.state_dir: str = provider.get("state_dir") or host_tags.DEFAULT_STATE_DIR
+        self.node_dir: str = REMOTE_NODE_DIR
+        self._runners: dict[str, object] = {}
+        self._runners_lock = threading.Lock()
+        # Hosts that did not answer the last listing, {ip: error text}: `status`/`down`
+        # report them instead of pretending they are free or gone.
+        self.unreachable: dict[str, str] = {}
+
+    # -- SSH -------------------------------------------------------------------------------
+    def _new_runner(self, ip: str):
+        from launcher.ssh_runner import SSHRunner
+        auth = self.config.auth
+        return SSHRunner(ip, cluster_name=self.cluster_name, ssh_user=auth.ssh_user,
+                         ssh_private_key=auth.ssh_private_key,
+                         ssh_proxy_command=auth.ssh_proxy_command,
+                         ssh_timeout_s=auth.ssh_timeout_s)
+
+    def _runner(self, ip: str):
+        """The provider's own runner for tag reads and writes (pooled, reused)."""
+        with self._runners_lock:
+            if ip not in self._runners:
+                self._runners[ip] = self._new_runner(ip)
+            return self._runners[ip]
+
+    def _all_ips(self) -> list[str]:
+        return [self.head_ip, *self.worker_ips]
+
+    def _read_many(self, ips: list[str]) -> dict[str, host_tags.HostTags | ClusterError]:
+        """Every host's tag file, read in parallel; an unreachable host maps to its error."""
+        def one(ip):
+            try:
+                return ip, host_tags.read(self._runner(ip), self.state_dir, TAG_TIMEOUT_S)
+            except (ClusterError, OSError, socket.error) as error:
+                return ip, error if isinstance(error, ClusterError) else \
+                    ProviderError(f"{ip}: {error}", cause=type(error).__name__)
+        return dict(_parallel(one, ips))
+
+    # -- NodeProvider ----------------------------------------------------------------------
+    def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
+        nodes, unreachable = [], {}
+        for ip, tags in self._read_many(self._all_ips()).items():
+            if isinstance(tags, ClusterError):
+                unreachable[ip] = str(tags)
+                log.warning("host %s did not answer: %s", ip, tags)
+                continue
+            if tags.belongs_to(self.cluster_name):
+                node = self._node(ip, tags)
+                if matches(node.tags, tag_filters):
+                    nodes.append(node)
+        self.unreachable = unreachable
+        nodes.sort(key=lambda node: (node.kind != T.KIND_HEAD, self._all_ips().index(node.id)))
+        return nodes
+
+    def _node(self, ip: str, tags: host_tags.HostTags) -> Node:
+        claim = tags.claim
+        node_tags = {**claim.get("tags", {}), T.TAG_CLUSTER_NAME: self.cluster_name,
+                     T.TAG_NODE_KIND: claim["kind"], T.TAG_NODE_TYPE: claim["node_type"]}
+        return Node(id=ip, kind=claim["kind"], node_type=claim["node_type"],
+                    state=STATE_RUNNING, internal_ip=ip, external_ip=ip, tags=node_tags)
+
+    def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
+                     count: int) -> list[NodeId]:
+        kind = tags.get(T.TAG_NODE_KIND, T.KIND_WORKER)
+        if kind not in (T.KIND_HEAD, T.KIND_WORKER):
+            raise UsageError(f"unknown node kind {kind!r} in tags")
+        if count <= 0:
+            return []
+        pool = [self.head_ip] if kind == T.KIND_HEAD else list(self.worker_ips)
+        what = "the head IP" if kind == T.KIND_HEAD else f"{len(pool)} worker IPs"
+        current = self._read_many(pool)
+        free = [ip for ip in pool if not isinstance(current[ip], ClusterError)
+                and current[ip].is_free()]
+        unreachable = [ip for ip in pool if isinstance(current[ip], ClusterError)]
+        if len(free) < count:
+            raise self._capacity_error(node_type, kind, what, pool, free, unreachable, count)
+        node_tags = {**{key: str(value) for key, value in tags.items()},
+                     T.TAG_CLUSTER_NAME: self.cluster_name, T.TAG_NODE_KIND: kind,
+                     T.TAG_NODE_TYPE: node_type}
+        claim = host_tags.make_claim(self.cluster_name, kind, node_type, node_tags,
+                                     claimed_by=socket.gethostname())
+        claimed: list[str] = []
+        candidates = list(free)
+        while len(claimed) < count and candidates:
+            batch, candidates = candidates[:count - len(claimed)], candidates[count - len(claimed):]
+            results = _parallel(lambda ip: (ip, self._try_claim(ip, current[ip], claim)), batch)
+            claimed += [ip for ip, won in results if won]
+        if len(claimed) < count:  # lost races: give back what we took, all or nothing
+            self._release(claimed)
+            raise self._capacity_error(node_type, kind, what, pool, [], unreachable, count)
+        return claimed
+
+    def _try_claim(self, ip: str, seen: host_tags.HostTags, claim: dict) -> bool:
+        try:
+            conflict = host_tags.compare_and_swap(self._runner(ip), self.state_dir, seen, claim,
+                                                  TAG_TIMEOUT_S)
+        except ClusterError as error:
+            log.warning("could not claim %s: %s", ip, error)
+            return False
+        return conflict is None
+
+    def _release(self, ips: list[str]) -> None:
+        for ip in ips:
+            self._update(ip, lambda claim: None)
+
+    @staticmethod
+    def _capacity_error(node_type, kind, what, pool, free, unreachable, count) -> CapacityError:
+        if not pool:
+            message = f"no {'head' if kind == T.KIND_HEAD else 'worker'} IPs in provider config"
+        elif not free:
+            message = f"all {what} are in use"
+        else:
+            message = f"only {len(free)} of {what} are free; {count} asked for"
+        if unreachable:
+            message += f" ({len(unreachable)} unreachable: {', '.join(unreachable)})"
+        error = CapacityError(message, node_type=node_type)
+        error.free_count = len(free)
+        error.requested_count = count
+        error.unreachable_ips = list(unreachable)
+        return error
+
+    def _update(self, ip: str, change) -> bool:
+        """Read-modify-write the host's claim with compare-and-swap, retrying on conflicts.
+        `change(claim) -> new claim or None (delete)`. Returns False if the host is not
+        (or no longer) this cluster's."""
+        runner = self._runner(ip)
+        tags = host_tags.read(runner, self.state_dir, TAG_TIMEOUT_S)
+        for _ in range(CAS_ATTEMPTS):
+            if not tags.belongs_to(self.cluster_name):
+                return False
+            conflict = host_tags.compare_and_swap(runner, self.state_dir, tags,
+                                                  change(dict(tags.claim)), TAG_TIMEOUT_S)
+            if conflict is None:
+                return True
+            tags = conflict
+        raise ProviderError(f"{ip}: its tag file kept changing; gave up after "
+                            f"{CAS_ATTEMPTS} attempts")
+
+    def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        if node_id not in self._all_ips():
+            raise NodeNotFoundError(f"{node_id} is not a host of cluster {self.cluster_name!r}")
+
+        def merge(claim):
+            claim["tags"] = {**claim.get("tags", {}),
+                             **{key: str(value) for key, value in tags.items()}}
+            return claim
+        if not self._update(node_id, merge):
+            raise NodeNotFoundError(f"host {node_id} is not a node of cluster "
+                                    f"{self.cluster_name!r}")
+
+    def terminate_nodes(self, ids: list[NodeId]) -> None:
+        known = [ip for ip in dict.fromkeys(ids) if ip in self._all_ips()]
+        failures = {ip: error for ip, error in _parallel(self._terminate_one, known) if error}
+        if failures:
+            error = ProviderError("could not terminate " + "; ".join(
+                f"{ip}: {reason}" for ip, reason in failures.items()))
+            error.retryable = True
+            error.failed_ids = list(failures)
+            raise error
+
+    def _terminate_one(self, ip: str) -> tuple[str, str | None]:
+        try:
+            runner = self._runner(ip)
+            tags = host_tags.read(runner, self.state_dir, TAG_TIMEOUT_S)
+            if not tags.belongs_to(self.cluster_name):
+                return ip, None  # not ours (or already free): nothing to do
+            result = runner.run(stop_script(self.node_dir, STOP_GRACE_S),
+                                timeout_s=STOP_TIMEOUT_S)
+            if not result.ok:
+                return ip, f"stopping processes failed (exit {result.exit_code}): " \
+                           f"{result.tail(5)}"
+            self._update(ip, lambda claim: None)
+            return ip, None
+        except ClusterError as error:
+            return ip, str(error)
+
+    def command_runner(self, node: Node):
+        return self._new_runner(node.id)
+
+    def close(self) -> None:
+        with self._runners_lock:
+            runners, self._runners = list(self._runners.values()), {}
+        for runner in runners:
+            runner.close()
+
+
+def stop_script(node_dir: str, grace_s: float) -> str:
+    """Shell script run on a host to stop every runtime process of ours there, by PID:
+    `corral stop` first (the runtime's own orderly stop), then node_processes (environment
+    tag CORRAL_NODE_DIR=node_dir and pid files), then remove node_dir (keys included)."""
+    directory = shlex.quote(node_dir)
+    reaper = shlex.quote(inspect.getsource(node_processes))
+    return "\n".join([
+        'PATH="$HOME/.local/bin:$PATH"',
+        "if command -v corral >/dev/null 2>&1; then",
+        f"  CORRAL_NODE_DIR={directory} timeout 30 corral stop >/dev/null 2>&1 </dev/null",
+        "fi",
+        "if command -v python3 >/dev/null 2>&1; then",
+        f"  python3 -c {reaper} {directory} {grace_s:g} || exit 1",
+        "else",  # no Python, so no runtime either; never kill by unverified pid file
+        "  echo 'python3 not found: only `corral stop` could run' >&2",
+        "fi",
+        f"rm -rf {directory}",
+    ])
+
+
+def _parallel(function, items):
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
+        return list(pool.map(function, items))

@@ -1,0 +1,39 @@
+"""The script the `local` provider runs on a host to stop our processes there, run here
+through a LocalRunner: it stops the node's processes by PID, spares others, and removes
+the node directory."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launcher.command_runner import LocalRunner
+from launcher.providers.local import stop_script
+from launcher.providers.node_processes import is_alive
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_stop_script_kills_tagged_daemons_and_spares_others(tmp_path):
+    node_dir = str(tmp_path / "corral")
+    os.makedirs(node_dir)
+    node = LocalRunner(workdir=node_dir, env={"CORRAL_NODE_DIR": node_dir})
+    node.run("( sleep 300 >/dev/null 2>&1 </dev/null & echo $! > daemon )", check=True)
+    daemon = int(open(os.path.join(node_dir, "daemon")).read())
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        # The script itself runs with the node's environment, as an SSH session would.
+        result = node.run(stop_script(node_dir, 2.0), timeout_s=30)
+        assert result.ok, result.stderr
+        deadline = time.monotonic() + 10
+        while is_alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not is_alive(daemon)
+        assert bystander.poll() is None
+        assert not os.path.exists(node_dir)
+    finally:
+        bystander.kill()
+        bystander.wait()
