@@ -1,0 +1,1 @@
+"""The gcp provider: Compute Engine nodes through google-api-python-client."""
