@@ -120,6 +120,9 @@ class _Loading:
             document = synthesise_local(document)
         document = merge_under(defaults_for(provider_type), document)
         for path, message in schema_problems(document, provider_type):
+            if provider_type is None and path in (("available_node_types",),
+                                                  ("head_node_type",)):
+                continue  # the provider's defaults might have supplied them
             self._problem(path, message)
         problems, notices = check_document(document, self.base_dir, user_keys,
                                            self.check_local_files)

@@ -68,8 +68,9 @@ def apply_aliases(document: dict) -> tuple[dict, dict[str, str], list[tuple[str,
     for alias, ours in ALIASES.items():
         if alias not in result:
             continue
-        if ours in result:
+        if ours in result:  # reported by the caller; the alias is not checked again
             conflicts.append((alias, ours))
+            del result[alias]
             continue
         result = {(ours if key == alias else key): value for key, value in result.items()}
         used[ours] = alias

@@ -71,7 +71,10 @@ def parse_yaml(text: str, source: str | None) -> tuple[Any, LineMap, list[Config
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
-        what = " ".join(part for part in (error.context, error.problem) if part)
+        what = ": ".join(part for part in (error.context, error.problem) if part)
+        text_lines = text.splitlines()
+        if line is not None and 0 < line <= len(text_lines) and "\t" in text_lines[line - 1]:
+            what += " (a tab: YAML indents with spaces only)"
         return None, lines, [ConfigError("", line, f"invalid YAML: {what}", source)]
     except yaml.YAMLError as error:  # e.g. a reader error on a control character
         return None, lines, [ConfigError("", None, f"invalid YAML: {error}", source)]
@@ -89,8 +92,7 @@ def _index(node, path: Path, lines: LineMap, problems: list[ConfigError], source
                 continue
             key = key_node.value
             line = key_node.start_mark.line + 1
-            if key_node.tag != _STR_TAG and key_node.style is None and key_node.tag.startswith(
-                    "tag:yaml.org,2002:") and key_node.tag != "tag:yaml.org,2002:int":
+            if key_node.tag not in (_STR_TAG, "tag:yaml.org,2002:int"):
                 problems.append(ConfigError(
                     format_path(path + (key,)), line,
                     f"the key {key!r} is read as a {key_node.tag.rsplit(':', 1)[-1]}, "

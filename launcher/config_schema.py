@@ -94,7 +94,10 @@ def schema_problems(document: dict, provider_type: str | None) -> list[tuple[tup
 def _explain(error) -> Iterator[tuple[tuple, str]]:
     path, schema, instance = tuple(error.absolute_path), error.schema, error.instance
     kind = error.validator
-    if kind == "additionalProperties" and isinstance(instance, dict):
+    if "propertyNames" in error.absolute_schema_path and isinstance(instance, str):
+        # jsonschema reports a bad key at its mapping's path, with the key as instance
+        yield path + (instance,), f"invalid name {show(instance)}: expected {describe(schema)}"
+    elif kind == "additionalProperties" and isinstance(instance, dict):
         allowed = list(schema.get("properties", {}))
         for key in instance:
             if key not in allowed:
@@ -103,11 +106,9 @@ def _explain(error) -> Iterator[tuple[tuple, str]]:
         for key in schema.get("required", []):
             if key not in instance:
                 expected = schema.get("properties", {}).get(key)
-                hint = f" ({describe(expected)})" if expected else ""
+                words = describe(expected) if expected else "a value"
+                hint = f" ({words})" if words != "a value" else ""
                 yield path + (key,), f"missing required key {key!r}{hint}"
-    elif kind == "propertyNames":
-        yield path + (str(instance),), (f"invalid name {show(instance)}: expected "
-                                         f"{describe(error.schema)}")
     elif kind in ("enum", "const"):
         message = f"expected {describe(schema)}, got {show(instance)}"
         choices = schema.get("enum", [schema.get("const")])
@@ -120,6 +121,11 @@ def _explain(error) -> Iterator[tuple[tuple, str]]:
         yield path, f"expected {describe(schema)}, got an empty list"
     elif kind == "uniqueItems":
         yield path, "expected each entry once, got duplicates"
+    elif kind == "type" and "x-expected" not in schema:  # bounds, not length or pattern
+        only_type = {key: schema[key] for key in ("type", "items", "minimum", "maximum",
+                                                   "exclusiveMinimum", "exclusiveMaximum")
+                     if key in schema}
+        yield path, f"expected {describe(only_type)}, got {show(instance)}"
     elif kind in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                   "minLength", "maxLength", "pattern", "multipleOf", "format"):
         yield path, f"expected {describe(schema)}, got {show(instance)}"
