@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.testhosts"]
+
 
 @pytest.fixture(autouse=True)
 def corral_home(tmp_path_factory, monkeypatch):

@@ -1,0 +1,287 @@
+"""Copy files and trees, skipping files whose content is unchanged (size + sha256).
+
+One logic for every direction: `plan_local_source` walks a local tree with rsync_exclude
+style patterns, and `sync_plan` decides what to copy from the destination's digests.
+  - `copy_tree_local` copies on this machine (LocalRunner, the `process` provider);
+  - `sftp_put` / `sftp_get` copy to/from an SSH host (SSHRunner). The remote side needs
+    only GNU coreutils and findutils: one shell script lists the remote digests (and
+    creates the directories) in a single round trip per sync, then changed files move over
+    SFTP. No rsync binary needed anywhere.
+
+Semantics (like `rsync -r SRC/ DST/` without --delete): a directory's contents land in
+DST, nothing at DST is deleted; a file source is copied to the path DST (or into DST when
+DST ends with "/"). File modes are preserved (also when only the mode changed).
+
+Exclude patterns: fnmatch against the path relative to the source root and against the
+basename; a pattern ending in "/" matches directories only (their whole subtree is skipped);
+a pattern starting with "/" is anchored at the source root.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import os
+import posixpath
+import shlex
+import shutil
+import stat
+from typing import Callable, Iterable
+
+CHUNK_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncEntry:
+    rel: str          # destination path relative to the destination root
+    source: str       # where the bytes come from (a local or remote path)
+    size_bytes: int
+    mode: int         # permission bits, e.g. 0o644
+    digest: str | None = None  # sha256 hex, when already known (remote sources)
+
+
+@dataclasses.dataclass
+class SyncPlan:
+    root: str                     # destination root directory
+    dirs: list[str]               # directories to create, relative to root
+    files: list[SyncEntry]
+
+
+def is_excluded(rel_path: str, is_dir: bool, patterns: Iterable[str]) -> bool:
+    rel_path = rel_path.strip("/")
+    base = posixpath.basename(rel_path)
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        if pattern.startswith("/"):
+            if fnmatch.fnmatchcase(rel_path, pattern.lstrip("/")):
+                return True
+            continue
+        if fnmatch.fnmatchcase(rel_path, pattern) or fnmatch.fnmatchcase(base, pattern):
+            return True
+    return False
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan_local_source(src: str, dst: str, exclude: Iterable[str] = ()) -> SyncPlan:
+    """What copying local `src` to `dst` involves, before looking at the destination."""
+    patterns = list(exclude or [])
+    src = os.path.expanduser(src)
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"no such file or directory: {src}")
+    if not os.path.isdir(src):
+        info = os.stat(src)
+        root, name = (dst.rstrip("/") or "/", os.path.basename(src)) if dst.endswith("/") \
+            else (posixpath.dirname(dst) or ".", posixpath.basename(dst))
+        return SyncPlan(root, [], [SyncEntry(name, src, info.st_size,
+                                             stat.S_IMODE(info.st_mode))])
+    dirs, files = [], []
+    for current, subdirs, names in os.walk(src, followlinks=True):
+        rel_dir = os.path.relpath(current, src)
+        rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+        kept = []
+        for name in sorted(subdirs):
+            rel = posixpath.join(rel_dir, name)
+            if not is_excluded(rel, True, patterns):
+                kept.append(name)
+                dirs.append(rel)
+        subdirs[:] = kept
+        for name in sorted(names):
+            rel = posixpath.join(rel_dir, name)
+            path = os.path.join(current, name)
+            if is_excluded(rel, False, patterns) or not os.path.isfile(path):
+                continue
+            info = os.stat(path)
+            files.append(SyncEntry(rel, path, info.st_size, stat.S_IMODE(info.st_mode)))
+    return SyncPlan(dst.rstrip("/") or "/", dirs, files)
+
+
+def sync_plan(files: list[SyncEntry], dest_state: dict[str, tuple[int, str, int]],
+              source_digest: Callable[[SyncEntry], str]
+              ) -> tuple[list[SyncEntry], list[SyncEntry]]:
+    """Split files into (to copy, mode fix only), given the destination's
+    {rel: (size_bytes, sha256, mode)}. Digests of sources are computed only when sizes
+    match, so new or resized files cost no hashing."""
+    to_copy, to_chmod = [], []
+    for entry in files:
+        have = dest_state.get(entry.rel)
+        if have is None or have[0] != entry.size_bytes or have[1] != source_digest(entry):
+            to_copy.append(entry)
+        elif have[2] != entry.mode:
+            to_chmod.append(entry)
+    return to_copy, to_chmod
+
+
+def _local_state(root: str, rels: Iterable[str]) -> dict[str, tuple[int, str, int]]:
+    state = {}
+    for rel in rels:
+        path = os.path.join(root, rel)
+        if os.path.isfile(path):
+            info = os.stat(path)
+            state[rel] = (info.st_size, sha256_file(path), stat.S_IMODE(info.st_mode))
+    return state
+
+
+def _entry_digest(entry: SyncEntry) -> str:
+    return entry.digest or sha256_file(entry.source)
+
+
+def copy_tree_local(src: str, dst: str, exclude: list[str] | None = None) -> int:
+    """Copy a file or tree on this machine; returns the number of files copied."""
+    plan = plan_local_source(src, dst, exclude or [])
+    return _apply_locally(plan)
+
+
+def _apply_locally(plan: SyncPlan, fetch: Callable[[SyncEntry, str], None] | None = None
+                   ) -> int:
+    """Bring local plan.root up to date; `fetch(entry, path)` writes one file (default: a
+    local copy from entry.source). Writes go to a temporary name, then rename."""
+    os.makedirs(plan.root, exist_ok=True)
+    for rel in plan.dirs:
+        os.makedirs(os.path.join(plan.root, rel), exist_ok=True)
+    to_copy, to_chmod = sync_plan(plan.files, _local_state(plan.root, [f.rel for f in plan.files]),
+                                  _entry_digest)
+    for entry in to_copy:
+        target = os.path.join(plan.root, entry.rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        partial = f"{target}.corral-partial"
+        if fetch is None:
+            shutil.copyfile(entry.source, partial)
+        else:
+            fetch(entry, partial)
+        os.chmod(partial, entry.mode)
+        os.replace(partial, target)
+    for entry in to_chmod:
+        os.chmod(os.path.join(plan.root, entry.rel), entry.mode)
+    return len(to_copy)
+
+
+# -- remote side (SSH): one listing script per sync, then SFTP ---------------------------
+
+RunScript = Callable[[str, bytes], bytes]
+"""Runs a bash script on the remote host with the given stdin; returns its stdout."""
+
+_PUT_STATE_SCRIPT = r"""
+mkdir -p -- {root} && cd -- {root} || exit 3
+list=$(mktemp) || exit 3
+trap 'rm -f "$list"' EXIT
+cat > "$list"
+grep -z '^d/' "$list" | cut -z -c3- | xargs -0 -r mkdir -p --
+printf 'HASHES\0'
+grep -z '^f/' "$list" | cut -z -c3- | xargs -0 -r sha256sum -z -- 2>/dev/null
+printf 'MODES\0'
+grep -z '^f/' "$list" | cut -z -c3- | xargs -0 -r stat --printf '%a %s %n\0' -- 2>/dev/null
+exit 0
+"""
+
+_GET_LISTING_SCRIPT = r"""
+root={root}
+if [ -d "$root" ]; then
+  cd -- "$root" || exit 3
+  printf 'DIR\0'
+  find . -mindepth 1 -type d -printf '%P\0'
+  printf 'HASHES\0'
+  find . -type f -printf '%P\0' | xargs -0 -r sha256sum -z -- 2>/dev/null
+  printf 'MODES\0'
+  find . -type f -printf '%m %s %P\0'
+elif [ -f "$root" ]; then
+  printf 'FILE\0HASHES\0'
+  sha256sum -z -- "$root"
+  printf 'MODES\0'
+  stat --printf '%a %s %n\0' -- "$root"
+else
+  printf 'MISSING\0'
+fi
+"""
+
+
+def remote_path(path: str) -> str:
+    """`~/x` -> `x`: SFTP and remote shells both start in the home directory."""
+    if path in ("~", "~/"):
+        return "."
+    return path[2:] if path.startswith("~/") else path
+
+
+def _parse_state(output: bytes) -> tuple[list[str], dict[str, tuple[int, str, int]]]:
+    """Parse the listing scripts' output into (header words, {rel: (size, sha, mode)})."""
+    records = output.decode(errors="surrogateescape").split("\0")
+    header, hashes, modes, section = [], {}, {}, "header"
+    for record in records:
+        if record in ("HASHES", "MODES"):
+            section = record
+        elif not record:
+            continue
+        elif section == "header":
+            header.append(record)
+        elif section == "HASHES":
+            digest, _, name = record.partition("  ")
+            hashes[name] = digest
+        else:
+            mode, size, name = record.split(" ", 2)
+            modes[name] = (int(size), int(mode, 8))
+    state = {name: (size, hashes.get(name, ""), mode) for name, (size, mode) in modes.items()}
+    return header, state
+
+
+def sftp_put(sftp, run_script: RunScript, src: str, dst: str,
+             exclude: list[str] | None = None) -> int:
+    """Copy local `src` to remote `dst` over SFTP; returns the number of files copied."""
+    plan = plan_local_source(src, remote_path(dst), exclude or [])
+    listing = b"".join(b"d/" + rel.encode() + b"\0" for rel in plan.dirs)
+    listing += b"".join(b"f/" + entry.rel.encode() + b"\0" for entry in plan.files)
+    output = run_script(_PUT_STATE_SCRIPT.format(root=shlex.quote(plan.root)), listing)
+    _, state = _parse_state(output)
+    to_copy, to_chmod = sync_plan(plan.files, state, _entry_digest)
+    for entry in to_copy:
+        target = posixpath.join(plan.root, entry.rel)
+        partial = target + ".corral-partial"
+        sftp.put(entry.source, partial, confirm=False)
+        sftp.chmod(partial, entry.mode)
+        sftp.posix_rename(partial, target)
+    for entry in to_chmod:
+        sftp.chmod(posixpath.join(plan.root, entry.rel), entry.mode)
+    return len(to_copy)
+
+
+def sftp_get(sftp, run_script: RunScript, src: str, dst: str,
+             exclude: list[str] | None = None) -> int:
+    """Copy remote `src` (file or tree) to local `dst`; returns the number of files copied."""
+    src = remote_path(src)
+    output = run_script(_GET_LISTING_SCRIPT.format(root=shlex.quote(src)), b"")
+    header, state = _parse_state(output)
+    if not header or header[0] == "MISSING":
+        raise FileNotFoundError(f"no such file or directory on the remote host: {src}")
+    patterns = list(exclude or [])
+    if header[0] == "FILE":
+        (size, digest, mode), = state.values()
+        if dst.endswith("/"):
+            dst = os.path.join(dst, posixpath.basename(src))
+        plan = SyncPlan(os.path.dirname(os.path.abspath(dst)), [],
+                        [SyncEntry(os.path.basename(dst), src, size, mode, digest)])
+    else:
+        dirs = [rel for rel in header[1:] if not _under_excluded(rel, True, patterns)]
+        files = [SyncEntry(rel, posixpath.join(src, rel), size, mode, digest)
+                 for rel, (size, digest, mode) in sorted(state.items())
+                 if not _under_excluded(rel, False, patterns)]
+        plan = SyncPlan(dst.rstrip("/") or "/", dirs, files)
+    return _apply_locally(plan, lambda entry, path: sftp.get(entry.source, path))
+
+
+def _under_excluded(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    """Excluded itself, or inside an excluded directory."""
+    if not patterns:
+        return False
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        if is_excluded("/".join(parts[:depth]), True, patterns):
+            return True
+    return is_excluded(rel, is_dir, patterns)

@@ -1,0 +1,141 @@
+"""Pooled SSH connections: one paramiko transport per (user, host, port, proxy, key,
+known_hosts), shared by every runner and thread of this process, with keepalive.
+
+A transport carries many channels at once (sshd's MaxSessions bounds them), so 16 threads
+bootstrapping one host, or a runner re-created per command, still cost one TCP connection
+and one handshake. A transport found dead is dropped and replaced on the next request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import paramiko
+
+from launcher.host_keys import HostKeyStore, PinningPolicy
+
+KEEPALIVE_INTERVAL_S = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSpec:
+    host: str
+    user: str
+    port: int
+    private_key_path: str
+    known_hosts_path: str
+    proxy_command: str | None = None
+
+    def proxy_argv(self) -> str | None:
+        """The proxy command with %h (host), %p (port), %r (user) and %% filled in."""
+        if not self.proxy_command:
+            return None
+        out, text, index = [], self.proxy_command, 0
+        while index < len(text):
+            char = text[index]
+            if char == "%" and index + 1 < len(text):
+                out.append({"h": self.host, "p": str(self.port), "r": self.user,
+                            "%": "%"}.get(text[index + 1], text[index:index + 2]))
+                index += 2
+            else:
+                out.append(char)
+                index += 1
+        return "".join(out)
+
+
+_keys_lock = threading.Lock()
+_keys: dict[str, paramiko.PKey] = {}
+
+
+def load_private_key(path: str) -> paramiko.PKey:
+    """Load (once per process) a private key of any type paramiko knows."""
+    with _keys_lock:
+        if path not in _keys:
+            _keys[path] = paramiko.PKey.from_path(path)
+        return _keys[path]
+
+
+def open_client(spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
+    """A new authenticated client (host key checked or pinned). Raises paramiko/socket
+    errors as they are, and HostKeyMismatchError for a changed key."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(PinningPolicy(HostKeyStore(spec.known_hosts_path)))
+    proxy_cmd = spec.proxy_argv()
+    sock = paramiko.ProxyCommand(proxy_cmd) if proxy_cmd else None
+    try:
+        client.connect(spec.host, port=spec.port, username=spec.user,
+                       pkey=load_private_key(spec.private_key_path), sock=sock,
+                       timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
+                       allow_agent=False, look_for_keys=False)
+    except BaseException:
+        client.close()
+        if sock is not None:
+            sock.close()
+        raise
+    transport = client.get_transport()
+    transport.set_keepalive(KEEPALIVE_INTERVAL_S)
+    return client
+
+
+class ConnectionPool:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._clients: dict[ConnectionSpec, paramiko.SSHClient] = {}
+        self._connect_locks: dict[ConnectionSpec, threading.Lock] = {}
+
+    def _alive(self, spec: ConnectionSpec) -> paramiko.SSHClient | None:
+        client = self._clients.get(spec)
+        transport = client.get_transport() if client is not None else None
+        if transport is not None and transport.is_active():
+            return client
+        return None
+
+    def client(self, spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
+        """The pooled live client for `spec`, connecting if there is none."""
+        with self._lock:
+            alive = self._alive(spec)
+            if alive is not None:
+                return alive
+            connect_lock = self._connect_locks.setdefault(spec, threading.Lock())
+        with connect_lock:  # one handshake per spec, even when 16 threads ask at once
+            with self._lock:
+                alive = self._alive(spec)
+                if alive is not None:
+                    return alive
+                stale = self._clients.pop(spec, None)
+            if stale is not None:
+                stale.close()
+            client = open_client(spec, timeout_s)
+            with self._lock:
+                self._clients[spec] = client
+            return client
+
+    def discard(self, spec: ConnectionSpec, client: paramiko.SSHClient | None = None) -> None:
+        """Forget (and close) the pooled client, e.g. after opening a channel failed."""
+        with self._lock:
+            current = self._clients.get(spec)
+            if client is None or current is client:
+                self._clients.pop(spec, None)
+            else:
+                current = None
+        if current is not None:
+            current.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+        for client in clients:
+            client.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for spec in self._clients if self._alive(spec) is not None)
+
+
+POOL = ConnectionPool()
+
+
+def close_all() -> None:
+    """Close every pooled connection of this process (tests call it between tests)."""
+    POOL.close_all()

@@ -1,0 +1,340 @@
+"""SSHRunner: a CommandRunner for a host reached over SSH (paramiko).
+
+- Connections come from the process-wide pool (launcher.ssh_pool): one transport per
+  (user, host, port, proxy, key), keepalive 15 s, reused across runners and threads.
+- Host keys are pinned on first contact in the cluster's known_hosts (launcher.host_keys);
+  a changed key raises HostKeyMismatchError.
+- Commands run without a PTY as `bash -c CMD` (not a login shell: no profile files, so
+  what runs is what the config says), with the environment given explicitly: each variable
+  is exported by the command line itself (`export K='v'; ...`), because sshd's AcceptEnv
+  cannot be relied on. With a timeout the remote side runs the command under coreutils
+  `timeout` (which kills the command's whole process group), and the local side gives up
+  a few seconds later; either way the result has exit code 124.
+- Output is appended to `log_path` (0600) as it arrives.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import shlex
+import signal
+import socket
+import sys
+import termios
+import threading
+import tty
+import time
+from typing import Mapping
+
+import paramiko
+
+from launcher import file_sync, paths, ssh_pool
+from launcher.command_runner import CommandResult, CommandRunner
+from launcher.errors import ClusterError, CommandError, HostKeyMismatchError, \
+    SSHUnreachableError
+
+DEFAULT_SSH_TIMEOUT_S = 120.0
+CONNECT_ATTEMPT_TIMEOUT_S = 10.0
+BACKOFF_START_S = 0.1
+BACKOFF_CAP_S = 2.0
+LOCAL_TIMEOUT_GRACE_S = 5.0
+EOF_GRACE_S = 0.5  # after the exit status, how long to wait for output still in flight
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def env_prefix(env: Mapping[str, str]) -> str:
+    """`export K='v'; ...` for each variable, quoted for any POSIX shell."""
+    parts = []
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"not a valid environment variable name: {name!r}")
+        parts.append(f"export {name}={shlex.quote(str(value))}; ")
+    return "".join(parts)
+
+
+class SSHRunner(CommandRunner):
+    def __init__(self, host: str, *, user: str, private_key_path: str, cluster_name: str,
+                 port: int = 22, proxy_command: str | None = None,
+                 timeout_s: float = DEFAULT_SSH_TIMEOUT_S,
+                 base_env: Mapping[str, str] | None = None, log_path: str | None = None,
+                 known_hosts_path: str | None = None):
+        self.host = host
+        self.user = user
+        self.port = port
+        self.timeout_s = timeout_s
+        self.base_env = dict(base_env or {})
+        self.log_path = log_path
+        self.spec = ssh_pool.ConnectionSpec(
+            host=host, user=user, port=port,
+            private_key_path=os.path.expanduser(private_key_path),
+            known_hosts_path=str(known_hosts_path or paths.known_hosts_path(cluster_name)),
+            proxy_command=proxy_command)
+
+    def __repr__(self) -> str:
+        return f"SSHRunner({self.user}@{self.host}:{self.port})"
+
+    # -- connections ---------------------------------------------------------------------
+    def _client(self, timeout_s: float | None = None) -> paramiko.SSHClient:
+        try:
+            return ssh_pool.POOL.client(self.spec, timeout_s or CONNECT_ATTEMPT_TIMEOUT_S)
+        except HostKeyMismatchError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise SSHUnreachableError(self.host, timeout_s or CONNECT_ATTEMPT_TIMEOUT_S,
+                                      _describe(error)) from error
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Connect, retrying with backoff (0.1 s doubling to 2 s) until `timeout_s`; then
+        raise SSHUnreachableError naming the host and the last error. A changed host key
+        is not retried: it raises HostKeyMismatchError at once."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        delay_s, last_error = BACKOFF_START_S, "no attempt made"
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise SSHUnreachableError(self.host, timeout_s, last_error)
+            try:
+                ssh_pool.POOL.client(self.spec, min(CONNECT_ATTEMPT_TIMEOUT_S,
+                                                    max(remaining_s, 0.05)))
+                return
+            except HostKeyMismatchError:
+                raise
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                last_error = _describe(error)
+            time.sleep(max(0.0, min(delay_s, deadline - time.monotonic())))
+            delay_s = min(delay_s * 2, BACKOFF_CAP_S)
+
+    def _open_channel(self) -> paramiko.Channel:
+        """A new session channel on the pooled transport; one reconnect if the pooled
+        transport turns out to be dead (e.g. the host was restarted)."""
+        for attempt in (1, 2):
+            client = self._client()
+            try:
+                return client.get_transport().open_session(timeout=CONNECT_ATTEMPT_TIMEOUT_S)
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                ssh_pool.POOL.discard(self.spec, client)
+                if attempt == 2:
+                    raise SSHUnreachableError(self.host, CONNECT_ATTEMPT_TIMEOUT_S,
+                                              _describe(error)) from error
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        ssh_pool.POOL.discard(self.spec)
+
+    # -- commands ------------------------------------------------------------------------
+    def remote_command(self, cmd: str, env: Mapping[str, str] | None,
+                       timeout_s: float | None) -> str:
+        """The exact command line sent to sshd for `cmd`."""
+        merged = dict(self.base_env)
+        merged.update(env or {})
+        runner = f"timeout -k 5 {timeout_s:g} bash -c " if timeout_s else "bash -c "
+        return env_prefix(merged) + "exec " + runner + shlex.quote(cmd)
+
+    def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None):
+        log_path = log_path or self.log_path
+        started = time.monotonic()
+        channel = self._open_channel()
+        log = _open_log(log_path, cmd) if log_path else None
+        try:
+            exit_code, stdout, stderr = _drive(channel, self.remote_command(cmd, env, timeout_s),
+                                               timeout_s, log)
+        finally:
+            channel.close()
+        duration_s = time.monotonic() - started
+        if log is not None:
+            _close_log(log, exit_code, duration_s)
+        result = CommandResult(self.host, cmd, exit_code, stdout, stderr, duration_s)
+        if check and not result.ok:
+            raise CommandError(result)
+        return result
+
+    def _run_script(self, script: str, stdin: bytes) -> bytes:
+        """Run a bash script with `stdin`; its stdout (bytes). For file sync listings."""
+        channel = self._open_channel()
+        try:
+            channel.exec_command("exec bash -c " + shlex.quote(script))
+            channel.sendall(stdin)
+            channel.shutdown_write()
+            chunks = []
+            while True:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+            status = channel.recv_exit_status()
+            if status != 0:
+                error = channel.recv_stderr(65536).decode(errors="replace")
+                raise ClusterError(f"file listing on {self.host} failed ({status}): {error}")
+            return b"".join(chunks)
+        finally:
+            channel.close()
+
+    # -- files ---------------------------------------------------------------------------
+    def _sftp(self) -> paramiko.SFTPClient:
+        for attempt in (1, 2):
+            client = self._client()
+            try:
+                return client.open_sftp()
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                ssh_pool.POOL.discard(self.spec, client)
+                if attempt == 2:
+                    raise SSHUnreachableError(self.host, CONNECT_ATTEMPT_TIMEOUT_S,
+                                              _describe(error)) from error
+        raise AssertionError("unreachable")
+
+    def put(self, local, remote, *, exclude=None):
+        with self._sftp() as sftp:
+            return file_sync.sftp_put(sftp, self._run_script, local, remote, exclude)
+
+    def get(self, remote, local, *, exclude=None):
+        with self._sftp() as sftp:
+            return file_sync.sftp_get(sftp, self._run_script, remote, local, exclude)
+
+    # -- interactive ---------------------------------------------------------------------
+    def interactive_shell(self, cmd=None):
+        channel = self._open_channel()
+        try:
+            command = cmd if cmd is not None else 'exec "${SHELL:-bash}" -l'
+            return _attach_terminal(channel, env_prefix(self.base_env) + command)
+        finally:
+            channel.close()
+
+
+def _terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+        return size.columns, size.lines
+    except OSError:
+        return 80, 24
+
+
+def _attach_terminal(channel: paramiko.Channel, command: str) -> int:
+    """Connect this process's terminal to `command` in a remote PTY: raw mode, the local
+    window size (and its changes, via SIGWINCH), until the remote side exits."""
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    is_tty = os.isatty(stdin_fd)
+    columns, lines = _terminal_size(stdout_fd if os.isatty(stdout_fd) else stdin_fd)
+    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
+    channel.exec_command(command)
+    saved_mode = termios.tcgetattr(stdin_fd) if is_tty else None
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(
+            signal.SIGWINCH, lambda *_: channel.resize_pty(*_terminal_size(stdin_fd)))
+    try:
+        if is_tty:
+            tty.setraw(stdin_fd)
+        reading_stdin = True
+        while True:
+            watched = [channel, stdin_fd] if reading_stdin else [channel]
+            ready, _, _ = select.select(watched, [], [], 0.5)
+            if channel in ready or channel.recv_ready():
+                while channel.recv_ready():
+                    os.write(stdout_fd, channel.recv(65536))
+                while channel.recv_stderr_ready():
+                    os.write(stdout_fd, channel.recv_stderr(65536))
+            if (channel.eof_received or channel.closed) and not channel.recv_ready():
+                break
+            if stdin_fd in ready:
+                data = os.read(stdin_fd, 4096)
+                if data:
+                    channel.sendall(data)
+                else:
+                    channel.shutdown_write()
+                    reading_stdin = False
+    finally:
+        if saved_mode is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_mode)
+        if previous_handler is not None:
+            signal.signal(signal.SIGWINCH, previous_handler)
+    status = channel.recv_exit_status()
+    return 255 if status == -1 else status
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, socket.timeout):
+        return "connection timed out"
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = {str(inner) for inner in error.errors.values()}
+        return "; ".join(sorted(reasons)) or "connection failed"
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) else text
+
+
+def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None,
+           log) -> tuple[int, str, str]:
+    """Run `command` on `channel`; collect (and log) its output until it exits."""
+    channel.exec_command(command)
+    channel.shutdown_write()  # no stdin: a command that reads it sees EOF at once
+    out, err = [], []
+    deadline = time.monotonic() + timeout_s + LOCAL_TIMEOUT_GRACE_S if timeout_s else None
+    exited_at = None
+    while True:
+        _drain(channel, out, err, log)
+        now = time.monotonic()
+        if channel.exit_status_ready():
+            exited_at = exited_at or now
+            if channel.eof_received or channel.closed or now - exited_at > EOF_GRACE_S:
+                break  # (a background process may keep the output open: don't wait for it)
+        if deadline is not None and now > deadline:
+            channel.close()
+            note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
+            _log_write(log, note)
+            return 124, _decode(out), _decode(err + [note])
+        wait_s = 0.5 if exited_at is None else 0.05
+        if deadline is not None:
+            wait_s = min(wait_s, max(0.0, deadline - now))
+        if channel.eof_received:  # output done; the exit status is on its way
+            channel.status_event.wait(wait_s)
+        else:
+            select.select([channel], [], [], wait_s)
+    _drain(channel, out, err, log)
+    status = channel.exit_status
+    if status == -1:
+        err.append(b"\nremote command ended without an exit status (killed by a signal?)\n")
+        status = 255
+    if timeout_s and status == 124:
+        err.append(f"\ntimed out after {timeout_s:g} s\n".encode())
+    return status, _decode(out), _decode(err)
+
+
+def _drain(channel: paramiko.Channel, out: list, err: list, log) -> None:
+    """Read whatever output is buffered, until both streams are empty."""
+    while True:
+        got = False
+        if channel.recv_ready():
+            data = channel.recv(65536)
+            out.append(data)
+            _log_write(log, data)
+            got = True
+        if channel.recv_stderr_ready():
+            data = channel.recv_stderr(65536)
+            err.append(data)
+            _log_write(log, data)
+            got = True
+        if not got:
+            return
+
+
+def _decode(chunks: list[bytes]) -> str:
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _open_log(log_path: str, cmd: str):
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.fdopen(fd, "ab", buffering=0)
+    log.write(f"$ {cmd}\n".encode())
+    return log
+
+
+def _log_write(log, data: bytes) -> None:
+    if log is not None and data:
+        log.write(data)
+
+
+def _close_log(log, exit_code: int, duration_s: float) -> None:
+    log.write(f"\n[exit {exit_code} after {duration_s:.2f} s]\n".encode())
+    log.close()
