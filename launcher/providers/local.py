@@ -59,13 +59,14 @@ class LocalProvider(NodeProvider):
         self.unreachable: dict[str, str] = {}
 
     # -- SSH -------------------------------------------------------------------------------
-    def _new_runner(self, ip: str):
+    def _new_runner(self, ip: str, base_env: Mapping[str, str] | None = None):
         from launcher.ssh_runner import SSHRunner
         auth = self.config.auth
-        return SSHRunner(ip, cluster_name=self.cluster_name, ssh_user=auth.ssh_user,
-                         ssh_private_key=auth.ssh_private_key,
-                         ssh_proxy_command=auth.ssh_proxy_command,
-                         ssh_timeout_s=auth.ssh_timeout_s)
+        if not auth.ssh_user or not auth.ssh_private_key:
+            raise UsageError("provider type local needs auth.ssh_user and auth.ssh_private_key")
+        return SSHRunner(ip, user=auth.ssh_user, private_key_path=auth.ssh_private_key,
+                         cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
+                         timeout_s=auth.ssh_timeout_s, base_env=base_env)
 
     def _runner(self, ip: str):
         """The provider's own runner for tag reads and writes (pooled, reused)."""
@@ -226,7 +227,12 @@ class LocalProvider(NodeProvider):
             return ip, str(error)
 
     def command_runner(self, node: Node):
-        return self._new_runner(node.id)
+        """An SSHRunner for the host. Every command it runs carries CORRAL_NODE_DIR (and the
+        node's identity), so terminate_nodes can find whatever those commands left running."""
+        return self._new_runner(node.id, base_env={
+            "CORRAL_NODE_DIR": self.node_dir, "CORRAL_CLUSTER_NAME": self.cluster_name,
+            "CORRAL_NODE_ID": node.id, "CORRAL_NODE_KIND": node.kind,
+            "CORRAL_NODE_TYPE": node.node_type, "CORRAL_HEAD_IP": self.head_ip})
 
     def close(self) -> None:
         with self._runners_lock:
