@@ -125,7 +125,8 @@ def _explain(error) -> Iterator[tuple[tuple, str]]:
         only_type = {key: schema[key] for key in ("type", "items", "minimum", "maximum",
                                                    "exclusiveMinimum", "exclusiveMaximum")
                      if key in schema}
-        yield path, f"expected {describe(only_type)}, got {show(instance)}"
+        yield path, f"expected {describe(only_type)}, got {show(instance)}" + _number_hint(
+            instance, schema)
     elif kind in ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                   "minLength", "maxLength", "pattern", "multipleOf", "format"):
         yield path, f"expected {describe(schema)}, got {show(instance)}"
@@ -148,6 +149,19 @@ def _explain_alternatives(error) -> Iterator[tuple[tuple, str]]:
             return
     words = " or ".join(describe(choice) for choice in choices)
     yield tuple(error.absolute_path), f"expected {words}, got {show(error.instance)}"
+
+
+def _number_hint(instance: Any, schema: dict) -> str:
+    """'16e9' or '"4"' where a number belongs: YAML read it as text."""
+    wanted = schema.get("type")
+    if not isinstance(instance, str) or wanted not in ("number", "integer"):
+        return ""
+    try:
+        float(instance)
+    except ValueError:
+        return ""
+    return (" (text, not a number: drop any quotes; YAML reads 1e9 as text, "
+            "write 1.0e+9 or 1000000000)")
 
 
 def unknown_key_message(key: str, allowed: list[str], at_top: bool = False) -> str:
