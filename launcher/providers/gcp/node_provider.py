@@ -1,0 +1,252 @@
+"""GCPProvider: the cluster's nodes are Compute Engine instances in the provider's zones.
+
+A node id is the instance name (unique per project in practice: it ends in random hex);
+the provider remembers the zone of every instance it listed or created. Our tags live in
+the instance labels through launcher.providers.gcp.labels (lossless encoding).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping
+
+from launcher import tags as T
+from launcher.errors import NodeNotFoundError, ProviderError
+from launcher.providers import cloud_common
+from launcher.providers.base import (STATE_PENDING, STATE_RUNNING, STATE_STOPPED,
+                                     STATE_STOPPING, Node, NodeId, NodeProvider, matches)
+from launcher.providers.gcp import labels as label_codec
+from launcher.providers.gcp import naming
+from launcher.providers.gcp.client import GCEClient
+from launcher.providers.gcp.instance_body import instance_body
+
+log = logging.getLogger(__name__)
+
+STATES = {"PROVISIONING": STATE_PENDING, "STAGING": STATE_PENDING, "RUNNING": STATE_RUNNING,
+          "STOPPING": STATE_STOPPING, "SUSPENDING": STATE_STOPPING, "REPAIRING": STATE_PENDING,
+          "SUSPENDED": STATE_STOPPED, "STOPPED": STATE_STOPPED, "TERMINATED": STATE_STOPPED}
+MAX_PARALLEL_CALLS = 16
+PAGE_SIZE = 500
+FINGERPRINT_ATTEMPTS = 6
+
+
+class GCPProvider(NodeProvider):
+    def __init__(self, config, client: GCEClient | None = None):
+        super().__init__(config)
+        self.provider_config = config.provider
+        self.project = config.provider["project_id"]
+        self.zones = naming.zones(config.provider)
+        self.operation_timeout_s = float(config.provider.get("operation_timeout_s", 300))
+        self._client = client
+        self._zone_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> GCEClient:
+        with self._lock:
+            if self._client is None:
+                self._client = GCEClient(self.provider_config)
+            return self._client
+
+    @staticmethod
+    def bootstrap(config):
+        from launcher.providers.gcp.setup import bootstrap_gcp
+        return bootstrap_gcp(config)
+
+    @staticmethod
+    def purge(config) -> list[str]:
+        """Remove what bootstrap made for this cluster (its firewall rules); returns what
+        was removed. The project-wide role and head service account stay (shared)."""
+        from launcher.providers.gcp.setup import purge_gcp
+        return purge_gcp(config)
+
+    # -- listing ------------------------------------------------------------------------
+    def _filter(self, tag_filters: Mapping[str, str]) -> str:
+        terms = []
+        for key, value in {**tag_filters, T.TAG_CLUSTER_NAME: self.cluster_name}.items():
+            encoded = label_codec.encode_text(str(value))
+            if len(encoded) <= label_codec.MAX_LABEL_CHARS:  # long values: checked locally
+                terms.append(f'(labels.{label_codec.encode_key(str(key))} = "{encoded}")')
+        return " AND ".join(terms)
+
+    def _list_zone(self, zone: str, filter_text: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        page_token = None
+        while True:
+            page = self.client.execute(
+                lambda: self.client.compute.instances().list(
+                    project=self.project, zone=zone, filter=filter_text,
+                    maxResults=PAGE_SIZE, pageToken=page_token),
+                what=f"listing instances in {zone}", zone=zone)
+            items.extend(page.get("items") or [])
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                return items
+
+    def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
+        filter_text = self._filter(dict(tag_filters or {}))
+        nodes = []
+        for zone in self.zones:
+            for instance in self._list_zone(zone, filter_text):
+                node = self._to_node(instance, zone)
+                if node.tags.get(T.TAG_CLUSTER_NAME) == self.cluster_name and matches(
+                        node.tags, tag_filters):
+                    nodes.append(node)
+        return nodes
+
+    def _to_node(self, instance: Mapping[str, Any], zone: str) -> Node:
+        tags = label_codec.decode_labels(instance.get("labels") or {})
+        interfaces = instance.get("networkInterfaces") or [{}]
+        internal_ip = interfaces[0].get("networkIP")
+        external_ip = next((access.get("natIP") for access in interfaces[0].get("accessConfigs") or []
+                            if access.get("natIP")), None)
+        with self._lock:
+            self._zone_of[instance["name"]] = zone
+        return Node(id=instance["name"], kind=tags.get(T.TAG_NODE_KIND, T.KIND_WORKER),
+                    node_type=tags.get(T.TAG_NODE_TYPE, ""),
+                    state=STATES.get(instance.get("status", ""), STATE_PENDING),
+                    internal_ip=internal_ip, external_ip=external_ip, tags=tags)
+
+    def _get_own(self, node_id: NodeId) -> tuple[str, dict[str, Any]]:
+        """(zone, instance) of one of our instances; NodeNotFoundError otherwise."""
+        zone = self._zone_of.get(node_id)
+        candidates = [zone] if zone else self.zones
+        for candidate in candidates:
+            instance = self.client.execute(
+                lambda: self.client.compute.instances().get(
+                    project=self.project, zone=candidate, instance=node_id),
+                what=f"reading instance {node_id}", zone=candidate, not_found_ok=True)
+            if instance is not None:
+                tags = label_codec.decode_labels(instance.get("labels") or {})
+                if tags.get(T.TAG_CLUSTER_NAME) != self.cluster_name:
+                    break
+                with self._lock:
+                    self._zone_of[node_id] = candidate
+                return candidate, instance
+        raise NodeNotFoundError(f"no node {node_id} in cluster {self.cluster_name}")
+
+    # -- creating -----------------------------------------------------------------------
+    def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
+                     count: int) -> list[NodeId]:
+        if count <= 0:
+            return []
+        all_tags = {**dict(node_config.get("labels") or {}), **dict(tags),
+                    T.TAG_CLUSTER_NAME: self.cluster_name}
+        all_tags.setdefault(T.TAG_NODE_TYPE, node_type)
+        try:
+            labels = label_codec.encode_tags(all_tags)
+        except label_codec.TagEncodingError as error:
+            raise ProviderError(str(error), node_type=node_type) from None
+        kind = all_tags.get(T.TAG_NODE_KIND, T.KIND_WORKER)
+
+        def launch(zone: str, how_many: int) -> list[str]:
+            return self._launch_in_zone(zone, how_many, node_type, node_config, labels, kind)
+        return cloud_common.launch_across_places(self.zones, count, launch, node_type=node_type)
+
+    def _launch_in_zone(self, zone, count, node_type, node_config, labels, kind) -> list[str]:
+        def one(_index: int) -> str | ProviderError:
+            name = naming.instance_name(self.cluster_name, kind)
+            try:
+                body = instance_body(node_config, name=name, zone=zone,
+                                     provider=self.provider_config,
+                                     cluster_name=self.cluster_name, labels=labels)
+            except ValueError as error:
+                return ProviderError(str(error), node_type=node_type, zone=zone)
+            request_id = cloud_common.new_launch_token()
+            what = f"creating {node_type} node {name} in {zone}"
+            try:
+                operation = self.client.execute(
+                    lambda: self.client.compute.instances().insert(
+                        project=self.project, zone=zone, body=body, requestId=request_id),
+                    what=what, node_type=node_type, zone=zone)
+                with self._lock:
+                    self._zone_of[name] = zone
+                self.client.wait_operation(operation, timeout_s=self.operation_timeout_s,
+                                           what=what, node_type=node_type)
+            except ProviderError as error:
+                return error
+            return name
+
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CALLS, count)) as pool:
+            outcomes = list(pool.map(one, range(count)))
+        created = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        errors = [outcome for outcome in outcomes if isinstance(outcome, ProviderError)]
+        if errors and not created:
+            hard = [error for error in errors if not error.try_elsewhere]
+            raise (hard or errors)[0]
+        for error in errors:
+            if not error.try_elsewhere:
+                error.created_ids = created
+                raise error
+        return created
+
+    # -- terminating --------------------------------------------------------------------
+    def terminate_nodes(self, ids: list[NodeId]) -> None:
+        wanted = set(ids)
+        if not wanted:
+            return
+        # Only nodes of this cluster: an id of another cluster's node is left alone.
+        ours = {node.id: self._zone_of[node.id] for node in self.non_terminated_nodes()
+                if node.id in wanted}
+
+        def one(item) -> ProviderError | None:
+            name, zone = item
+            what = f"deleting node {name} in {zone}"
+            try:
+                operation = self.client.execute(
+                    lambda: self.client.compute.instances().delete(
+                        project=self.project, zone=zone, instance=name),
+                    what=what, zone=zone, not_found_ok=True)
+                if operation is not None:
+                    self.client.wait_operation(operation, timeout_s=self.operation_timeout_s,
+                                               what=what)
+            except ProviderError as error:
+                return error
+            return None
+
+        if not ours:
+            return
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_CALLS, len(ours))) as pool:
+            errors = [error for error in pool.map(one, ours.items()) if error is not None]
+        if errors:
+            raise errors[0]
+
+    # -- tags ---------------------------------------------------------------------------
+    def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        """Merge tags into the labels; on a stale labelFingerprint (HTTP 412, someone else
+        changed them meanwhile) read again and retry."""
+        for attempt in range(1, FINGERPRINT_ATTEMPTS + 1):
+            zone, instance = self._get_own(node_id)
+            merged = {**label_codec.decode_labels(instance.get("labels") or {}), **dict(tags)}
+            try:
+                labels = label_codec.encode_tags(merged)
+            except label_codec.TagEncodingError as error:
+                raise ProviderError(f"tagging node {node_id}: {error}") from None
+            what = f"setting tags of node {node_id}"
+            body = {"labels": labels, "labelFingerprint": instance.get("labelFingerprint")}
+            try:
+                operation = self.client.execute(
+                    lambda: self.client.compute.instances().setLabels(
+                        project=self.project, zone=zone, instance=node_id, body=body),
+                    what=what, zone=zone)
+            except ProviderError as error:
+                stale = "conditionNotMet" in (error.cause or "")
+                if stale and attempt < FINGERPRINT_ATTEMPTS:
+                    continue
+                raise
+            self.client.wait_operation(operation, timeout_s=self.operation_timeout_s, what=what)
+            return
+
+    # -- commands -----------------------------------------------------------------------
+    def command_runner(self, node: Node):
+        from launcher.ssh_runner import SSHRunner
+        auth = self.config.auth
+        use_internal = bool(self.provider_config.get("use_internal_ips"))
+        host = node.internal_ip if use_internal else (node.external_ip or node.internal_ip)
+        if not host:
+            raise ProviderError(f"node {node.id} has no IP address yet")
+        return SSHRunner(host, cluster_name=self.cluster_name, ssh_user=auth.ssh_user,
+                         ssh_private_key=auth.ssh_private_key,
+                         ssh_proxy_command=auth.ssh_proxy_command,
+                         ssh_timeout_s=auth.ssh_timeout_s)
