@@ -177,8 +177,8 @@ def _build(document: dict, base_dir: Path | None, source_path: str | None) -> Cl
         name: NodeTypeConfig(
             name=name, node_config=spec.get("node_config") or {},
             resources=spec.get("resources") or {},
-            min_workers=spec.get("min_workers", 0),
-            max_workers=node_type_max_workers(name, spec, head, global_max),
+            min_workers=int(spec.get("min_workers", 0)),  # JSON Schema lets 2.0 be an integer
+            max_workers=int(node_type_max_workers(name, spec, head, global_max)),
             idle_timeout_s=(float(spec["idle_timeout_s"])
                             if spec.get("idle_timeout_s") is not None else None))
         for name, spec in document["available_node_types"].items()}
@@ -193,7 +193,7 @@ def _build(document: dict, base_dir: Path | None, source_path: str | None) -> Cl
                         ssh_timeout_s=float(auth["ssh_timeout_s"])),
         available_node_types=node_types,
         head_node_type=head,
-        max_workers=global_max,
+        max_workers=int(global_max),
         upscaling_speed=float(document["upscaling_speed"]),
         idle_timeout_minutes=float(document["idle_timeout_minutes"]),
         file_mounts={remote: str(resolve_local_path(local, base_dir))

@@ -47,14 +47,16 @@ def defaults_for(provider_type: str | None) -> dict:
 
 def merge_under(defaults: dict, document: dict) -> dict:
     """`document` with `defaults` filling what it leaves out (see the module docstring)."""
-    result = dict(defaults)
-    if "available_node_types" in document:
-        for key in NODE_TYPE_KEYS:
-            result.pop(key, None)
-    for key, value in document.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge_under(result[key], value)
+    skipped = NODE_TYPE_KEYS if "available_node_types" in document else ()
+    result = {}
+    for key, value in document.items():  # the user's order first
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict) and key not in skipped:
+            result[key] = merge_under(default, value)
         else:
+            result[key] = value
+    for key, value in defaults.items():
+        if key not in result and key not in skipped:
             result[key] = value
     return result
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -83,12 +85,24 @@ def validator_for(provider_type: str | None):
 
 def schema_problems(document: dict, provider_type: str | None) -> list[tuple[tuple, str]]:
     """Every schema violation as (path, message), deduplicated, in document order."""
-    problems: list[tuple[tuple, str]] = []
+    problems: list[tuple[tuple, str]] = list(_not_a_number((), document))
     for error in validator_for(provider_type).iter_errors(document):
         for problem in _explain(error):
             if problem not in problems:
                 problems.append(problem)
     return problems
+
+
+def _not_a_number(path: tuple, value: Any) -> Iterator[tuple[tuple, str]]:
+    """.nan passes every bound in JSON Schema (all comparisons are false); refuse it."""
+    if isinstance(value, float) and math.isnan(value):
+        yield path, "expected a number, got .nan"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _not_a_number(path + (key,), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _not_a_number(path + (index,), item)
 
 
 def _explain(error) -> Iterator[tuple[tuple, str]]:
@@ -99,8 +113,9 @@ def _explain(error) -> Iterator[tuple[tuple, str]]:
         yield path + (instance,), f"invalid name {show(instance)}: expected {describe(schema)}"
     elif kind == "additionalProperties" and isinstance(instance, dict):
         allowed = list(schema.get("properties", {}))
+        patterns = [re.compile(pattern) for pattern in schema.get("patternProperties", {})]
         for key in instance:
-            if key not in allowed:
+            if key not in allowed and not any(pattern.search(key) for pattern in patterns):
                 yield path + (key,), unknown_key_message(key, allowed, at_top=not path)
     elif kind == "required" and isinstance(instance, dict):
         for key in schema.get("required", []):

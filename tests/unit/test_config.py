@@ -286,3 +286,18 @@ def test_a_number_yaml_reads_as_text_gets_a_hint():
     assert len(messages) == 2
     assert all(message.startswith("expected a number >= 0, got '") for message in messages)
     assert all("text, not a number" in message for message in messages)
+
+
+def test_x_keys_hold_yaml_anchors_and_whole_floats_become_integers():
+    config = load_config_text("cluster_name: a\nprovider: {type: process}\n"
+                              "x-common: &common {resources: {CPU: 2}, max_workers: 2.0}\n"
+                              "max_workers: 4.0\n"
+                              "available_node_types:\n"
+                              "  head: {resources: {CPU: 1}}\n"
+                              "  w:\n    <<: *common\n    min_workers: 1\n"
+                              "head_node_type: head\n")
+    worker = config.available_node_types["w"]
+    assert dict(worker.resources) == {"CPU": 2}
+    assert (worker.min_workers, worker.max_workers, config.max_workers) == (1, 2, 4)
+    assert all(type(value) is int for value in (worker.max_workers, config.max_workers))
+    assert "x-common" not in config.to_dict()
