@@ -78,7 +78,10 @@ def cli():
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="corral", standalone_mode=False)
+        # Without standalone mode click returns (not raises) a command's Exit(code).
+        code = cli.main(args=argv, prog_name="corral", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.Abort:
