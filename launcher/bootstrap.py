@@ -154,9 +154,12 @@ class ClusterContext:
 
 
 def known_node_dir(runner) -> str | None:
-    """The node dir a runner already knows (the process provider sets it in its env)."""
-    base_env = getattr(runner, "base_env", None) or {}
-    return base_env.get("CORRAL_NODE_DIR")
+    """The node dir of a node on THIS machine (the process provider's LocalRunner carries
+    it in its environment); None for remote nodes, whose node dir is resolved there."""
+    from launcher.command_runner import LocalRunner
+    if not isinstance(runner, LocalRunner):
+        return None
+    return runner.base_env.get("CORRAL_NODE_DIR")
 
 
 def resolve_node_dir_command() -> str:
@@ -203,9 +206,6 @@ class NodeBootstrap:
             status = STATUS_UPDATE_FAILED
             error = BootstrapError(self.node.id, self.stage, failed.message, self.log_path)
             self._record_failure(failed.tag_text)
-        finally:
-            if self.runner is not None:
-                self.runner.close()
         self._notify(status, str(error) if error else "")
         return BootstrapOutcome(self.node.id, self.node.kind, self.node.node_type,
                                 node_ip(self.node), status, time.monotonic() - started,

@@ -12,7 +12,6 @@ All three are stored in the node's tags, so any machine can compare them.
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -44,55 +43,23 @@ def launch_hash(config, node_type: str) -> str:
     return _digest({"provider": provider, "node_config": node_config})
 
 
-def is_excluded(relative_path: str, patterns: Iterable[str]) -> bool:
-    """rsync_exclude semantics: a pattern matches a path's name or its relative path, and
-    excluding a directory excludes everything below it."""
-    parts = relative_path.replace(os.sep, "/").strip("/").split("/")
-    for pattern in patterns:
-        pattern = pattern.rstrip("/")
-        anchored = pattern.startswith("/")
-        pattern = pattern.lstrip("/")
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
-            if fnmatch.fnmatchcase(prefix, pattern):
-                return True
-            if not anchored and "/" not in pattern and fnmatch.fnmatchcase(parts[depth - 1],
-                                                                          pattern):
-                return True
-    return False
-
-
 def tree_digest(local_path: str, exclude: Iterable[str] = ()) -> str:
-    """Checksum of a file or directory tree: relative names, file modes and contents.
+    """Checksum of a file or directory tree as a sync would copy it (same walk and
+    rsync_exclude semantics as launcher.file_sync): relative names, modes, contents.
     A missing path has a digest of its own (so creating it later is a change)."""
-    exclude = tuple(exclude)
-    path = os.path.expanduser(local_path)
+    from launcher.file_sync import plan_local_source, sha256_file
     digest = hashlib.sha256()
+    path = os.path.expanduser(local_path)
     if not os.path.exists(path):
         digest.update(b"missing")
         return digest.hexdigest()[:_HASH_LENGTH]
-    if os.path.isfile(path):
-        _add_file(digest, "", path)
-        return digest.hexdigest()[:_HASH_LENGTH]
-    for root, dirs, files in os.walk(path):
-        relative_root = os.path.relpath(root, path)
-        relative_root = "" if relative_root == "." else relative_root
-        dirs[:] = sorted(name for name in dirs
-                         if not is_excluded(os.path.join(relative_root, name), exclude))
-        for name in sorted(files):
-            relative = os.path.join(relative_root, name)
-            if not is_excluded(relative, exclude):
-                _add_file(digest, relative, os.path.join(root, name))
+    plan = plan_local_source(path, "/", list(exclude))
+    for directory in plan.dirs:
+        digest.update(b"d\0" + directory.encode() + b"\0")
+    for entry in plan.files:
+        digest.update(f"f\0{entry.rel}\0{entry.mode:o}\0{sha256_file(entry.source)}\0"
+                      .encode())
     return digest.hexdigest()[:_HASH_LENGTH]
-
-
-def _add_file(digest, relative: str, path: str) -> None:
-    digest.update(relative.encode() + b"\0")
-    digest.update(str(os.stat(path).st_mode & 0o777).encode() + b"\0")
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    digest.update(b"\0")
 
 
 def file_mounts_digest(config) -> dict[str, str]:

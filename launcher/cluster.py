@@ -1,0 +1,99 @@
+"""What every cluster command needs: the config and provider of a cluster, its head,
+its nodes, and the environment commands on a node get.
+
+`corral up` lives in launcher/cluster_up.py, `corral down` in launcher/cluster_down.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from launcher.bootstrap import (DEFAULT_NODE_DIR, ClusterContext, head_port_of,
+                                known_node_dir, node_ip)
+from launcher.errors import ClusterError, UsageError
+from launcher.providers import make_provider
+from launcher.providers.base import Node, NodeProvider
+from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND
+
+
+class NoClusterError(ClusterError):
+    """The cluster has no head node (never brought up, or already down)."""
+
+    def __init__(self, cluster_name: str, config_path: str | None):
+        self.cluster_name = cluster_name
+        hint = f"corral up {config_path}" if config_path else "corral up CONFIG"
+        super().__init__(f"cluster {cluster_name!r} has no head node; is it up? "
+                         f"(start it with: {hint})")
+
+
+def load_cluster_config(config_path: str):
+    """load_config, printing the loader's notices (aliases read, ...) on stderr."""
+    import click
+    from launcher.config import load_config_with_notices
+    config, notices = load_config_with_notices(config_path)
+    for notice in notices:
+        click.secho(f"note: {notice}", err=True, fg="yellow")
+    return config
+
+
+@contextlib.contextmanager
+def open_cluster(config_path: str) -> Iterator[tuple[object, NodeProvider]]:
+    """(config, provider) for a cluster YAML; the provider is closed on exit."""
+    config = load_cluster_config(config_path)
+    provider = make_provider(config)
+    try:
+        yield config, provider
+    finally:
+        provider.close()
+
+
+def find_head(provider: NodeProvider, config) -> Node:
+    heads = provider.non_terminated_nodes({TAG_NODE_KIND: KIND_HEAD})
+    if not heads:
+        raise NoClusterError(config.cluster_name, config.source_path)
+    return heads[0]
+
+
+def worker_nodes(provider: NodeProvider) -> list[Node]:
+    return provider.non_terminated_nodes({TAG_NODE_KIND: KIND_WORKER})
+
+
+def pick_node(provider: NodeProvider, config, node_id: str) -> Node:
+    nodes = provider.non_terminated_nodes()
+    for node in nodes:
+        if node.id == node_id or node_ip(node) == node_id:
+            return node
+    known = ", ".join(node.id for node in nodes) or "none"
+    raise UsageError(f"cluster {config.cluster_name!r} has no node {node_id!r} "
+                     f"(nodes: {known})")
+
+
+def cluster_context(provider: NodeProvider, config, head: Node) -> ClusterContext:
+    """The shared bootstrap context of a running cluster (no checksums of big mounts are
+    needed for exec, but they are cheap enough to keep one code path)."""
+    from launcher import paths
+    return ClusterContext.build(config, node_ip(head) or "", head_port_of(provider, head),
+                                str(paths.keys_dir(config.cluster_name)))
+
+
+def command_env(provider: NodeProvider, config, node: Node, head: Node,
+                runner) -> dict[str, str]:
+    """The common-contract environment for a command run on `node` outside bootstrap."""
+    head_ip = node_ip(head) or ""
+    context = ClusterContext(config=config, head_ip=head_ip,
+                             head_port=head_port_of(provider, head), keys_dir=None,
+                             mounts_digest={}, keys_digest=None)
+    return context.node_env(node, known_node_dir(runner) or DEFAULT_NODE_DIR)
+
+
+def display_ip(node: Node) -> str:
+    return node.external_ip or node.internal_ip or "-"
+
+
+def default_config_hint(config) -> str:
+    """How to name this cluster's config in a suggested command."""
+    if config.source_path:
+        relative = os.path.relpath(config.source_path)
+        return relative if not relative.startswith("../../") else config.source_path
+    return "CONFIG"

@@ -1,0 +1,89 @@
+"""`corral down`: stop the runtime on every node, terminate the nodes, then list again to
+prove nothing is left (Ray's `ray down` leaves workers running: ray-project/ray#43232)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from launcher.cluster import command_env
+from launcher.errors import ClusterError
+from launcher.providers.base import Node, NodeProvider
+from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND
+
+RUNTIME_STOP_COMMAND = "corral stop"
+RUNTIME_STOP_TIMEOUT_S = 30.0
+MAX_PARALLEL = 32
+
+
+@dataclasses.dataclass
+class DownResult:
+    targeted: list[Node]
+    stop_failures: dict[str, str]  # node id -> why `corral stop` did not succeed
+    terminate_error: str | None
+    left: list[Node]  # nodes still listed afterwards
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.left and self.terminate_error is None
+
+
+def nodes_to_take_down(provider: NodeProvider, workers_only: bool) -> list[Node]:
+    if workers_only:
+        return provider.non_terminated_nodes({TAG_NODE_KIND: KIND_WORKER})
+    return provider.non_terminated_nodes()
+
+
+def stop_runtime(provider: NodeProvider, config, nodes: list[Node], head: Node | None,
+                 on_event: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Run `corral stop` on every node at once, best effort. Returns {node id: problem}
+    for the nodes where it did not work (they are terminated anyway)."""
+    def one(node: Node) -> tuple[str, str | None]:
+        try:
+            runner = provider.command_runner(node)
+            env = command_env(provider, config, node, head or node, runner)
+            result = runner.run(RUNTIME_STOP_COMMAND, timeout_s=RUNTIME_STOP_TIMEOUT_S,
+                                env=env)
+        except (ClusterError, OSError) as error:
+            return node.id, str(error)
+        if not result.ok:
+            return node.id, f"`{RUNTIME_STOP_COMMAND}` exited {result.exit_code}: " \
+                            f"{result.tail(2)}"
+        return node.id, None
+
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
+        results = list(pool.map(one, nodes))
+    failures = {node_id: problem for node_id, problem in results if problem}
+    if on_event is not None:
+        for node_id, problem in failures.items():
+            on_event(f"{node_id}: runtime stop skipped ({problem.splitlines()[0]})")
+    return failures
+
+
+def take_down(provider: NodeProvider, config, *, workers_only: bool = False,
+              on_event: Callable[[str], None] | None = None) -> DownResult:
+    started = time.monotonic()
+    nodes = nodes_to_take_down(provider, workers_only)
+    heads = [node for node in provider.non_terminated_nodes({TAG_NODE_KIND: KIND_HEAD})]
+    head = heads[0] if heads else None
+    stop_failures = stop_runtime(provider, config, nodes, head, on_event)
+    terminate_error = None
+    if nodes:
+        # Workers first, so the head's autoscaler (if still alive) cannot replace them
+        # from a listing that still shows a head; then the head.
+        workers = [node.id for node in nodes if node.kind != KIND_HEAD]
+        head_ids = [node.id for node in nodes if node.kind == KIND_HEAD]
+        for batch in (workers, head_ids):
+            if not batch:
+                continue
+            try:
+                provider.terminate_nodes(batch)
+            except ClusterError as error:
+                terminate_error = f"{terminate_error}; {error}" if terminate_error else str(error)
+    left = nodes_to_take_down(provider, workers_only)
+    return DownResult(nodes, stop_failures, terminate_error, left,
+                      time.monotonic() - started)
