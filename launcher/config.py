@@ -4,6 +4,7 @@ schemas/, check what a schema cannot, and produce the frozen ClusterConfig.
     load_config(path) -> ClusterConfig
     load_config_with_notices(path) -> (ClusterConfig, [notice])
     load_config_text(text, source="<string>") -> ClusterConfig
+    load_normalised_config(path) -> ClusterConfig   (the head's copy, from to_dict())
     normalize(document, source=None) -> ClusterConfig
 
 Every problem found is collected and raised together as ConfigErrors, one ConfigError
@@ -25,7 +26,7 @@ from launcher.config_schema import (did_you_mean, known_provider_types, schema_p
 from launcher.errors import ConfigError, ConfigErrors
 
 __all__ = ["ClusterConfig", "NodeTypeConfig", "AuthConfig", "load_config",
-           "load_config_with_notices", "load_config_text", "normalize",
+           "load_config_with_notices", "load_config_text", "load_normalised_config", "normalize",
            "normalize_with_notices"]
 
 
@@ -48,6 +49,13 @@ def load_config_with_notices(path: str | Path,
                                         source)]) from None
     base_dir = Path(path).resolve().parent
     return _load_text(text, source, base_dir, str(Path(path).resolve()), check_local_files)
+
+
+def load_normalised_config(path: str | Path) -> ClusterConfig:
+    """A config written by `to_dict()` on another machine (the head's
+    $CORRAL_NODE_DIR/cluster.yaml): validated the same way, but the laptop's file_mounts
+    and key paths are not expected to exist here."""
+    return load_config_with_notices(path, check_local_files=False)[0]
 
 
 def load_config_text(text: str, source: str = "<string>") -> ClusterConfig:

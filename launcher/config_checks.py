@@ -80,10 +80,17 @@ def _check_local(document: dict, provider: dict, check_local_files: bool,
                          "the local provider needs auth.ssh_user: the user to log in as on "
                          "head_ip and worker_ips"))
     key = auth.get("ssh_private_key")
-    if check_local_files and isinstance(key, str) and key:
+    if not key:
+        problems.append((("auth", "ssh_private_key"),
+                         "the local provider needs auth.ssh_private_key: the private key "
+                         "that logs auth.ssh_user in on every host"))
+    elif check_local_files and isinstance(key, str):
+        # A notice, not an error: the key may be made after validating (and `up` fails
+        # with the host and the reason if it is still missing then).
         if not resolve_local_path(key, base_dir).is_file():
-            problems.append((("auth", "ssh_private_key"),
-                             f"no such key file: {resolve_local_path(key, base_dir)}"))
+            notices.append((("auth", "ssh_private_key"),
+                            f"no key file at {resolve_local_path(key, base_dir)} yet; "
+                            f"SSH to the hosts will fail without it"))
     head_ip = provider.get("head_ip")
     worker_ips = provider.get("worker_ips")
     if isinstance(worker_ips, list):

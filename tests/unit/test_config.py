@@ -12,7 +12,7 @@ import yaml
 
 from launcher import config_defaults, config_schema
 from launcher.config import (load_config, load_config_text, load_config_with_notices,
-                             normalize, normalize_with_notices)
+                             load_normalised_config, normalize, normalize_with_notices)
 from launcher.config_model import ClusterConfig
 from launcher.errors import ConfigErrors
 
@@ -45,6 +45,7 @@ def test_local_example_gets_one_head_type_and_a_worker_type_per_host_list():
     config = load_config(ROOT / "configs" / "local.yaml")
     assert config.provider_type == "local"
     assert config.auth.ssh_user == "corral"
+    assert config.auth.ssh_private_key == str(Path.home() / ".ssh" / "id_ed25519")
     hosts = list(config.provider["worker_ips"])
     assert len(hosts) == 3
     head = config.available_node_types[config.head_node_type]
@@ -62,11 +63,20 @@ provider:
   type: local
   head_ip: 10.1.0.1
   worker_ips: [10.1.0.2, 10.1.0.3]
-auth: {ssh_user: ops}
+auth: {ssh_user: ops, ssh_private_key: rack.pem}
 """
 
 
-def test_local_defaults_follow_worker_ips_unless_the_user_sets_them():
+@pytest.fixture
+def in_rack_dir(tmp_path, monkeypatch):
+    """A current directory holding rack.pem, the key LOCAL names (relative paths in a
+    document that came from no file are relative to the current directory)."""
+    (tmp_path / "rack.pem").write_text("not really a key\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_local_defaults_follow_worker_ips_unless_the_user_sets_them(in_rack_dir):
     config = load_config_text(LOCAL)
     assert config.max_workers == 2
     assert config.available_node_types["local.worker"].min_workers == 2
@@ -80,15 +90,15 @@ def test_local_defaults_follow_worker_ips_unless_the_user_sets_them():
     assert set(explicit.available_node_types) == {"head", "worker"}
 
 
-def test_local_without_worker_ips_is_a_head_only_cluster():
+def test_local_without_worker_ips_is_a_head_only_cluster(in_rack_dir):
     config = load_config_text(LOCAL.replace("  worker_ips: [10.1.0.2, 10.1.0.3]\n", ""))
     assert config.provider["worker_ips"] == ()
     assert config.max_workers == 0
     assert config.available_node_types["local.worker"].max_workers == 0
 
 
-def test_local_max_workers_above_the_host_count_is_a_notice(tmp_path):
-    path = tmp_path / "rack.yaml"
+def test_local_max_workers_above_the_host_count_is_a_notice(in_rack_dir):
+    path = in_rack_dir / "rack.yaml"
     path.write_text(LOCAL + "max_workers: 5\n")
     config, notices = load_config_with_notices(path)
     assert config.max_workers == 5
@@ -301,3 +311,33 @@ def test_x_keys_hold_yaml_anchors_and_whole_floats_become_integers():
     assert (worker.min_workers, worker.max_workers, config.max_workers) == (1, 2, 4)
     assert all(type(value) is int for value in (worker.max_workers, config.max_workers))
     assert "x-common" not in config.to_dict()
+
+
+def test_local_key_file_missing_is_a_notice_not_an_error(tmp_path):
+    path = tmp_path / "rack.yaml"
+    path.write_text(LOCAL.replace("rack.pem", "keys/rack.pem"))
+    config, notices = load_config_with_notices(path)
+    assert config.auth.ssh_private_key == str(tmp_path / "keys" / "rack.pem")
+    assert notices == [f"{path}:7: no key file at {tmp_path / 'keys' / 'rack.pem'} yet; "
+                       f"SSH to the hosts will fail without it"]
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "rack.pem").write_text("not really a key\n")
+    assert load_config_with_notices(path)[1] == []
+
+
+def test_the_heads_copy_loads_where_the_laptops_files_do_not_exist(tmp_path):
+    project = tmp_path / "laptop"
+    project.mkdir()
+    (project / "code").mkdir()
+    (project / "id_key").write_text("key\n")
+    (project / "c.yaml").write_text(LOCAL.replace("rack.pem", "id_key")
+                                    + "file_mounts: {/srv/code: code}\n")
+    config = load_config(project / "c.yaml")
+    head_copy = tmp_path / "head" / "cluster.yaml"
+    head_copy.parent.mkdir()
+    head_copy.write_text(yaml.safe_dump(config.to_dict()))
+    shutil.rmtree(project)  # as on the head: none of the laptop's files are there
+    with pytest.raises(ConfigErrors, match="does not exist"):
+        load_config(head_copy)
+    again = load_normalised_config(head_copy)
+    assert again.replace(source_path=None) == config.replace(source_path=None)
