@@ -235,7 +235,9 @@ def describe(schema: Any) -> str:
         text += f" matching {schema['pattern']}"
     if "minProperties" in schema and types == "object":
         text += " with at least one entry"
-    if "minItems" in schema:
+    if schema.get("minItems") == 1:
+        text += " with at least one entry"
+    elif "minItems" in schema:
         text += f" with at least {schema['minItems']} entries"
     return text
 
