@@ -1,7 +1,89 @@
-"""Errors raised by the runtime. Root: RuntimeSystemError."""
+"""Errors raised by the runtime. Root: RuntimeSystemError. Each leaf carries the data a
+caller needs (the task's name, the remote traceback, the actor or node id)."""
+from __future__ import annotations
 
 
 class RuntimeSystemError(Exception):
     """Root of every error the runtime raises."""
 
     exit_code = 1
+
+
+class RuntimeConnectionError(RuntimeSystemError):
+    """The control service could not be reached (wrong address, wrong key, not running)."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(f"cannot reach the runtime at {address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class RuntimeStartError(RuntimeSystemError):
+    """`corral start` (or the embedded runtime) could not bring its processes up."""
+
+
+class TaskError(RuntimeSystemError):
+    """A task failed: user code raised (the remote traceback is kept), or its worker died
+    more often than max_retries allows."""
+
+    def __init__(self, function_name: str, cause: str, remote_traceback: str = "",
+                 cause_exception: BaseException | None = None):
+        text = f"task {function_name} failed: {cause}"
+        if remote_traceback:
+            text += "\n\nRemote traceback:\n" + remote_traceback
+        super().__init__(text)
+        self.function_name = function_name
+        self.cause = cause
+        self.remote_traceback = remote_traceback
+        self.cause_exception = cause_exception
+
+    def __reduce__(self):
+        return (TaskError, (self.function_name, self.cause, self.remote_traceback,
+                            None))
+
+
+class ActorDiedError(RuntimeSystemError):
+    def __init__(self, actor_id: str, cause: str):
+        super().__init__(f"actor {actor_id} died: {cause}")
+        self.actor_id = actor_id
+        self.cause = cause
+
+    def __reduce__(self):
+        return (ActorDiedError, (self.actor_id, self.cause))
+
+
+class NodeDiedError(RuntimeSystemError):
+    def __init__(self, node_id: str, what: str = ""):
+        super().__init__(f"node {node_id} died (stopped heartbeating)"
+                         + (f" while running {what}" if what else ""))
+        self.node_id = node_id
+        self.what = what
+
+    def __reduce__(self):
+        return (NodeDiedError, (self.node_id, self.what))
+
+
+class GetTimeoutError(RuntimeSystemError, TimeoutError):
+    def __init__(self, timeout_s: float, pending: int):
+        super().__init__(f"get() timed out after {timeout_s} s with {pending} object(s) "
+                         "not ready")
+        self.timeout_s = timeout_s
+        self.pending = pending
+
+    def __reduce__(self):
+        return (GetTimeoutError, (self.timeout_s, self.pending))
+
+
+class ObjectLostError(RuntimeSystemError):
+    def __init__(self, object_id: str, reason: str):
+        super().__init__(f"object {object_id} is lost: {reason}")
+        self.object_id = object_id
+        self.reason = reason
+
+    def __reduce__(self):
+        return (ObjectLostError, (self.object_id, self.reason))
+
+
+class NotInitializedError(RuntimeSystemError):
+    def __init__(self):
+        super().__init__("the runtime is not initialised: call runtime.init() first")

@@ -1,0 +1,431 @@
+"""The node agent: one per node. Registers with the control service and heartbeats,
+accounts the node's resources, runs a pool of worker processes (sized to the node's
+CPUs), queues tasks until their resources fit, keeps large objects in the local store and
+serves them to drivers and peer agents.
+
+Sockets: `local` ROUTER on ipc (workers, drivers on this node), `remote` ROUTER on TCP
+(CurveZMQ; drivers and peer agents elsewhere), a DEALER to the control service and one
+DEALER per peer agent it fetches objects from."""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import zmq
+
+from runtime import protocol, scheduling
+from runtime.objects import ObjectStore
+from runtime.protocol import INLINE_LIMIT_BYTES, Packer, unpack_value
+
+log = logging.getLogger("corral.agent")
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class WorkerProcess:
+    def __init__(self, worker_id: str, proc: subprocess.Popen, actor_id: bytes | None):
+        self.worker_id = worker_id
+        self.identity = b"W" + worker_id.encode()
+        self.proc = proc
+        self.actor_id = actor_id
+        self.ready = False
+        self.task: dict | None = None          # running task (task workers)
+        self.backlog: list = []                # messages waiting for `ready`
+        self.killed_reason: str | None = None
+
+
+class NodeAgent:
+    def __init__(self, node_id: str, node_type: str | None, control_address: str,
+                 keys, resources: dict, advertise_ip: str, bind_ip: str):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.keys = keys
+        self.ctx = zmq.Context()
+        self.local_endpoint = protocol.ipc_endpoint(f"agent-{node_id[:24]}-{os.getpid()}")
+        self.local = protocol.bind_router(self.ctx, self.local_endpoint, None)
+        self.remote = protocol.bind_router(self.ctx, f"tcp://{bind_ip}:0", keys)
+        port = int(self.remote.last_endpoint.decode().rsplit(":", 1)[1])
+        self.address = f"{advertise_ip}:{port}"
+        self.control_address = control_address
+        self.control = protocol.connect_dealer(self.ctx, f"tcp://{control_address}", keys,
+                                               b"A" + node_id.encode() + uuid.uuid4().bytes[:4])
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.store = ObjectStore()
+        self.workers: dict[bytes, WorkerProcess] = {}
+        self.actors: dict[bytes, WorkerProcess] = {}
+        self.actor_info: dict[bytes, dict] = {}
+        self.unplaced_calls: dict[bytes, list] = {}       # actor id -> calls before spawn
+        self.queue: collections.deque = collections.deque()
+        self.routes: dict[str, zmq.Socket] = {}          # driver id -> socket it uses
+        self.outbox: dict[str, list] = {}                 # driver id -> [(entry, frames)]
+        self.peers: dict[str, zmq.Socket] = {}
+        self.peer_addresses: dict[str, str] = {}
+        self.fetches: dict[int, tuple] = {}
+        self.fetch_ids = itertools.count()
+        self.max_task_workers = max(2, int(2 * self.total.get("CPU", 1)))
+        self.idle_since_s: float | None = time.time()
+        self.registered = False
+        self.next_heartbeat = 0.0
+        self.running = True
+        self.poller = zmq.Poller()
+        for sock in (self.local, self.remote, self.control):
+            self.poller.register(sock, zmq.POLLIN)
+        for _ in range(int(self.total.get("CPU", 1))):
+            self._spawn_worker(None)
+
+    # ------------------------------------------------------------------ loop
+    def serve_forever(self) -> None:
+        while self.running:
+            events = dict(self.poller.poll(100))
+            for sock in events:
+                for _ in range(1000):
+                    try:
+                        identity, kind, header, frames = protocol.recv(
+                            sock, routed=sock in (self.local, self.remote))
+                    except zmq.Again:
+                        break
+                    self._dispatch(sock, identity, kind, header, frames)
+                    if not sock.poll(0):
+                        break
+            self._reap_workers()
+            self._schedule()
+            self._flush()
+            if time.monotonic() >= self.next_heartbeat:
+                self._heartbeat()
+        self._shutdown()
+
+    def _dispatch(self, sock, identity, kind, header, frames) -> None:
+        if identity is not None and identity[:1] == b"W":
+            self._from_worker(self.workers.get(identity), kind, header, frames)
+        elif sock is self.control:
+            self._from_control(kind, header)
+        elif sock in (self.local, self.remote):
+            handler = getattr(self, "_on_" + kind.decode(), None)
+            if handler is None:
+                log.warning("unknown message %r", kind)
+                return
+            if identity[:1] == b"D":
+                self.routes[identity[1:].decode()] = sock
+            handler(sock, identity, header, frames)
+        else:  # a peer agent answering a fetch
+            self._fetched(header, frames)
+
+    def _send(self, sock, identity, kind, header, frames=()) -> None:
+        try:
+            protocol.send(sock, kind, header, frames, identity=identity)
+        except zmq.ZMQError as error:
+            log.info("cannot send %s to %r: %s", kind, identity, error)
+
+    def _to_driver(self, driver: str, entry: tuple, frames=()) -> None:
+        self.outbox.setdefault(driver, []).append((entry, frames))
+
+    def _flush(self) -> None:
+        for driver, items in self.outbox.items():
+            sock = self.routes.get(driver)
+            if sock is None:
+                continue
+            packer = Packer()
+            entries = []
+            for entry, frames in items:
+                if frames:
+                    base = len(packer.frames)
+                    packer.frames.extend(frames)
+                    entry = entry + (base,)
+                entries.append(entry)
+            self._send(sock, b"D" + driver.encode(), b"results", entries, packer.frames)
+        self.outbox.clear()
+
+    # ------------------------------------------------------------------ control
+    def _heartbeat(self) -> None:
+        self.next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+        if not self.registered:
+            kwargs = dict(node_id=self.node_id, node_type=self.node_type,
+                          address=self.address, ipc=self.local_endpoint,
+                          hostname=socket.gethostname(), resources_total=self.total)
+            protocol.send(self.control, b"rpc", ("register", "register_node", kwargs))
+            return
+        busy = any(w.task for w in self.workers.values()) or self.actors
+        if busy:
+            self.idle_since_s = None
+        elif self.idle_since_s is None:
+            self.idle_since_s = time.time()
+        demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
+        kwargs = dict(node_id=self.node_id, resources_available=self.available,
+                      idle_since_s=self.idle_since_s, queued_demand=dict(demand))
+        protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
+
+    def _from_control(self, kind, header) -> None:
+        if kind == b"driver_dead":
+            self._driver_dead(header)
+            return
+        request_id, ok, result = header
+        if not ok:
+            log.error("control rejected %s: %s", request_id, result)
+            return
+        if request_id == "register":
+            self.registered = True
+            log.info("registered with control at %s", self.control_address)
+            self._learn_nodes(result["nodes"])
+        elif request_id == "heartbeat":
+            if not result["known"]:
+                self.registered = False
+                self.next_heartbeat = 0.0
+                return
+            self._learn_nodes(result["nodes"])
+            for driver in result["dead_drivers"]:
+                if driver in self.routes:
+                    self._driver_dead(driver)
+
+    def _learn_nodes(self, nodes) -> None:
+        for node in nodes:
+            self.peer_addresses[node["node_id"]] = node["address"]
+
+    def _driver_dead(self, driver: str) -> None:
+        log.info("driver %s is gone: dropping its work", driver)
+        self.routes.pop(driver, None)
+        self.outbox.pop(driver, None)
+        self.queue = collections.deque(t for t in self.queue if t["driver"] != driver)
+        for worker in list(self.workers.values()):
+            info = self.actor_info.get(worker.actor_id) if worker.actor_id else None
+            owned = (info and info["driver"] == driver and not info.get("detached")) or \
+                (worker.task and worker.task["driver"] == driver)
+            if owned:
+                worker.killed_reason = "driver exited"
+                worker.proc.kill()
+        self.store.free_owner(driver)
+
+    # ------------------------------------------------------------------ drivers
+    def _on_submit(self, sock, identity, tasks, frames) -> None:
+        for task in tasks:
+            task["args"] = [self._arg(a, frames) for a in task["args"]]
+            task["kwargs"] = {k: self._arg(v, frames) for k, v in task["kwargs"].items()}
+            task["missing"] = 0
+            for arg in itertools.chain(task["args"], task["kwargs"].values()):
+                if arg[0] == "r":
+                    self._fetch_arg(task, arg)
+            if task["kind"] == "actor_call":
+                self._send_to_actor(task)
+            else:
+                if task["kind"] == "actor_create":
+                    self.unplaced_calls[task["actor_id"]] = []
+                self.queue.append(task)
+
+    def _arg(self, arg, frames):
+        if arg[0] == "v":
+            return ["v", unpack_value(arg[1], frames)]
+        return ["r", arg[1], arg[2]]
+
+    def _fetch_arg(self, task, arg) -> None:
+        object_id, node_id = arg[1], arg[2]
+        local = self.store.get(object_id)
+        if local is not None:
+            arg[:] = ["v", local]
+            return
+        peer = self._peer(node_id)
+        if peer is None:
+            arg[:] = ["lost", object_id, node_id]
+            return
+        fetch_id = next(self.fetch_ids)
+        self.fetches[fetch_id] = (task, arg)
+        task["missing"] += 1
+        self._send(peer, None, b"fetch", (fetch_id, object_id))
+
+    def _peer(self, node_id: str):
+        if node_id in self.peers:
+            return self.peers[node_id]
+        address = self.peer_addresses.get(node_id)
+        if address is None:
+            return None
+        sock = protocol.connect_dealer(self.ctx, f"tcp://{address}", self.keys,
+                                       b"A" + self.node_id.encode() + uuid.uuid4().bytes[:4])
+        self.poller.register(sock, zmq.POLLIN)
+        self.peers[node_id] = sock
+        return sock
+
+    def _fetched(self, header, frames) -> None:
+        fetch_id, found, packed = header
+        task, arg = self.fetches.pop(fetch_id)
+        arg[:] = ["v", unpack_value(packed, frames)] if found else ["lost", arg[1], arg[2]]
+        task["missing"] -= 1
+        if task["kind"] == "actor_call" and task["missing"] == 0:
+            self._send_to_actor(task)
+
+    def _on_fetch(self, sock, identity, header, frames) -> None:
+        request_id, object_id = header
+        value = self.store.get(object_id)
+        packer = Packer()
+        packed = packer.value(value) if value is not None else None
+        self._send(sock, identity, b"object", (request_id, value is not None, packed),
+                   packer.frames)
+
+    def _on_put(self, sock, identity, header, frames) -> None:
+        object_id, packed, owner = header
+        self.store.put(object_id, unpack_value(packed, frames), owner)
+
+    def _on_free(self, sock, identity, object_ids, frames) -> None:
+        for object_id in object_ids:
+            self.store.free(object_id)
+
+    def _on_stats(self, sock, identity, request_id, frames) -> None:
+        stats = {"objects": len(self.store), "object_bytes": self.store.size_bytes,
+                 "workers": len(self.workers), "queued": len(self.queue)}
+        self._send(sock, identity, b"object", (request_id, True, stats))
+
+    def _on_kill_actor(self, sock, identity, actor_id, frames) -> None:
+        worker = self.actors.get(actor_id)
+        if worker is not None:
+            worker.killed_reason = "killed by kill()"
+            worker.proc.kill()
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule(self) -> None:
+        if not self.queue:
+            return
+        waiting = collections.deque()
+        while self.queue:
+            task = self.queue.popleft()
+            if task["missing"] or not self._start(task):
+                waiting.append(task)
+        self.queue = waiting
+
+    def _start(self, task: dict) -> bool:
+        if self._fail_lost(task):
+            return True
+        if not scheduling.fits(task["shape"], self.available):
+            return False
+        if task["kind"] == "actor_create":
+            worker = self._spawn_worker(task["actor_id"])
+            self.actor_info[task["actor_id"]] = task
+        else:
+            worker = next((w for w in self.workers.values()
+                           if w.ready and w.actor_id is None and w.task is None), None)
+            if worker is None:
+                count = sum(1 for w in self.workers.values() if w.actor_id is None)
+                starting = any(not w.ready and w.actor_id is None
+                               for w in self.workers.values())
+                if count < self.max_task_workers and not starting:
+                    self._spawn_worker(None)
+                return False
+        scheduling.acquire(self.available, task["shape"])
+        worker.task = task if task["kind"] == "task" else None
+        self._send_to_worker(worker, task)
+        for call in self.unplaced_calls.pop(task["actor_id"], ()) if worker.actor_id else ():
+            self._send_to_actor(call)
+        return True
+
+    def _fail_lost(self, task: dict) -> bool:
+        for arg in itertools.chain(task["args"], task["kwargs"].values()):
+            if arg[0] == "lost":
+                self._to_driver(task["driver"], (task["task_id"], "lost", arg[1], arg[2]))
+                return True
+        return False
+
+    def _send_to_actor(self, task: dict) -> None:
+        if task["missing"]:
+            return
+        worker = self.actors.get(task["actor_id"])
+        if worker is None and task["actor_id"] in self.unplaced_calls:
+            self.unplaced_calls[task["actor_id"]].append(task)
+        elif worker is None:
+            self._to_driver(task["driver"], (task["task_id"], "actor_died",
+                                             task["actor_id"], "no such actor on this node"))
+        elif not self._fail_lost(task):
+            self._send_to_worker(worker, task)
+
+    def _send_to_worker(self, worker: WorkerProcess, task: dict) -> None:
+        packer = Packer()
+        message = {k: task[k] for k in ("task_id", "driver", "kind", "fn", "fn_id", "method")}
+        message["args"] = [packer.value(a[1]) for a in task["args"]]
+        message["kwargs"] = {k: packer.value(v[1]) for k, v in task["kwargs"].items()}
+        if worker.ready:
+            self._send(self.local, worker.identity, b"task", message, packer.frames)
+        else:
+            worker.backlog.append((message, packer.frames))
+        if worker.actor_id is not None:
+            worker.pending = getattr(worker, "pending", {})
+            worker.pending[task["task_id"]] = task
+
+    # ------------------------------------------------------------------ workers
+    def _spawn_worker(self, actor_id: bytes | None) -> WorkerProcess:
+        worker_id = uuid.uuid4().hex[:12]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
+             "--worker-id", worker_id], stdin=subprocess.DEVNULL)
+        worker = WorkerProcess(worker_id, proc, actor_id)
+        self.workers[worker.identity] = worker
+        if actor_id is not None:
+            self.actors[actor_id] = worker
+        return worker
+
+    def _from_worker(self, worker, kind, header, frames) -> None:
+        if worker is None:
+            return
+        if kind == b"ready":
+            worker.ready = True
+            for message, message_frames in worker.backlog:
+                self._send(self.local, worker.identity, b"task", message, message_frames)
+            worker.backlog.clear()
+        elif kind == b"log":
+            driver, text, stream = header
+            self._to_driver(driver, ("", "log", self.node_id, worker.proc.pid, text, stream))
+        elif kind == b"done":
+            task_id, ok, packed = header
+            if worker.actor_id is not None:
+                task = worker.pending.pop(task_id, None)
+            else:
+                task, worker.task = worker.task, None
+                if task:
+                    scheduling.release(self.available, task["shape"])
+            if task is None:
+                return
+            value = unpack_value(packed, frames)
+            if ok and value.size_bytes > INLINE_LIMIT_BYTES:
+                self.store.put(task_id, value, task["driver"])
+                self._to_driver(task["driver"], (task_id, "stored", self.node_id,
+                                                 value.size_bytes))
+            else:
+                self._to_driver(task["driver"], (task_id, "ok" if ok else "error",
+                                                 (value.data, 0, len(value.buffers))),
+                                value.buffers)
+
+    def _reap_workers(self) -> None:
+        for identity, worker in list(self.workers.items()):
+            code = worker.proc.poll()
+            if code is None:
+                continue
+            del self.workers[identity]
+            cause = worker.killed_reason or (
+                f"worker process {worker.proc.pid} died "
+                + (f"(signal {-code})" if code < 0 else f"(exit code {code})"))
+            if worker.actor_id is not None:
+                self.actors.pop(worker.actor_id, None)
+                info = self.actor_info.pop(worker.actor_id, None)
+                if info:
+                    scheduling.release(self.available, info["shape"])
+                    self._to_driver(info["driver"], (info["task_id"], "actor_died",
+                                                     worker.actor_id, cause))
+                for task in getattr(worker, "pending", {}).values():
+                    self._to_driver(task["driver"], (task["task_id"], "actor_died",
+                                                     worker.actor_id, cause))
+            elif worker.task is not None:
+                scheduling.release(self.available, worker.task["shape"])
+                self._to_driver(worker.task["driver"], (worker.task["task_id"],
+                                                        "worker_died", cause))
+
+    def _shutdown(self) -> None:
+        for worker in self.workers.values():
+            worker.proc.kill()
+        for worker in self.workers.values():
+            worker.proc.wait()
+        try:
+            os.unlink(protocol.ipc_path(self.local_endpoint))
+        except OSError:
+            pass
+        self.ctx.destroy(linger=0)

@@ -1,0 +1,286 @@
+"""The public, Ray-shaped API: init, shutdown, remote, get, put, wait, kill, get_actor,
+cluster_resources, available_resources, nodes, request_resources."""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import shutil
+import tempfile
+import threading
+import time
+
+from runtime import protocol, scheduling, session
+from runtime.driver import DriverCore
+from runtime.driver_state import FAILED, READY, ActorRecord, Entry, TaskRecord
+from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostError,
+                            RuntimeConnectionError, RuntimeSystemError)
+from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.protocol import INLINE_LIMIT_BYTES, Serialized, serialize
+
+_lock = threading.Lock()
+_core: DriverCore | None = None
+_embedded: dict | None = None
+
+
+class ObjectRef:
+    """A reference to a value (a task's result or a put). The value is freed when the
+    last ObjectRef to it is gone."""
+
+    __slots__ = ("id", "_core", "__weakref__")
+
+    def __init__(self, object_id: bytes, core: DriverCore):
+        self.id = object_id
+        self._core = core
+        core.incref(object_id)
+
+    def __del__(self):
+        try:
+            self._core.decref(self.id)
+        except (AttributeError, TypeError):  # interpreter shutdown
+            pass
+
+    def hex(self) -> str:
+        return self.id.hex()
+
+    def __repr__(self):
+        return f"ObjectRef({self.id.hex()})"
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __eq__(self, other):
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __reduce__(self):
+        raise TypeError("ObjectRefs can be passed as top-level task arguments only; "
+                        "pass the ref itself, not inside a container")
+
+
+def current_core() -> DriverCore | None:
+    return _core
+
+
+def _get_core() -> DriverCore:
+    if _core is None:
+        raise NotInitializedError()
+    return _core
+
+
+# ---------------------------------------------------------------- init / shutdown
+
+def init(address: str | None = None, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
+         keys_dir: str | None = None, log_to_driver: bool = True,
+         ignore_reinit_error: bool = False) -> dict:
+    """Connect this program to a cluster. address: "auto" = this node's running runtime
+    (address.json); "HOST:PORT" = that head; None = this node's runtime if one runs,
+    else an embedded one-node runtime for this program, torn down at exit."""
+    global _core, _embedded
+    with _lock:
+        if _core is not None:
+            if ignore_reinit_error:
+                return {"address": _core.control_address}
+            raise RuntimeSystemError("runtime.init() was already called; call "
+                                     "runtime.shutdown() first")
+        home = None
+        info = session.read_json(session.address_file(session.session_dir()))
+        if address == "auto" or (address is None and info and
+                                 session.running_pids(session.session_dir())):
+            if not info:
+                raise RuntimeConnectionError("auto", "no runtime runs on this node "
+                                             f"({session.session_dir()} has no address)")
+            address, home = info["address"], info.get("node_id")
+            keys_dir = keys_dir or info.get("keys_dir")
+        elif address is None:
+            _embedded = _start_embedded(num_cpus, num_gpus, resources)
+            address, keys_dir, home = (_embedded["address"], None,
+                                       _embedded["node_id"])
+        keys_dir = keys_dir or str(session.keys_dir())
+        keys = load_cluster_keys(keys_dir) if has_cluster_keys(keys_dir) else None
+        try:
+            _core = DriverCore(address, keys, home_node_id=home,
+                               log_to_driver=log_to_driver)
+        except BaseException:
+            _stop_embedded()
+            raise
+        atexit.register(shutdown)
+        return {"address": address, "driver_id": _core.driver_id}
+
+
+def _start_embedded(num_cpus, num_gpus, resources) -> dict:
+    from runtime.startup import start_node
+    node_dir = tempfile.mkdtemp(prefix="corral-embedded-")
+    started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
+                         resources=resources, node_dir=node_dir, generate_keys=False,
+                         node_id="embedded")
+    return {"address": started.address, "node_dir": node_dir, "node_id": started.node_id,
+            "session": started.session}
+
+
+def _stop_embedded() -> None:
+    global _embedded
+    if _embedded is not None:
+        session.stop_session(_embedded["session"])
+        shutil.rmtree(_embedded["node_dir"], ignore_errors=True)
+        _embedded = None
+
+
+def shutdown() -> None:
+    """Disconnect; the cluster cleans up this driver's tasks and non-detached actors.
+    An embedded runtime is stopped."""
+    global _core
+    with _lock:
+        core, _core = _core, None
+        if core is not None:
+            core.close()
+        _stop_embedded()
+
+
+def is_initialized() -> bool:
+    return _core is not None
+
+
+# ---------------------------------------------------------------- objects
+
+def put(value) -> ObjectRef:
+    core = _get_core()
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not supported")
+    item = serialize(value)
+    if item.buffers:  # a snapshot: later changes to the caller's arrays don't leak in
+        item = Serialized(item.data, [bytes(b) for b in item.buffers])
+    object_id = core.new_id()
+    core.add_entry(object_id, Entry(READY, value=item, name="put"))
+    return ObjectRef(object_id, core)
+
+
+def get(refs, timeout: float | None = None):
+    core = _get_core()
+    single = isinstance(refs, ObjectRef)
+    items = [refs] if single else list(refs)
+    for ref in items:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"get() expects ObjectRefs, got {type(ref).__name__}")
+    ids = [ref.id for ref in items]
+    flags = core.wait_ready(ids, len(ids), timeout)
+    if not all(flags):
+        raise GetTimeoutError(timeout, flags.count(False))
+    values = []
+    for ref in items:
+        entry = core.entry(ref.id)
+        if entry is None:
+            raise ObjectLostError(ref.hex(), "freed")
+        if entry.state == FAILED:
+            raise entry.error
+        values.append(entry.value.value())
+    return values[0] if single else values
+
+
+def wait(refs, num_returns: int = 1, timeout: float | None = None):
+    """-> (ready, not_ready): the first num_returns refs that finished (value or error),
+    in the order given, and the rest."""
+    core = _get_core()
+    refs = list(refs)
+    if num_returns > len(refs):
+        raise ValueError("num_returns is larger than the number of refs")
+    flags = core.wait_ready([r.id for r in refs], num_returns, timeout, fetch=False)
+    ready, rest = [], []
+    for ref, flag in zip(refs, flags):
+        (ready if flag and len(ready) < num_returns else rest).append(ref)
+    return ready, rest
+
+
+# ---------------------------------------------------------------- cluster state
+
+def nodes() -> list[dict]:
+    return _get_core().call_control("nodes")
+
+
+def _sum(key: str) -> dict:
+    total: dict = {}
+    for node in nodes():
+        if node["alive"]:
+            for name, amount in node[key].items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
+
+
+def cluster_resources() -> dict:
+    return _sum("resources_total")
+
+
+def available_resources() -> dict:
+    return _sum("resources_available")
+
+
+def request_resources(num_cpus: int | None = None, bundles: list[dict] | None = None):
+    """Ask the autoscaler for capacity now: num_cpus one-CPU bundles plus bundles.
+    Each call replaces the previous request."""
+    wanted = [{"CPU": 1.0}] * int(num_cpus or 0) + [dict(b) for b in bundles or []]
+    _get_core().call_control("request_resources", bundles=wanted)
+
+
+def object_count() -> int:
+    """Objects this driver holds (for tests of reference counting)."""
+    core = _get_core()
+    with core.cv:
+        return len(core.objects)
+
+
+def node_stats(node_id: str, timeout_s: float = 10.0) -> dict:
+    """A node agent's store and pool counters: objects, object_bytes, workers, queued."""
+    from concurrent.futures import Future
+    core = _get_core()
+    future: Future = Future()
+    core._run(lambda: core.io.agent_stats(node_id, future))
+    return future.result(timeout_s)
+
+
+def _fn_blob(target) -> tuple[bytes, bytes]:
+    blob = protocol.dumps_code(target)
+    return blob, hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _args(core, args, kwargs):
+    def convert(value):
+        if isinstance(value, ObjectRef):
+            return ("ref", value)
+        return ("v", serialize(value))
+    return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
+
+
+def submit_task(core, kind, name, blob, fn_id, args, kwargs, shape, retries=0,
+                actor_id=None, method=None, detached=False) -> ObjectRef:
+    task_id = core.new_id()
+    conv_args, conv_kwargs = _args(core, args, kwargs)
+    record = TaskRecord(task_id, kind, name, blob, fn_id, conv_args, conv_kwargs, shape,
+                        retries, actor_id, method, detached)
+    core.add_entry(task_id, Entry(name=name))
+    ref = ObjectRef(task_id, core)
+    core.submit(record)
+    return ref
+
+
+def register_actor(core, record: ActorRecord) -> None:
+    core._run(lambda: core.actors.setdefault(record.actor_id, record))
+
+
+def wait_for_actor_info(name: str, timeout_s: float = 10.0) -> dict:
+    core = _get_core()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = core.call_control("lookup_actor", name=name)
+        if info is None:
+            raise ValueError(f"no actor named {name!r}")
+        if info.get("node_id") or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+def make_shape(options: dict, default_cpus: float) -> dict:
+    return scheduling.make_shape(options.get("num_cpus"), options.get("num_gpus"),
+                                 options.get("resources"), default_cpus)
+
+
+__all__ = ["init", "shutdown", "put", "get", "wait", "nodes", "cluster_resources",
+           "available_resources", "request_resources", "ObjectRef", "INLINE_LIMIT_BYTES"]

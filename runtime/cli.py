@@ -1,0 +1,75 @@
+"""`corral start` and `corral stop`: the runtime's processes on this node. Defaults come
+from the environment the launcher sets (CORRAL_NODE_DIR, CORRAL_NODE_ID,
+CORRAL_NODE_TYPE, CORRAL_NODE_RESOURCES, CORRAL_HEAD_IP, CORRAL_HEAD_PORT)."""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from runtime import session
+from runtime.errors import RuntimeStartError
+
+
+def _resources(value: str | None) -> dict | None:
+    if not value:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError as error:
+        raise click.BadParameter(f"not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter('expected a JSON object, e.g. {"GPU": 1, "ssd": 2}')
+    return data
+
+
+@click.command(help="Start the runtime on this node: the head's control service and "
+               "agent (--head), or a worker agent joining --address (default "
+               "$CORRAL_HEAD_IP:$CORRAL_HEAD_PORT). Returns once the processes are up.")
+@click.option("--head", is_flag=True, help="Start the head (control service + agent).")
+@click.option("--address", help="HOST:PORT of the head to join (workers).")
+@click.option("--port", type=int, help="Head port (default $CORRAL_HEAD_PORT or 6390; "
+              "0 picks a free one).")
+@click.option("--num-cpus", type=float, help="CPUs (default: from "
+              "$CORRAL_NODE_RESOURCES, else this machine's count).")
+@click.option("--num-gpus", type=float, help="GPUs.")
+@click.option("--resources", help='Custom resources as JSON, e.g. \'{"ssd": 1}\'.')
+@click.option("--node-id", help="Node id (default $CORRAL_NODE_ID or hostname-random).")
+@click.option("--node-ip-address", "node_ip", help="IP other nodes reach this node at.")
+@click.option("--autoscaling-config", type=click.Path(),
+              help="Cluster YAML for the autoscaler monitor (head only).")
+@click.option("--heartbeat-timeout-s", type=float,
+              help="Seconds without heartbeat before a node is dead (head; default 10).")
+def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
+          autoscaling_config, heartbeat_timeout_s):
+    from runtime.startup import start_node
+    if head and address:
+        raise click.UsageError("give either --head or --address, not both")
+    if port is None and head and os.environ.get("CORRAL_HEAD_PORT"):
+        port = int(os.environ["CORRAL_HEAD_PORT"])
+    started = start_node(head=head, address=address, port=port, num_cpus=num_cpus,
+                         num_gpus=num_gpus, resources=_resources(resources),
+                         node_id=node_id, node_ip=node_ip,
+                         autoscaling_config=autoscaling_config,
+                         heartbeat_timeout_s=heartbeat_timeout_s)
+    kind = "head" if head else "worker"
+    click.echo(f"corral runtime started: {kind} node {started.node_id}, "
+               f"cluster address {started.address} "
+               f"({'CurveZMQ' if started.secure else 'loopback only, no keys'})")
+    if head:
+        click.echo(f"  autoscaler monitor: {started.monitor}")
+        click.echo("  connect with: runtime.init(address=\"auto\")")
+
+
+@click.command(help="Stop this node's runtime processes (by the pids in "
+               "$CORRAL_NODE_DIR/session). Does nothing if none run.")
+def stop():
+    stopped = session.stop_session(session.session_dir())
+    if stopped:
+        click.echo(f"corral runtime stopped (pids {', '.join(map(str, stopped))})")
+    else:
+        click.echo("corral runtime: nothing running on this node")
+
+
+__all__ = ["start", "stop", "RuntimeStartError"]

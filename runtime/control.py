@@ -1,0 +1,284 @@
+"""The control service (one per cluster, on the head): node table, resource view, actor
+directory (named actors), KV, driver table and the aggregated pending demand.
+
+Clients (node agents, drivers) talk to it with b"rpc" messages, header
+(request_id, method, kwargs), answered by b"reply" (request_id, ok, result). It pushes
+b"nodes" (the node table) to drivers when it changes and b"driver_dead" to agents.
+
+The load the autoscaler reads, `get_load` (client side: runtime.state.get_load()):
+
+    {"now_s": float,                               # wall clock (time.time())
+     "nodes": [{"node_id": str, "node_type": str|None, "address": "ip:port",
+                "alive": bool,
+                "resources_total": {"CPU": 2.0, ...},
+                "resources_available": {"CPU": 1.0, ...},
+                "idle_since_s": float|None,        # time.time() when the node last
+                                                   # became idle; None while busy
+                "idle_for_s": float}],             # 0.0 while busy
+     "pending_demand": [{"shape": {"CPU": 1.0}, "count": 3}, ...],  # waiting work
+     "infeasible": [{"GPU": 8.0}, ...],            # shapes no live node nor node type fits
+     "request_resources": [{"CPU": 1.0}, ...],     # bundles from request_resources()
+     "node_types": {"type": {"CPU": 2.0}, ...}}    # from --autoscaling-config/set_node_types
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import zmq
+
+from runtime import protocol, scheduling
+from runtime.keys import ClusterKeys, has_cluster_keys, load_cluster_keys
+
+log = logging.getLogger("corral.control")
+DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+
+
+class ControlService:
+    def __init__(self, bind_address: str, keys: ClusterKeys | None,
+                 heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 node_types: dict | None = None):
+        self.ctx = zmq.Context()
+        self.sock = protocol.bind_router(self.ctx, bind_address, keys)
+        self.port = int(self.sock.last_endpoint.decode().rsplit(":", 1)[1])
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.nodes: dict[str, dict] = {}
+        self.drivers: dict[str, dict] = {}
+        self.dead_drivers: list[str] = []
+        self.actors: dict[str, dict] = {}        # name -> actor handle info
+        self.kv: dict[str, bytes] = {}
+        self.node_types: dict[str, dict] = dict(node_types or {})
+        self.request_bundles: list[dict] = []
+        self.running = True
+
+    # ------------------------------------------------------------------ loop
+    def serve_forever(self) -> None:
+        next_check = 0.0
+        while self.running:
+            if self.sock.poll(200):
+                while True:
+                    try:
+                        identity, kind, header, _ = protocol.recv(self.sock, routed=True)
+                    except zmq.Again:
+                        break
+                    self._handle(identity, kind, header)
+                    if not self.sock.poll(0):
+                        break
+            now = time.monotonic()
+            if now >= next_check:
+                self._check_liveness(now)
+                next_check = now + 0.25
+        self.sock.close()
+        self.ctx.term()
+
+    def _handle(self, identity: bytes, kind: bytes, header) -> None:
+        if kind != b"rpc":
+            log.warning("unknown message %r", kind)
+            return
+        request_id, method, kwargs = header
+        handler = getattr(self, "rpc_" + method, None)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown control method {method!r}")
+            result, ok = handler(identity, **kwargs), True
+        except Exception as error:  # reported to the caller, not swallowed
+            log.exception("rpc %s failed", method)
+            result, ok = f"{type(error).__name__}: {error}", False
+        self._send(identity, b"reply", (request_id, ok, result))
+
+    def _send(self, identity: bytes, kind: bytes, header) -> None:
+        try:
+            protocol.send(self.sock, kind, header, identity=identity)
+        except zmq.ZMQError as error:  # peer went away; liveness check handles it
+            log.info("cannot send %s to %r: %s", kind, identity, error)
+
+    # ------------------------------------------------------------------ liveness
+    def _check_liveness(self, now: float) -> None:
+        for node in self.nodes.values():
+            if node["alive"] and now - node["last_heartbeat"] > self.heartbeat_timeout_s:
+                node["alive"] = False
+                log.warning("node %s missed heartbeats for %.1f s: dead",
+                            node["node_id"], self.heartbeat_timeout_s)
+                self._broadcast_nodes()
+        for driver_id, driver in list(self.drivers.items()):
+            if now - driver["last_heartbeat"] > self.heartbeat_timeout_s:
+                log.warning("driver %s missed heartbeats: cleaning up", driver_id)
+                self._driver_gone(driver_id)
+
+    def _driver_gone(self, driver_id: str) -> None:
+        self.drivers.pop(driver_id, None)
+        self.dead_drivers.append(driver_id)
+        del self.dead_drivers[:-1000]
+        for name, info in list(self.actors.items()):
+            if info.get("owner") == driver_id and not info.get("detached"):
+                del self.actors[name]
+        for node in self.nodes.values():
+            if node["alive"]:
+                self._send(node["identity"], b"driver_dead", driver_id)
+
+    def _node_table(self) -> list[dict]:
+        keys = ("node_id", "node_type", "address", "ipc", "hostname", "alive",
+                "resources_total")
+        return [{k: n[k] for k in keys} for n in self.nodes.values()]
+
+    def _broadcast_nodes(self) -> None:
+        table = self._node_table()
+        for driver in self.drivers.values():
+            self._send(driver["identity"], b"nodes", table)
+
+    # ------------------------------------------------------------------ agents
+    def rpc_register_node(self, identity, node_id, node_type, address, ipc, hostname,
+                          resources_total):
+        self.nodes[node_id] = {
+            "node_id": node_id, "node_type": node_type, "address": address, "ipc": ipc,
+            "hostname": hostname, "alive": True, "identity": identity,
+            "resources_total": dict(resources_total),
+            "resources_available": dict(resources_total), "idle_since_s": time.time(),
+            "queued_demand": {}, "last_heartbeat": time.monotonic()}
+        log.info("node %s joined (%s, %s)", node_id, address, resources_total)
+        self._broadcast_nodes()
+        return {"nodes": self._node_table()}
+
+    def rpc_heartbeat(self, identity, node_id, resources_available, idle_since_s,
+                      queued_demand):
+        node = self.nodes.get(node_id)
+        if node is None or not node["alive"]:
+            return {"known": False}
+        node.update(last_heartbeat=time.monotonic(), identity=identity,
+                    resources_available=resources_available, idle_since_s=idle_since_s,
+                    queued_demand=queued_demand)
+        return {"known": True, "nodes": self._node_table(),
+                "dead_drivers": self.dead_drivers[-100:]}
+
+    # ------------------------------------------------------------------ drivers
+    def rpc_register_driver(self, identity, driver_id):
+        self.drivers[driver_id] = {"identity": identity, "pending_demand": {},
+                                   "last_heartbeat": time.monotonic()}
+        return {"nodes": self._node_table()}
+
+    def rpc_driver_heartbeat(self, identity, driver_id, pending_demand):
+        driver = self.drivers.get(driver_id)
+        if driver is None:
+            self.rpc_register_driver(identity, driver_id)
+            driver = self.drivers[driver_id]
+        driver.update(last_heartbeat=time.monotonic(), pending_demand=pending_demand)
+        return {"nodes": self._node_table()}
+
+    def rpc_driver_exit(self, identity, driver_id):
+        self._driver_gone(driver_id)
+        return True
+
+    def rpc_nodes(self, identity):
+        return self._load()["nodes"]
+
+    def rpc_get_load(self, identity):
+        return self._load()
+
+    def rpc_request_resources(self, identity, bundles):
+        self.request_bundles = [dict(b) for b in bundles]
+        return True
+
+    def rpc_set_node_types(self, identity, node_types):
+        self.node_types = {name: dict(res) for name, res in node_types.items()}
+        return True
+
+    # ------------------------------------------------------------------ actors and KV
+    def rpc_register_actor(self, identity, name, info):
+        existing = self.actors.get(name)
+        if existing is not None and existing["actor_id"] != info["actor_id"]:
+            raise ValueError(f"an actor named {name!r} already exists")
+        self.actors[name] = info
+        return True
+
+    def rpc_lookup_actor(self, identity, name):
+        return self.actors.get(name)
+
+    def rpc_remove_actor(self, identity, name, actor_id):
+        if name in self.actors and self.actors[name]["actor_id"] == actor_id:
+            del self.actors[name]
+        return True
+
+    def rpc_kv_put(self, identity, key, value):
+        self.kv[key] = value
+        return True
+
+    def rpc_kv_get(self, identity, key):
+        return self.kv.get(key)
+
+    # ------------------------------------------------------------------ load
+    def _load(self) -> dict:
+        now = time.time()
+        nodes, demand = [], {}
+        for node in self.nodes.values():
+            idle = node["idle_since_s"]
+            nodes.append({
+                "node_id": node["node_id"], "node_type": node["node_type"],
+                "address": node["address"], "alive": node["alive"],
+                "resources_total": node["resources_total"],
+                "resources_available": node["resources_available"],
+                "idle_since_s": idle, "idle_for_s": max(0.0, now - idle) if idle else 0.0})
+            if node["alive"]:
+                scheduling.add_demand(demand, node["queued_demand"])
+        for driver in self.drivers.values():
+            scheduling.add_demand(demand, driver["pending_demand"])
+        live_totals = [n["resources_total"] for n in self.nodes.values() if n["alive"]]
+        shapes = live_totals + list(self.node_types.values())
+        infeasible = [dict(shape) for shape in demand
+                      if not any(scheduling.fits(dict(shape), t) for t in shapes)]
+        return {"now_s": now, "nodes": nodes,
+                "pending_demand": [{"shape": dict(s), "count": c} for s, c in demand.items()],
+                "infeasible": infeasible, "request_resources": list(self.request_bundles),
+                "node_types": dict(self.node_types)}
+
+
+def node_types_from_config(path: str) -> dict:
+    """Node types' resources from a cluster YAML (`available_node_types` or
+    `node_types`: {name: {resources: {...}}}); {} when unreadable."""
+    try:
+        import yaml
+        with open(path) as handle:
+            config = yaml.safe_load(handle) or {}
+    except (OSError, ImportError, ValueError) as error:
+        log.warning("cannot read node types from %s: %s", path, error)
+        return {}
+    types = config.get("available_node_types") or config.get("node_types") or {}
+    result = {}
+    if isinstance(types, dict):
+        for name, spec in types.items():
+            resources = (spec or {}).get("resources") if isinstance(spec, dict) else None
+            if isinstance(resources, dict):
+                result[name] = {k: float(v) for k, v in resources.items()}
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="runtime.control")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--keys-dir")
+    parser.add_argument("--heartbeat-timeout-s", type=float,
+                        default=DEFAULT_HEARTBEAT_TIMEOUT_S)
+    parser.add_argument("--autoscaling-config")
+    parser.add_argument("--port-file", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    keys = None
+    if args.keys_dir and has_cluster_keys(args.keys_dir):
+        keys = load_cluster_keys(args.keys_dir)
+    host = "0.0.0.0" if keys else "127.0.0.1"
+    node_types = node_types_from_config(args.autoscaling_config) \
+        if args.autoscaling_config else {}
+    service = ControlService(f"tcp://{host}:{args.port}", keys, args.heartbeat_timeout_s,
+                             node_types)
+    from runtime.session import write_json_atomic
+    from pathlib import Path
+    write_json_atomic(Path(args.port_file), {"port": service.port, "secure": bool(keys)})
+    log.info("control service on %s:%d (curve=%s)", host, service.port, bool(keys))
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: setattr(service, "running", False))
+    service.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The driver side of the runtime: one DriverCore per program. The user's threads build
+task specs and wait on objects; one IO thread owns every socket (control service, node
+agents), places tasks on nodes, resolves dependencies, retries, restarts actors and
+receives results. Objects are reference counted by ObjectRef lifetimes."""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+
+import zmq
+
+from runtime import protocol, scheduling
+from runtime.driver_state import ActorRecord, Entry, TaskRecord, error_for
+from runtime.errors import RuntimeConnectionError
+from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized, unpack_value
+
+log = logging.getLogger("corral.driver")
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class DriverCore:
+    def __init__(self, control_address: str, keys, home_node_id: str | None = None,
+                 connect_timeout_s: float = 15.0, log_to_driver: bool = True):
+        self.driver_id = uuid.uuid4().hex[:16]
+        self.id_prefix = bytes.fromhex(self.driver_id[:16])
+        self.counter = itertools.count(1)
+        self.control_address = control_address
+        self.keys = keys
+        self.home_node_id = home_node_id
+        self.log_to_driver = log_to_driver
+        self.hostname = socket.gethostname()
+        self.ctx = zmq.Context()
+        self.identity = b"D" + self.driver_id.encode()
+        self.control = protocol.connect_dealer(self.ctx, f"tcp://{control_address}", keys,
+                                               self.identity)
+        self.wake_in = self.ctx.socket(zmq.PAIR)
+        self.wake_in.bind(f"inproc://wake-{self.driver_id}")
+        self.wake_out = self.ctx.socket(zmq.PAIR)
+        self.wake_out.connect(f"inproc://wake-{self.driver_id}")
+        self.wake_lock = threading.Lock()
+        self.wake_pending = False
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.wake_in, zmq.POLLIN)
+        self.cv = threading.Condition(threading.Lock())
+        self.objects: dict[bytes, Entry] = {}
+        self.refcounts: collections.Counter = collections.Counter()
+        self.ref_lock = threading.Lock()
+        self.to_free: list[bytes] = []
+        self.commands: collections.deque = collections.deque()
+        self.nodes: dict[str, dict] = {}
+        self.agents: dict[str, zmq.Socket] = {}
+        self.inflight: collections.Counter = collections.Counter()
+        self.tasks: dict[bytes, TaskRecord] = {}
+        self.waiting: collections.deque = collections.deque()   # not placed yet
+        self.dep_waiters: dict[bytes, list] = collections.defaultdict(list)
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.outgoing: dict[str, list] = collections.defaultdict(list)
+        self.rpc_ids = itertools.count()
+        self.rpc_futures: dict[int, Future] = {}
+        self.running = True
+        self.next_heartbeat = 0.0
+        self.thread = threading.Thread(target=self._loop, name="corral-driver", daemon=True)
+        self.thread.start()
+        try:
+            reply = self.call_control("register_driver", timeout_s=connect_timeout_s,
+                                      driver_id=self.driver_id)
+        except TimeoutError:
+            self.close(notify=False)
+            raise RuntimeConnectionError(control_address, "no answer (not running, or "
+                                         "the cluster key was refused)") from None
+        self._run(lambda: self._learn_nodes(reply["nodes"]))
+
+    # ------------------------------------------------------------ user-thread side
+    def new_id(self) -> bytes:
+        return self.id_prefix + next(self.counter).to_bytes(8, "little")
+
+    def _run(self, command) -> None:
+        self.commands.append(command)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self.wake_pending:
+            with self.wake_lock:
+                self.wake_pending = True
+                self.wake_out.send(b"")
+
+    def call_control(self, method: str, timeout_s: float = 30.0, **kwargs):
+        future: Future = Future()
+
+        def send():
+            request_id = next(self.rpc_ids)
+            self.rpc_futures[request_id] = future
+            protocol.send(self.control, b"rpc", (request_id, method, kwargs))
+        self._run(send)
+        try:
+            ok, result = future.result(timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"control service did not answer {method}") from None
+        if not ok:
+            raise RuntimeConnectionError(self.control_address, f"{method}: {result}")
+        return result
+
+    def incref(self, object_id: bytes) -> None:
+        with self.ref_lock:
+            self.refcounts[object_id] += 1
+
+    def decref(self, object_id: bytes) -> None:
+        with self.ref_lock:
+            count = self.refcounts[object_id] - 1
+            if count > 0:
+                self.refcounts[object_id] = count
+                return
+            del self.refcounts[object_id]
+            self.to_free.append(object_id)
+            if len(self.to_free) < 256:
+                return
+        self._wake()
+
+    def add_entry(self, object_id: bytes, entry: Entry) -> None:
+        with self.cv:
+            self.objects[object_id] = entry
+
+    def submit(self, record: TaskRecord) -> None:
+        """Hand a task (or actor creation/call) to the IO thread."""
+        self._run(record)
+
+    def wait_ready(self, object_ids: list, num_ready: int, timeout_s: float | None,
+                   fetch: bool = True):
+        """Block until num_ready of object_ids are ready; with fetch, ready means the
+        value (or error) is in this process, fetched from its node if needed.
+        -> list of ready flags."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        requested = set()
+        with self.cv:
+            while True:
+                flags = []
+                for oid in object_ids:
+                    entry = self.objects.get(oid)
+                    if not fetch:
+                        flags.append(entry is None or entry.state != 0)
+                        continue
+                    ready = entry is None or entry.local_ready
+                    if entry is not None and entry.needs_fetch and oid not in requested:
+                        requested.add(oid)
+                        self._run(lambda oid=oid: self._fetch(oid))
+                    flags.append(ready)
+                if sum(flags) >= num_ready:
+                    return flags
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return flags
+                self.cv.wait(remaining)
+
+    def entry(self, object_id: bytes) -> Entry | None:
+        with self.cv:
+            return self.objects.get(object_id)
+
+    def close(self, notify: bool = True) -> None:
+        if notify and self.running:
+            try:
+                self.call_control("driver_exit", timeout_s=2.0, driver_id=self.driver_id)
+            except (TimeoutError, RuntimeConnectionError):
+                pass
+        self.running = False
+        self._wake()
+        self.thread.join(5)
+        self.ctx.destroy(linger=0)
+
+    # ------------------------------------------------------------ IO thread
+    def _loop(self) -> None:
+        from runtime import driver_io
+        io = driver_io.DriverIO(self)
+        self.io = io
+        while self.running:
+            events = self.poller.poll(50)
+            for sock, _ in events:
+                if sock is self.wake_in:
+                    while self.wake_in.poll(0):
+                        self.wake_in.recv()
+                    continue
+                for _ in range(1000):
+                    try:
+                        _, kind, header, frames = protocol.recv(sock, routed=False)
+                    except zmq.Again:
+                        break
+                    io.handle(sock, kind, header, frames)
+                    if not sock.poll(0):
+                        break
+            self.wake_pending = False
+            while self.commands:
+                command = self.commands.popleft()
+                if isinstance(command, TaskRecord):
+                    io.place(command)
+                else:
+                    command()
+            io.free_unreferenced()
+            io.flush()
+            if time.monotonic() >= self.next_heartbeat:
+                self.next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+                io.heartbeat()
+
+    def _learn_nodes(self, table) -> None:
+        self.io.learn_nodes(table)
+
+    def _fetch(self, object_id: bytes) -> None:
+        self.io.fetch(object_id)

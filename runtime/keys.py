@@ -1,0 +1,73 @@
+"""The cluster's CurveZMQ key pair. Every runtime process of a cluster holds the same pair:
+servers use it as their server key, clients as their client key, and the ZAP handler
+(runtime.protocol) admits only clients presenting the cluster's public key.
+
+Files in the keys directory (0700): `cluster.public` and `cluster.secret` (0600, Z85 text).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from runtime.errors import RuntimeSystemError
+
+PUBLIC_FILE = "cluster.public"
+SECRET_FILE = "cluster.secret"
+
+
+class KeyFileError(RuntimeSystemError):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"cluster key file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    public: bytes  # Z85, 40 bytes
+    secret: bytes
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ClusterKeys(public={self.public.decode()!r})"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def create_cluster_keys(directory: str | os.PathLike) -> ClusterKeys:
+    """Generate a new key pair and write it to `directory` (created 0700, files 0600)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    public, secret = zmq.curve_keypair()
+    _write_private(path / PUBLIC_FILE, public)
+    _write_private(path / SECRET_FILE, secret)
+    return ClusterKeys(public, secret)
+
+
+def has_cluster_keys(directory: str | os.PathLike) -> bool:
+    path = Path(directory)
+    return (path / PUBLIC_FILE).is_file() and (path / SECRET_FILE).is_file()
+
+
+def load_cluster_keys(directory: str | os.PathLike) -> ClusterKeys:
+    """Read the key pair written by create_cluster_keys; KeyFileError if missing or bad."""
+    path = Path(directory)
+    values = []
+    for name in (PUBLIC_FILE, SECRET_FILE):
+        file = path / name
+        try:
+            data = file.read_bytes().strip()
+        except OSError as error:
+            raise KeyFileError(file, error.strerror or str(error)) from error
+        if len(data) != 40:
+            raise KeyFileError(file, "not a Z85 CurveZMQ key (expected 40 characters)")
+        values.append(data)
+    return ClusterKeys(values[0], values[1])

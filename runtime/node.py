@@ -1,0 +1,66 @@
+"""Entry point of a node agent process (`python3 -m runtime.node ...`), started detached
+by `corral start`. Writes the node's address.json once the agent is listening."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import socket
+
+from runtime.agent import NodeAgent
+from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.session import address_file, write_json_atomic
+from pathlib import Path
+
+
+def local_ip_towards(host: str) -> str:
+    """The address of this machine's interface that routes to `host` (UDP connect sends
+    nothing)."""
+    if host in ("127.0.0.1", "localhost"):
+        return "127.0.0.1"
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((host, 9))
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="runtime.node")
+    parser.add_argument("--control", required=True, help="HOST:PORT of the control service")
+    parser.add_argument("--head-address", required=True, help="address others should use")
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--node-type")
+    parser.add_argument("--resources", required=True, help="JSON of the node's resources")
+    parser.add_argument("--keys-dir")
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--node-ip")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    keys = load_cluster_keys(args.keys_dir) \
+        if args.keys_dir and has_cluster_keys(args.keys_dir) else None
+    control_host = args.control.rsplit(":", 1)[0]
+    node_ip = args.node_ip or local_ip_towards(control_host)
+    if keys is None:
+        node_ip, bind_ip = "127.0.0.1", "127.0.0.1"
+    else:
+        bind_ip = "0.0.0.0"
+    agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
+                      json.loads(args.resources), node_ip, bind_ip)
+    write_json_atomic(address_file(Path(args.session)), {
+        "address": args.head_address, "node_id": args.node_id,
+        "agent_ipc": agent.local_endpoint, "agent_address": agent.address,
+        "secure": keys is not None, "keys_dir": args.keys_dir})
+    signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
+    logging.getLogger("corral.agent").info("node %s agent on %s (%s)", args.node_id,
+                                           agent.address, agent.total)
+    agent.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

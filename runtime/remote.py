@@ -1,0 +1,149 @@
+"""@remote on functions and classes: RemoteFunction, ActorClass, ActorHandle, plus
+kill() and get_actor()."""
+from __future__ import annotations
+
+import inspect
+
+from runtime import api
+from runtime.driver_state import ActorRecord, TaskRecord
+
+TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "name"}
+ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "name", "lifetime"}
+DEFAULT_MAX_RETRIES = 3
+
+
+def remote(*args, **options):
+    """@remote or @remote(num_cpus=, num_gpus=, resources=, max_retries=, max_restarts=)."""
+    if len(args) == 1 and not options and (inspect.isfunction(args[0]) or
+                                           inspect.isclass(args[0])):
+        return _make(args[0], {})
+    if args:
+        raise TypeError("use @remote or @remote(option=value, ...)")
+    return lambda target: _make(target, options)
+
+
+def _make(target, options):
+    if inspect.isclass(target):
+        return ActorClass(target, _check(options, ACTOR_OPTIONS))
+    return RemoteFunction(target, _check(options, TASK_OPTIONS))
+
+
+def _check(options: dict, allowed: set) -> dict:
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return dict(options)
+
+
+class RemoteFunction:
+    def __init__(self, function, options: dict, blob=None):
+        self._function = function
+        self._options = options
+        self._blob = blob
+        self.__name__ = getattr(function, "__name__", "task")
+        self.__doc__ = function.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self.__name__} must be called with "
+                        f"{self.__name__}.remote(...)")
+
+    def options(self, **options) -> "RemoteFunction":
+        merged = dict(self._options)
+        merged.update(_check(options, TASK_OPTIONS))
+        return RemoteFunction(self._function, merged, self._blob)
+
+    def remote(self, *args, **kwargs) -> api.ObjectRef:
+        core = api._get_core()
+        if self._blob is None:
+            self._blob = api._fn_blob(self._function)
+        blob, fn_id = self._blob
+        retries = self._options.get("max_retries", DEFAULT_MAX_RETRIES)
+        return api.submit_task(core, "task", self._options.get("name") or self.__name__,
+                               blob, fn_id, args, kwargs, api.make_shape(self._options, 1),
+                               retries)
+
+
+class ActorClass:
+    def __init__(self, cls, options: dict):
+        self._cls = cls
+        self._options = options
+        self._blob = None
+        self.__name__ = cls.__name__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self.__name__} must be created with "
+                        f"{self.__name__}.remote(...)")
+
+    def options(self, **options) -> "ActorClass":
+        copy = ActorClass(self._cls, dict(self._options))
+        copy._options.update(_check(options, ACTOR_OPTIONS))
+        copy._blob = self._blob
+        return copy
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        core = api._get_core()
+        if self._blob is None:
+            self._blob = api._fn_blob(self._cls)
+        blob, fn_id = self._blob
+        name = self._options.get("name")
+        detached = self._options.get("lifetime") == "detached"
+        actor_id = core.new_id()
+        if name:
+            core.call_control("register_actor", name=name, info={
+                "actor_id": actor_id, "node_id": None, "owner": core.driver_id,
+                "detached": detached, "class_name": self.__name__})
+        conv_args, conv_kwargs = api._args(core, args, kwargs)
+        create = TaskRecord(core.new_id(), "actor_create", f"{self.__name__}.__init__",
+                            blob, fn_id, conv_args, conv_kwargs,
+                            api.make_shape(self._options, 0), actor_id=actor_id,
+                            detached=detached)
+        record = ActorRecord(actor_id, create, int(self._options.get("max_restarts", 0)),
+                             name, True, self.__name__)
+        api.register_actor(core, record)
+        core.submit(create)
+        return ActorHandle(actor_id, self.__name__, name)
+
+
+class ActorHandle:
+    def __init__(self, actor_id: bytes, class_name: str, name: str | None = None):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._name = name
+
+    def __getattr__(self, method: str) -> "ActorMethod":
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return ActorMethod(self, method)
+
+    def __repr__(self):
+        return f"ActorHandle({self._class_name}, {self._actor_id.hex()})"
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, method: str):
+        self._handle = handle
+        self._method = method
+
+    def remote(self, *args, **kwargs) -> api.ObjectRef:
+        core = api._get_core()
+        handle = self._handle
+        return api.submit_task(core, "actor_call", f"{handle._class_name}.{self._method}",
+                               None, None, args, kwargs, {}, 0, handle._actor_id,
+                               self._method)
+
+
+def kill(actor: ActorHandle) -> None:
+    """Stop an actor now (no restart); its pending calls fail with ActorDiedError."""
+    core = api._get_core()
+    core._run(lambda: core.io.kill_actor(actor._actor_id))
+
+
+def get_actor(name: str) -> ActorHandle:
+    """The handle of a named actor, from any driver of the cluster."""
+    core = api._get_core()
+    info = api.wait_for_actor_info(name)
+    actor_id = info["actor_id"]
+    record = ActorRecord(actor_id, None, 0, name, False, info.get("class_name", "Actor"))
+    record.node_id, record.state = info["node_id"], "alive"
+    api.register_actor(core, record)
+    return ActorHandle(actor_id, record.class_name, name)

@@ -1,0 +1,150 @@
+"""Bringing a node's runtime processes up (used by `corral start` and by the embedded
+runtime of init()). Processes are detached (new session, stdio to session/logs) and
+tracked by pid files in the session directory, so `corral stop` stops exactly them.
+
+Autoscaler hook: on the head, when --autoscaling-config is given and the module
+`autoscaler.monitor` is importable and defines `main`, the head also starts
+`python3 -m autoscaler.monitor --config PATH --address HEAD_IP:PORT` (pid file
+`monitor.pid`, log `logs/monitor.log`); otherwise it logs why it skipped it."""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import scheduling, session
+from runtime.errors import RuntimeStartError
+from runtime.keys import create_cluster_keys, has_cluster_keys
+
+log = logging.getLogger("corral.start")
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class StartedNode:
+    node_id: str
+    address: str          # HEAD_IP:PORT of the control service
+    session: Path
+    pids: dict
+    secure: bool
+    monitor: str          # "started", or why not
+
+
+def _env(node_dir: Path) -> dict:
+    env = dict(os.environ)
+    env["CORRAL_NODE_DIR"] = str(node_dir)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _wait_for(path: Path, pids: dict, session_dir: Path, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        data = session.read_json(path)
+        if data:
+            return data
+        dead = [name for name, pid in pids.items() if not session.is_alive(pid)]
+        if dead:
+            log_path = session_dir / "logs" / f"{dead[0]}.log"
+            tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+            raise RuntimeStartError(f"runtime process {dead[0]} exited during start-up; "
+                                    f"log {log_path}:\n{tail}")
+        time.sleep(0.05)
+    raise RuntimeStartError(f"runtime did not come up within {timeout_s} s "
+                            f"(see {session_dir / 'logs'})")
+
+
+def start_node(*, head: bool, address: str | None = None, port: int | None = None,
+               num_cpus: float | None = None, num_gpus: float | None = None,
+               resources: dict | None = None, node_id: str | None = None,
+               node_type: str | None = None, autoscaling_config: str | None = None,
+               node_dir: str | Path | None = None, node_ip: str | None = None,
+               heartbeat_timeout_s: float | None = None, generate_keys: bool = True,
+               timeout_s: float = 60.0) -> StartedNode:
+    node_dir = Path(node_dir) if node_dir else session.node_dir()
+    session_dir = session.session_dir(node_dir)
+    running = session.running_pids(session_dir)
+    if running:
+        raise RuntimeStartError(f"the runtime already runs on this node (pids "
+                                f"{sorted(running.values())}); run `corral stop` first")
+    session.address_file(session_dir).unlink(missing_ok=True)
+    env = _env(node_dir)
+    keys_dir = session.keys_dir(node_dir)
+    if head and generate_keys and not has_cluster_keys(keys_dir):
+        create_cluster_keys(keys_dir)
+    secure = has_cluster_keys(keys_dir)
+    env_resources = json.loads(os.environ.get("CORRAL_NODE_RESOURCES") or "{}")
+    total = scheduling.node_resources(num_cpus, num_gpus, resources, env_resources,
+                                      os.cpu_count() or 1)
+    node_id = node_id or os.environ.get("CORRAL_NODE_ID") or \
+        f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    node_type = node_type or os.environ.get("CORRAL_NODE_TYPE")
+    pids = {}
+    monitor = "not the head"
+    if head:
+        port = session.DEFAULT_HEAD_PORT if port is None else port
+        port_file = session_dir / "control.json"
+        port_file.unlink(missing_ok=True)
+        argv = ["runtime.control", "--port", str(port), "--port-file", str(port_file),
+                "--keys-dir", str(keys_dir)]
+        if heartbeat_timeout_s is not None:
+            argv += ["--heartbeat-timeout-s", str(heartbeat_timeout_s)]
+        if autoscaling_config:
+            argv += ["--autoscaling-config", str(autoscaling_config)]
+            (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
+        pids["control"] = session.spawn_daemon(session_dir, "control", argv, env)
+        port = _wait_for(port_file, pids, session_dir, timeout_s)["port"]
+        head_ip = node_ip or (os.environ.get("CORRAL_HEAD_IP") if secure else None) or \
+            ("127.0.0.1" if not secure else _own_ip())
+        address = f"{head_ip}:{port}"
+        control = f"127.0.0.1:{port}"
+    else:
+        if not address:
+            host, head_port = os.environ.get("CORRAL_HEAD_IP"), os.environ.get(
+                "CORRAL_HEAD_PORT") or str(session.DEFAULT_HEAD_PORT)
+            if not host:
+                raise RuntimeStartError("no head address: give --address HOST:PORT or set "
+                                        "CORRAL_HEAD_IP/CORRAL_HEAD_PORT")
+            address = f"{host}:{head_port}"
+        control = address
+    argv = ["runtime.node", "--control", control, "--head-address", address,
+            "--node-id", node_id, "--resources", json.dumps(total),
+            "--keys-dir", str(keys_dir), "--session", str(session_dir)]
+    if node_type:
+        argv += ["--node-type", node_type]
+    if node_ip:
+        argv += ["--node-ip", node_ip]
+    pids["agent"] = session.spawn_daemon(session_dir, "agent", argv, env)
+    _wait_for(session.address_file(session_dir), pids, session_dir, timeout_s)
+    if head and autoscaling_config:
+        monitor = _start_monitor(session_dir, autoscaling_config, address, env, pids)
+    return StartedNode(node_id, address, session_dir, pids, secure, monitor)
+
+
+def _own_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _start_monitor(session_dir: Path, config: str, address: str, env: dict,
+                   pids: dict) -> str:
+    try:
+        module = importlib.import_module("autoscaler.monitor")
+    except ImportError as error:
+        log.info("autoscaler monitor not started: %s", error)
+        return f"not started ({error})"
+    if not hasattr(module, "main"):
+        log.info("autoscaler monitor not started: autoscaler.monitor has no main()")
+        return "not started (autoscaler.monitor has no main)"
+    pids["monitor"] = session.spawn_daemon(
+        session_dir, "monitor",
+        ["autoscaler.monitor", "--config", str(config), "--address", address], env)
+    return "started"

@@ -1,0 +1,123 @@
+"""A worker process: runs tasks (or hosts one actor) for its node agent, over the agent's
+local ipc socket. Its stdout/stderr go to the driver of the task it runs."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import io
+import os
+import signal
+import sys
+import threading
+import traceback
+
+import zmq
+
+from runtime import protocol
+from runtime.protocol import Packer, serialize, unpack_value
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class DriverOutput(io.TextIOBase):
+    """stdout/stderr replacement: complete lines go to the current task's driver."""
+
+    def __init__(self, worker: "Worker", stream: str):
+        self.worker = worker
+        self.stream = stream
+        self.pending = ""
+
+    def writable(self):
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            lines, self.pending = self.pending.rsplit("\n", 1)
+            self.worker.send_log(lines + "\n", self.stream)
+        return len(text)
+
+    def flush(self):
+        if self.pending:
+            text, self.pending = self.pending, ""
+            self.worker.send_log(text, self.stream)
+
+
+class Worker:
+    def __init__(self, endpoint: str, worker_id: str):
+        self.ctx = zmq.Context()
+        self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
+                                            b"W" + worker_id.encode())
+        self.lock = threading.Lock()
+        self.functions: dict[bytes, object] = {}
+        self.actor = None
+        self.driver = ""
+
+    def send_log(self, text: str, stream: str) -> None:
+        with self.lock:
+            protocol.send(self.sock, b"log", (self.driver, text, stream))
+
+    def run(self) -> None:
+        with self.lock:
+            protocol.send(self.sock, b"ready", os.getpid())
+        while True:
+            _, kind, task, frames = protocol.recv(self.sock, routed=False)
+            if kind == b"exit":
+                return
+            self.driver = task["driver"]
+            ok, result = self._execute(task, frames)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            packer = Packer()
+            payload = packer.value(result)
+            with self.lock:
+                protocol.send(self.sock, b"done", (task["task_id"], ok, payload),
+                              packer.frames)
+
+    def _execute(self, task: dict, frames: list):
+        try:
+            args = [unpack_value(a, frames).value() for a in task["args"]]
+            kwargs = {k: unpack_value(v, frames).value() for k, v in task["kwargs"].items()}
+            kind = task["kind"]
+            if kind == "actor_call":
+                if self.actor is None:
+                    raise RuntimeError("this worker hosts no actor")
+                value = getattr(self.actor, task["method"])(*args, **kwargs)
+            else:
+                code = self.functions.get(task["fn_id"])
+                if code is None:
+                    code = self.functions[task["fn_id"]] = protocol.pickle.loads(task["fn"])
+                value = code(*args, **kwargs)
+                if kind == "actor_create":
+                    self.actor, value = value, None
+            return True, serialize(value)
+        except BaseException as error:  # user code: everything goes back to get()
+            text = traceback.format_exc()
+            try:
+                return False, serialize((error, text))
+            except Exception:
+                return False, serialize((RuntimeError(repr(error)), text))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="runtime.worker")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--worker-id", required=True)
+    args = parser.parse_args(argv)
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker = Worker(args.endpoint, args.worker_id)
+    sys.stdout = DriverOutput(worker, "stdout")
+    sys.stderr = DriverOutput(worker, "stderr")
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()
