@@ -225,7 +225,7 @@ def _attach_terminal(channel: paramiko.Channel, command: str) -> int:
             signal.SIGWINCH, lambda *_: channel.resize_pty(*_terminal_size(stdin_fd)))
     try:
         if is_tty:
-            tty.setraw(stdin_fd)
+            tty.setraw(stdin_fd, termios.TCSANOW)  # keep typeahead (TCSAFLUSH drops it)
         reading_stdin = True
         while True:
             watched = [channel, stdin_fd] if reading_stdin else [channel]

@@ -10,9 +10,9 @@ scripts (bench/up_time.py):
         test_hosts.hosts  -> [head, worker1, worker2, worker3]
         test_hosts.more(12) -> 12 extra hosts (created on demand, reused)
 
-Each host is a network namespace `corral-h<N>-<pid>` whose veth (fixed MAC addresses, so a
-re-created host is reachable at once, with no stale ARP entry in the way) hangs on a bridge
-`crb<pid%10000>` in the root namespace. Inside it sshd runs as PID 1 of its own mount, PID
+Each host is a network namespace `corral-h<N>-<pid>s<slot>` whose veth (fixed MAC addresses,
+so a re-created host is reachable at once, with no stale ARP entry in the way) hangs on a
+bridge `crb<pid%10000>s<slot>` in the root namespace. Inside it sshd runs as PID 1 of its own mount, PID
 and UTS namespaces (`unshare --mount --pid --fork --mount-proc --uts`), with private
 tmpfs on /tmp and /dev/shm and hostname `hostN`. So /tmp/corral is per host, a host's
 process list is its own, and killing the host's sshd (its namespace init) kills every
@@ -171,7 +171,7 @@ class HostNetwork:
         self.pid = os.getpid()
         self.directory = STATE_ROOT / f"slot{slot}"
         self.base = SLOT_SIZE * slot
-        self.bridge = f"crb{self.pid % 10000}"
+        self.bridge = f"crb{self.pid % 10000}s{slot}"
         self.bridge_ip = f"198.18.0.{self.base + 1}"
         self.unreachable_ip = f"198.18.0.{self.base + 30}"
         self.ssh_user = "root"
@@ -223,7 +223,7 @@ class HostNetwork:
         for index in range(start, start + count):
             host = TestHost(index=index, name=f"host{index}",
                             ip=f"198.18.0.{self.base + 2 + index}",
-                            netns=f"corral-h{index}-{self.pid}",
+                            netns=f"corral-h{index}-{self.pid}s{self.slot}",
                             mac=f"02:c0:12:{self.slot:02x}:{index:02x}:01",
                             directory=self.directory / f"host{index}")
             self.all_hosts.append(host)
@@ -237,7 +237,7 @@ class HostNetwork:
         return new_hosts
 
     def _create_netns(self, host: TestHost) -> None:
-        outer = f"crv{self.pid % 10000}h{host.index}"
+        outer = f"crv{self.pid % 10000}s{self.slot}h{host.index}"
         _sh("ip", "netns", "add", host.netns)
         _sh("ip", "link", "add", outer, "address",
             f"02:c0:12:{self.slot:02x}:{host.index:02x}:02", "type", "veth",
@@ -317,12 +317,14 @@ class HostNetwork:
     # -- per-test and lifecycle ----------------------------------------------------------
     def stop_host(self, host: TestHost) -> None:
         """Kill the host's namespaces' processes (sshd is init: everything dies with it)."""
-        for pid in (host.init_pid, host.launcher_pid):
-            if pid:
-                _kill(pid)
+        if host.init_pid:
+            _kill(host.init_pid)  # unshare (its parent) reaps it and exits
         process = getattr(self, "_processes", {}).get(host.index)
         if process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
                 process.wait(timeout=10)
         for pid in _netns_pids(host.netns):
             _kill(pid)
