@@ -1,0 +1,234 @@
+"""The bootstrap state machine and the `up` plan, with the fake provider and runner."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import yaml
+
+from launcher.bootstrap import FULL, NO_RESTART, RESTART_ONLY, CONFIG_ONLY
+from launcher.cluster_up import (CREATE, KEEP, REPLACE, UPDATE, UpOptions, apply_up,
+                                 plan_up)
+from launcher.command_batch import run_batch
+from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.tags import (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
+                           TAG_NODE_STATUS)
+from tests.unit.fakes import FakeProvider, FakeRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+STAGES = ["waiting-for-ssh", "syncing-files", "setting-up", "starting", "up-to-date"]
+FAIL_ON_WORKER_2 = ('if [ "$CORRAL_NODE_ID" = fake-worker-3 ]; then echo first-line; '
+                    'echo the-last-words >&2; exit 3; fi')
+
+
+def make_config(tmp_path, **changes) -> ClusterConfig:
+    mount = tmp_path / "mount"
+    mount.mkdir(exist_ok=True)
+    if not (mount / "app.py").exists():
+        (mount / "app.py").write_text("print('hi')\n")
+    base = dict(
+        cluster_name="unit", provider={"type": "local", "head_ip": "10.0.0.1"},
+        auth=AuthConfig(ssh_user="root", ssh_timeout_s=5),
+        available_node_types={
+            "head": NodeTypeConfig("head", {"size": "s"}, {"CPU": 1}),
+            "w": NodeTypeConfig("w", {"size": "m"}, {"CPU": 2}, min_workers=2,
+                                max_workers=4)},
+        head_node_type="head", max_workers=4, file_mounts={"/app": str(mount)},
+        setup_commands=("echo ran >> $CORRAL_NODE_DIR/setup-count",),
+        head_start_commands=("echo head-started >> $CORRAL_NODE_DIR/start-count",),
+        worker_start_commands=("echo started >> $CORRAL_NODE_DIR/start-count",
+                               "env | grep ^CORRAL_ | sort > $CORRAL_NODE_DIR/env.txt"))
+    base.update(changes)
+    return ClusterConfig(**base)
+
+
+@pytest.fixture
+def keys_dir(tmp_path):
+    path = tmp_path / "keys"
+    path.mkdir(mode=0o700)
+    for name in ("cluster.public", "cluster.secret"):
+        (path / name).write_text("k" * 40)
+        os.chmod(path / name, 0o600)
+    return str(path)
+
+
+def up(config, provider, keys_dir, **options):
+    plan = plan_up(config, provider, UpOptions(**options), keys_dir)
+    return plan, apply_up(config, provider, plan)
+
+
+def node_file(provider, node_id, name) -> str:
+    return os.path.join(provider.runners[node_id].local_path("/tmp/corral"), name)
+
+
+def read_lines(path) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return handle.read().splitlines()
+
+
+def test_fresh_up_runs_every_stage_in_order_with_the_contract_env(tmp_path, keys_dir):
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    plan, result = up(config, provider, keys_dir)
+    assert [action.action for action in plan.actions] == [CREATE, CREATE, CREATE]
+    assert result.ok and len(result.outcomes) == 3
+    for node in provider.non_terminated_nodes():
+        assert provider.statuses(node.id) == STAGES
+        assert node.tags[TAG_NODE_STATUS] == STATUS_UP_TO_DATE
+        assert read_lines(node_file(provider, node.id, "setup-count")) == ["ran"]
+        keys = node_file(provider, node.id, "keys/cluster.secret")
+        assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+        assert os.path.exists(provider.runners[node.id].local_path("/app/app.py"))
+    head = provider.non_terminated_nodes({"corral-node-kind": "head"})[0]
+    uploaded = yaml.safe_load(open(node_file(provider, head.id, "cluster.yaml")))
+    assert uploaded["cluster_name"] == "unit"
+    assert stat.S_IMODE(os.stat(node_file(provider, head.id, "cluster.yaml")).st_mode) == 0o600
+    worker = provider.non_terminated_nodes({"corral-node-kind": "worker"})[0]
+    env = dict(line.split("=", 1) for line in read_lines(node_file(provider, worker.id,
+                                                                   "env.txt")))
+    assert env["CORRAL_CLUSTER_NAME"] == "unit"
+    assert env["CORRAL_NODE_ID"] == worker.id
+    assert env["CORRAL_NODE_TYPE"] == "w" and env["CORRAL_NODE_KIND"] == "worker"
+    assert env["CORRAL_HEAD_IP"] == head.internal_ip and env["CORRAL_HEAD_PORT"] == "6390"
+    assert json.loads(env["CORRAL_NODE_RESOURCES"]) == {"CPU": 2}
+    assert env["CORRAL_NODE_DIR"].endswith("/tmp/corral")
+    # One remote shell per stage: the setup stage and the two start commands are one run each.
+    assert len(provider.runners[worker.id].stage_commands()) <= 3
+
+
+def test_failing_setup_records_stage_command_exit_code_and_tail(tmp_path, keys_dir):
+    config = make_config(tmp_path, worker_setup_commands=("echo fine", FAIL_ON_WORKER_2))
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    _, result = up(config, provider, keys_dir)
+    assert not result.ok
+    [failed] = result.failed
+    assert failed.node_id == "fake-worker-3" and failed.status == STATUS_UPDATE_FAILED
+    message = str(failed.error)
+    assert "setting-up" in message and "exited 3" in message and "the-last-words" in message
+    assert FAIL_ON_WORKER_2 in message and failed.log_path in message
+    node = provider.nodes["fake-worker-3"]
+    assert node.tags[TAG_NODE_STATUS] == STATUS_UPDATE_FAILED
+    assert node.tags[TAG_FAILURE].startswith("setting-up:") and "exited 3" in \
+        node.tags[TAG_FAILURE]
+    assert provider.statuses("fake-worker-3") == STAGES[:3] + [STATUS_UPDATE_FAILED]
+    assert read_lines(node_file(provider, "fake-worker-3", "start-count")) == []
+    log = open(failed.log_path).read()
+    assert "the-last-words" in log and "[exit 3" in log and "$ echo fine" in log
+    # The others are up and running.
+    others = [o for o in result.outcomes if o.node_id != "fake-worker-3"]
+    assert len(others) == 2 and all(o.status == STATUS_UP_TO_DATE for o in others)
+    # A retry re-runs the failed node only (its status says it never finished).
+    plan = plan_up(make_config(tmp_path, worker_setup_commands=("echo fine",)), provider,
+                   UpOptions(), keys_dir)
+    by_node = {action.node.id: action for action in plan.actions}
+    assert by_node["fake-worker-3"].action == UPDATE
+
+
+def test_unreachable_node_fails_in_waiting_for_ssh_naming_the_host(tmp_path, keys_dir):
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    provider.unreachable_ips.add("10.0.0.2")
+    _, result = up(config, provider, keys_dir)
+    [failed] = result.failed
+    assert failed.error.stage == "waiting-for-ssh" and "10.0.0.2" in str(failed.error)
+    assert provider.statuses(failed.node_id) == ["waiting-for-ssh", STATUS_UPDATE_FAILED]
+    assert sum(1 for o in result.outcomes if o.ok) == 2
+
+
+def actions_by_kind(plan):
+    return sorted((action.kind, action.action, action.steps) for action in plan.actions)
+
+
+def test_hash_decisions(tmp_path, keys_dir):
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    up(config, provider, keys_dir)
+    unchanged = plan_up(config, provider, UpOptions(), keys_dir)
+    assert unchanged.nothing_to_do and all(a.action == KEEP for a in unchanged.actions)
+    changed = make_config(tmp_path, setup_commands=("echo v2",))
+    assert actions_by_kind(plan_up(changed, provider, UpOptions(), keys_dir)) == \
+        [("head", UPDATE, FULL), ("worker", UPDATE, FULL), ("worker", UPDATE, FULL)]
+    assert {a.steps for a in plan_up(changed, provider, UpOptions(no_restart=True),
+                                     keys_dir).actions} == {NO_RESTART}
+    assert {a.steps for a in plan_up(config, provider, UpOptions(restart_only=True),
+                                     keys_dir).actions} == {RESTART_ONLY}
+    assert {a.steps for a in plan_up(config, provider, UpOptions(force_setup=True),
+                                     keys_dir).actions} == {FULL}
+    # Only the autoscaler's view changed: re-upload the head's config, touch nothing else.
+    bounds = make_config(tmp_path, max_workers=9)
+    assert actions_by_kind(plan_up(bounds, provider, UpOptions(), keys_dir)) == \
+        [("head", UPDATE, CONFIG_ONLY), ("worker", KEEP, None), ("worker", KEEP, None)]
+    (tmp_path / "mount" / "app.py").write_text("print('v2')\n")
+    assert all(a.action == UPDATE for a in plan_up(config, provider, UpOptions(),
+                                                   keys_dir).actions)
+    bigger = make_config(tmp_path, available_node_types={
+        **config.available_node_types,
+        "w": NodeTypeConfig("w", {"size": "xl"}, {"CPU": 2}, min_workers=2, max_workers=4)})
+    replace = plan_up(bigger, provider, UpOptions(), keys_dir)
+    assert [a.action for a in replace.actions if a.kind == "worker"] == [REPLACE, REPLACE]
+    assert "node_config" in replace.replacements[0].reason
+
+
+def test_re_up_reruns_only_what_changed_and_never_duplicates(tmp_path, keys_dir):
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    up(config, provider, keys_dir)
+    ids = sorted(provider.nodes)
+    _, again = up(config, provider, keys_dir)
+    assert again.outcomes == [] and len(again.kept) == 3 and sorted(provider.nodes) == ids
+    for node_id in ids:
+        assert read_lines(node_file(provider, node_id, "setup-count")) == ["ran"]
+    _, restarted = up(config, provider, keys_dir, restart_only=True)
+    assert all(o.ok for o in restarted.outcomes) and len(restarted.outcomes) == 3
+    worker = "fake-worker-2"
+    assert read_lines(node_file(provider, worker, "setup-count")) == ["ran"]
+    assert read_lines(node_file(provider, worker, "start-count")) == ["started", "started"]
+    changed = make_config(tmp_path, setup_commands=("echo v2 >> $CORRAL_NODE_DIR/setup-count",))
+    _, rerun = up(changed, provider, keys_dir)
+    assert len(rerun.outcomes) == 3 and sorted(provider.nodes) == ids
+    assert read_lines(node_file(provider, worker, "setup-count")) == ["ran", "v2"]
+    more = make_config(tmp_path, setup_commands=changed.setup_commands, available_node_types={
+        **config.available_node_types,
+        "w": NodeTypeConfig("w", {"size": "m"}, {"CPU": 2}, min_workers=3, max_workers=4)})
+    plan, grown = up(more, provider, keys_dir)
+    assert [a.action for a in plan.actions].count(CREATE) == 1
+    assert len(provider.nodes) == 4
+    # The new worker is bootstrapped; the head only gets the new config (min_workers).
+    assert sorted(o.steps for o in grown.outcomes) == ["sync + setup + start", "upload config"]
+
+
+def test_replacing_the_head_terminates_it_and_restarts_workers(tmp_path, keys_dir):
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    up(config, provider, keys_dir)
+    new_head = make_config(tmp_path, available_node_types={
+        **config.available_node_types, "head": NodeTypeConfig("head", {"size": "xl"},
+                                                              {"CPU": 1})})
+    plan, result = up(new_head, provider, keys_dir)
+    assert [a.action for a in plan.actions] == [REPLACE, UPDATE, UPDATE]
+    assert provider.terminated == ["fake-head-1"] and result.ok
+    heads = provider.non_terminated_nodes({"corral-node-kind": "head"})
+    assert len(heads) == 1 and heads[0].id != "fake-head-1"
+    env = dict(line.split("=", 1) for line in read_lines(node_file(provider, "fake-worker-2",
+                                                                   "env.txt")))
+    assert env["CORRAL_HEAD_IP"] == heads[0].internal_ip
+
+
+def test_batch_knows_which_command_failed_and_isolates_commands(tmp_path):
+    runner = FakeRunner("10.0.0.9", str(tmp_path / "node"))
+    log = str(tmp_path / "node.log")
+    failure = run_batch(runner, ["cd / && export LEAK=1 && echo one",
+                                 'test -z "$LEAK" && pwd',
+                                 "echo out; echo err >&2; exit 7", "echo never"],
+                        env={}, log_path=log)
+    assert failure.index == 2 and failure.exit_code == 7
+    assert failure.output_tail.splitlines() == ["out", "err"]
+    text = open(log).read()
+    assert str(tmp_path / "node") in text  # the second command ran in the original cwd
+    assert "never" not in text.replace("$ echo never", "")
+    assert run_batch(runner, ["true", "echo ok # a comment with )"], env={}) is None
