@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from launcher.config_checks import check_document, resolve_local_path
-from launcher.config_defaults import (apply_aliases, defaults_for, merge_under,
-                                      node_type_max_workers, synthesise_local)
+from launcher.config_defaults import (apply_aliases, defaults_for, drop_ray_no_ops,
+                                      merge_under, node_type_max_workers, synthesise_local)
 from launcher.config_locate import LineMap, format_path, parse_yaml
 from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.config_schema import (did_you_mean, known_provider_types, schema_problems,
@@ -111,7 +111,7 @@ class _Loading:
             self.problems.sort(key=lambda error: (error.line or 0, error.path))
             raise ConfigErrors(self.problems)
         notices = [f"{self.source or 'config'}:{line}: {text}" if line else text
-                   for line, text in self.notices]
+                   for line, text in sorted(self.notices, key=lambda item: item[0] or 0)]
         return _build(document, self.base_dir, source_path), notices
 
     def _prepare(self, document: dict) -> dict:
@@ -120,6 +120,10 @@ class _Loading:
         for ours, alias in self.aliases_used.items():
             self.notices.append((self.lines.line_of((alias,)),
                                  f"{alias} is Ray's name for {ours}; read as {ours}"))
+        document, dropped = drop_ray_no_ops(document)
+        for key in dropped:
+            self.notices.append((self.lines.line_of((key,)),
+                                 f"{key} is a Ray key corral does not use; ignored"))
         for alias, ours in conflicts:
             self._problem((alias,), f"both {alias} (Ray's name) and {ours} are set; "
                                     f"keep only {ours}")

@@ -22,6 +22,14 @@ ALIASES = {
     "head_start_ray_commands": "head_start_commands",
     "worker_start_ray_commands": "worker_start_commands",
 }
+# Ray keys corral has no use for, accepted (and dropped, with a notice) only while they
+# hold the value that means "off", so Ray's example files load; any other value is an
+# unknown-key error that says what to do instead.
+RAY_NO_OP_VALUES = {
+    "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False,
+    "rsync_filter": [],
+}
 NODE_TYPE_KEYS = ("available_node_types", "head_node_type")
 LOCAL_HEAD_TYPE = "local.head"
 LOCAL_WORKER_TYPE = "local.worker"
@@ -77,6 +85,14 @@ def apply_aliases(document: dict) -> tuple[dict, dict[str, str], list[tuple[str,
         result = {(ours if key == alias else key): value for key, value in result.items()}
         used[ours] = alias
     return result, used, conflicts
+
+
+def drop_ray_no_ops(document: dict) -> tuple[dict, list[str]]:
+    """Removes Ray keys that hold their 'off' value; returns (document, keys removed)."""
+    dropped = [key for key, off in RAY_NO_OP_VALUES.items()
+               if key in document and document[key] == off
+               and type(document[key]) is type(off)]
+    return {key: value for key, value in document.items() if key not in dropped}, dropped
 
 
 def synthesise_local(document: dict) -> dict:

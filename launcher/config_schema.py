@@ -30,6 +30,7 @@ RAY_ONLY_KEYS = {
     "docker": "Ray's docker block is not supported; start containers from setup_commands",
     "cluster_synced_files": "not supported; list the files in file_mounts",
     "file_mounts_sync_continuously": "not supported; re-run `corral up` to sync file_mounts",
+    "rsync_filter": "not supported; list the patterns to skip in rsync_exclude",
     "min_workers": "Ray's legacy top-level key; set min_workers per node type "
                    "in available_node_types",
     "head_node": "Ray's legacy key; describe the head in available_node_types "

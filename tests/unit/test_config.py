@@ -341,3 +341,18 @@ def test_the_heads_copy_loads_where_the_laptops_files_do_not_exist(tmp_path):
         load_config(head_copy)
     again = load_normalised_config(head_copy)
     assert again.replace(source_path=None) == config.replace(source_path=None)
+
+
+def test_ray_keys_left_off_load_with_a_notice(tmp_path):
+    path = tmp_path / "ray-example.yaml"
+    path.write_text("cluster_name: default\n"
+                    "provider: {type: process}\n"
+                    "cluster_synced_files: []\n"
+                    "file_mounts_sync_continuously: False\n"
+                    "rsync_exclude: ['**/.git', '**/.git/**']\n"
+                    "rsync_filter: []\n")
+    config, notices = load_config_with_notices(path)
+    assert config.rsync_exclude == ("**/.git", "**/.git/**")
+    assert [notice.split(": ", 1)[0] for notice in notices] == [
+        f"{path}:3", f"{path}:4", f"{path}:6"]
+    assert notices[0].endswith("cluster_synced_files is a Ray key corral does not use; ignored")
