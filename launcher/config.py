@@ -24,6 +24,7 @@ from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.config_schema import (did_you_mean, known_provider_types, schema_problems,
                                     show)
 from launcher.errors import ConfigError, ConfigErrors
+from launcher.frozen import thaw
 
 __all__ = ["ClusterConfig", "NodeTypeConfig", "AuthConfig", "load_config",
            "load_config_with_notices", "load_config_text", "load_normalised_config", "normalize",
@@ -72,7 +73,8 @@ def normalize(document: Mapping[str, Any], source: str | None = None,
 def normalize_with_notices(document: Mapping[str, Any], source: str | None = None,
                            check_local_files: bool = True) -> tuple[ClusterConfig, list[str]]:
     base_dir = Path(source).resolve().parent if source and Path(source).is_file() else None
-    return _Loading(source, LineMap(), base_dir, check_local_files).run(document, [], None)
+    return _Loading(source, LineMap(), base_dir, check_local_files).run(
+        thaw(document), [], None)  # frozen mappings (e.g. a ClusterConfig's) become dicts
 
 
 def _load_text(text: str, source: str, base_dir: Path | None, source_path: str | None,

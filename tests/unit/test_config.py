@@ -356,3 +356,10 @@ def test_ray_keys_left_off_load_with_a_notice(tmp_path):
     assert [notice.split(": ", 1)[0] for notice in notices] == [
         f"{path}:3", f"{path}:4", f"{path}:6"]
     assert notices[0].endswith("cluster_synced_files is a Ray key corral does not use; ignored")
+
+
+def test_normalize_accepts_frozen_mappings():
+    from launcher.frozen import freeze
+    config = normalize(freeze({"cluster_name": "f", "provider": {"type": "process"},
+                               "setup_commands": ["echo hi"]}))
+    assert config.setup_commands == ("echo hi",)
