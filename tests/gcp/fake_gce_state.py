@@ -250,6 +250,7 @@ class FakeGCEState:
 
     def insert_firewall(self, project: str, body: dict) -> dict:
         with self.lock:
+            self._take_injection("firewalls.insert", None)
             name = body.get("name", "")
             if not NAME_RE.match(name):
                 raise FakeHTTPError(400, "invalid", f"bad firewall name {name}")
@@ -261,6 +262,7 @@ class FakeGCEState:
 
     def patch_firewall(self, project: str, name: str, body: dict) -> dict:
         with self.lock:
+            self._take_injection("firewalls.patch", None)
             current = self.firewalls.get((project, name))
             if current is None:
                 raise FakeHTTPError(404, "notFound", f"firewall {name} not found")
@@ -269,6 +271,7 @@ class FakeGCEState:
 
     def delete_firewall(self, project: str, name: str) -> dict:
         with self.lock:
+            self._take_injection("firewalls.delete", None)
             if self.firewalls.pop((project, name), None) is None:
                 raise FakeHTTPError(404, "notFound", f"firewall {name} not found")
             return self._operation(project, None, "delete", f"projects/{project}/global/firewalls/{name}")

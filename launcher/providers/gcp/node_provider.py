@@ -231,10 +231,14 @@ class GCPProvider(NodeProvider):
                         project=self.project, zone=zone, instance=node_id, body=body),
                     what=what, zone=zone)
             except ProviderError as error:
-                stale = "conditionNotMet" in (error.cause or "")
-                if stale and attempt < FINGERPRINT_ATTEMPTS:
+                if "conditionNotMet" not in (error.cause or ""):
+                    raise
+                if attempt < FINGERPRINT_ATTEMPTS:
                     continue
-                raise
+                raise ProviderError(
+                    f"{what}: its labels kept changing under us (stale labelFingerprint "
+                    f"{FINGERPRINT_ATTEMPTS} times in a row)", zone=zone,
+                    cause=error.cause) from None
             self.client.wait_operation(operation, timeout_s=self.operation_timeout_s, what=what)
             return
 
