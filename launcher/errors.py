@@ -24,7 +24,7 @@ class ConfigError(ClusterError):
         where = source or "cluster config"
         if line is not None:
             where = f"{where}:{line}"
-        super().__init__(f"{where}: {path or '<top level>'}: {message}")
+        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
 
 class ConfigErrors(ClusterError):
