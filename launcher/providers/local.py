@@ -171,12 +171,13 @@ class LocalProvider(NodeProvider):
         error.unreachable_ips = list(unreachable)
         return error
 
-    def _update(self, ip: str, change) -> bool:
+    def _update(self, ip: str, change, tags: host_tags.HostTags | None = None) -> bool:
         """Read-modify-write the host's claim with compare-and-swap, retrying on conflicts.
-        `change(claim) -> new claim or None (delete)`. Returns False if the host is not
-        (or no longer) this cluster's."""
+        `change(claim) -> new claim or None (delete)`; `tags`: what the caller just read,
+        if anything. Returns False if the host is not (or no longer) this cluster's."""
         runner = self._runner(ip)
-        tags = host_tags.read(runner, self.state_dir, TAG_TIMEOUT_S)
+        if tags is None:
+            tags = host_tags.read(runner, self.state_dir, TAG_TIMEOUT_S)
         for _ in range(CAS_ATTEMPTS):
             if not tags.belongs_to(self.cluster_name):
                 return False
@@ -221,7 +222,7 @@ class LocalProvider(NodeProvider):
             if not result.ok:
                 return ip, f"stopping processes failed (exit {result.exit_code}): " \
                            f"{result.tail(5)}"
-            self._update(ip, lambda claim: None)
+            self._update(ip, lambda claim: None, tags)
             return ip, None
         except ClusterError as error:
             return ip, str(error)
@@ -243,19 +244,18 @@ class LocalProvider(NodeProvider):
 
 def stop_script(node_dir: str, grace_s: float) -> str:
     """Shell script run on a host to stop every runtime process of ours there, by PID:
-    `corral stop` first (the runtime's own orderly stop), then node_processes (environment
-    tag CORRAL_NODE_DIR=node_dir and pid files), then remove node_dir (keys included)."""
+    node_processes remembers the node's processes (environment tag CORRAL_NODE_DIR=node_dir,
+    pid files), runs the runtime's orderly `corral stop`, then stops whatever is left;
+    finally node_dir (keys included) is removed."""
     directory = shlex.quote(node_dir)
     reaper = shlex.quote(inspect.getsource(node_processes))
+    corral_stop = shlex.quote(
+        'PATH="$HOME/.local/bin:$PATH"; command -v corral >/dev/null 2>&1 && corral stop')
     return "\n".join([
-        'PATH="$HOME/.local/bin:$PATH"',
-        "if command -v corral >/dev/null 2>&1; then",
-        f"  CORRAL_NODE_DIR={directory} timeout 30 corral stop >/dev/null 2>&1 </dev/null",
-        "fi",
         "if command -v python3 >/dev/null 2>&1; then",
-        f"  python3 -c {reaper} {directory} {grace_s:g} || exit 1",
+        f"  python3 -c {reaper} {directory} {grace_s:g} {corral_stop} || exit 1",
         "else",  # no Python, so no runtime either; never kill by unverified pid file
-        "  echo 'python3 not found: only `corral stop` could run' >&2",
+        "  echo 'python3 not found: no processes stopped' >&2",
         "fi",
         f"rm -rf {directory}",
     ])

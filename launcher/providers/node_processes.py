@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -116,8 +117,23 @@ def pid_file_pids(node_dir: str) -> set[int]:
     return found
 
 
-def node_pids(node_dir: str) -> set[int]:
-    return (tagged_pids(node_dir) | pid_file_pids(node_dir)) - protected_pids()
+def remember(pids) -> dict[int, float]:
+    """{pid: start time} of live pids, to recognise exactly these processes later."""
+    boot = _boot_time_s()
+    return {pid: started for pid in pids
+            if (started := start_time_s(pid, boot)) is not None}
+
+
+def still_same(remembered: dict[int, float]) -> set[int]:
+    """The remembered pids still running the same process (same start time)."""
+    boot = _boot_time_s()
+    return {pid for pid, started in remembered.items()
+            if start_time_s(pid, boot) == started and is_alive(pid)}
+
+
+def node_pids(node_dir: str, remembered: dict[int, float] | None = None) -> set[int]:
+    found = tagged_pids(node_dir) | pid_file_pids(node_dir) | still_same(remembered or {})
+    return found - protected_pids()
 
 
 def _signal(pids, signum) -> None:
@@ -137,13 +153,16 @@ def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     return alive
 
 
-def stop_node_processes(node_dir: str, grace_s: float = 5.0, rounds: int = 5) -> dict:
+def stop_node_processes(node_dir: str, grace_s: float = 5.0, rounds: int = 5,
+                        remembered: dict[int, float] | None = None) -> dict:
     """SIGTERM every process of the node, wait up to grace_s, SIGKILL what is left; repeat
     the search (a dying parent may have started a child) until none is found.
+    `remembered` ({pid: start time}, from `remember`) adds processes found earlier, e.g.
+    from pid files that an orderly `corral stop` has removed since.
     Returns {"terminated": [...pids], "killed": [...pids], "left": [...pids]}."""
     node_dir = os.path.abspath(node_dir)
     terminated, killed = set(), set()
-    pids = node_pids(node_dir)
+    pids = node_pids(node_dir, remembered)
     if pids:
         _signal(pids, signal.SIGTERM)
         terminated |= pids
@@ -153,19 +172,32 @@ def stop_node_processes(node_dir: str, grace_s: float = 5.0, rounds: int = 5) ->
             killed |= stubborn
             _wait_gone(stubborn, 2.0)
     for _ in range(rounds):
-        pids = node_pids(node_dir)
+        pids = node_pids(node_dir, remembered)
         if not pids:
             break
         _signal(pids, signal.SIGKILL)
         killed |= pids
         _wait_gone(pids, 2.0)
-    left = node_pids(node_dir)
+    left = node_pids(node_dir, remembered)
     return {"terminated": sorted(terminated), "killed": sorted(killed), "left": sorted(left)}
 
 
 def main(argv: list[str]) -> int:
-    node_dir, grace_s = argv[0], float(argv[1]) if len(argv) > 1 else 5.0
-    print(json.dumps(stop_node_processes(node_dir, grace_s)))
+    """`NODE_DIR [GRACE_S [FIRST_COMMAND]]`: remember the node's processes, run
+    FIRST_COMMAND (the runtime's orderly `corral stop`, which may delete pid files) with a
+    30 s limit, then stop whatever of the node is still running. Prints a JSON summary."""
+    node_dir = os.path.abspath(argv[0])
+    grace_s = float(argv[1]) if len(argv) > 1 else 5.0
+    remembered = remember(node_pids(node_dir))
+    if len(argv) > 2 and argv[2]:
+        env = dict(os.environ, **{ENV_NODE_DIR: node_dir})
+        try:
+            subprocess.run(["sh", "-c", argv[2]], env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=30, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            pass  # the reaping below takes over
+    print(json.dumps(stop_node_processes(node_dir, grace_s, remembered=remembered)))
     return 0
 
 

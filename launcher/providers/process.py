@@ -10,9 +10,9 @@ CORRAL_NODE_DIR = the node directory; terminating a node stops every process who
 environment carries that CORRAL_NODE_DIR (daemons included) or whose PID the runtime
 recorded under `session/`, then removes the directory.
 
-The head node gets a free TCP port on 127.0.0.1 for the cluster's runtime, recorded in
-its tags as `corral-head-port` (see `head_port()`), so clusters on one machine never
-collide on the runtime's default port.
+The head node gets a free TCP port on 127.0.0.1 for the cluster's runtime (or
+`provider.head_port` when set to non-zero), recorded in its tags as `corral-head-port`
+(see `head_port()`), so clusters on one machine never collide on the runtime's port.
 """
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ class ProcessProvider(NodeProvider):
                              T.TAG_NODE_KIND: kind, T.TAG_NODE_TYPE: node_type}
                 node_tags.setdefault(T.TAG_NODE_NAME, node_id)
                 if kind == T.KIND_HEAD:
-                    node_tags[T.TAG_HEAD_PORT] = str(free_tcp_port())
+                    port = int(self.config.provider.get("head_port") or 0)
+                    node_tags[T.TAG_HEAD_PORT] = str(port or free_tcp_port())
                 _write_json_atomic(node_dir / NODE_FILE, {
                     "id": node_id, "kind": kind, "node_type": node_type,
                     "state": STATE_RUNNING, "created_s": time.time(),

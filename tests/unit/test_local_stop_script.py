@@ -16,6 +16,8 @@ from launcher.providers.node_processes import is_alive
 
 pytestmark = pytest.mark.timeout(60)
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def test_stop_script_kills_tagged_daemons_and_spares_others(tmp_path):
     node_dir = str(tmp_path / "corral")
@@ -37,3 +39,26 @@ def test_stop_script_kills_tagged_daemons_and_spares_others(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_pid_file_processes_are_remembered_across_an_orderly_stop(tmp_path):
+    """`corral stop` may delete pid files it judges stale; what they named before it ran is
+    still stopped (and only that: same pid AND same start time)."""
+    node_dir = str(tmp_path / "corral")
+    os.makedirs(os.path.join(node_dir, "session"))
+    untagged = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"]},
+                                start_new_session=True)
+    try:
+        with open(os.path.join(node_dir, "session", "agent.pid"), "w") as handle:
+            handle.write(f"{untagged.pid}\n")
+        first = f"rm -f {node_dir}/session/agent.pid"
+        done = subprocess.run([sys.executable, "-m", "launcher.providers.node_processes",
+                               node_dir, "2", first], capture_output=True, text=True,
+                              timeout=30, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+        assert done.returncode == 0, done.stderr
+        assert untagged.wait(timeout=10) is not None
+        assert not os.path.exists(os.path.join(node_dir, "session", "agent.pid"))
+    finally:
+        if untagged.poll() is None:
+            untagged.kill()
+            untagged.wait()

@@ -189,3 +189,14 @@ def test_terminate_escalates_to_sigkill(provider, monkeypatch):
     monkeypatch.setattr("launcher.providers.process.STOP_GRACE_S", 0.3)
     provider.terminate_nodes([node_id])
     assert wait_dead(pid)
+
+
+def test_configured_head_port_is_used():
+    config = process_config("fixed-port")
+    config = config.replace(provider={"type": "process", "head_port": 16390})
+    provider = ProcessProvider(config)
+    try:
+        provider.create_nodes(HEAD_TYPE, {}, HEAD_TAGS, 1)
+        assert provider.head_port() == 16390
+    finally:
+        provider.terminate_nodes([node.id for node in provider.non_terminated_nodes()])
