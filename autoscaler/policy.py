@@ -7,8 +7,6 @@ Policy directly.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
@@ -60,38 +58,13 @@ class Policy:
         return self.idle_timeout_s
 
 
-def launch_hash(config: "ClusterConfig", node_type: str) -> str:
-    """A stable digest of what a worker of this type is launched and set up with; a node
-    whose tag differs runs an outdated config and is replaced."""
-    spec = config.available_node_types[node_type]
-    payload = {
-        "node_type": node_type,
-        "node_config": _plain(spec.node_config),
-        "resources": _plain(spec.resources),
-        "file_mounts": _plain(config.file_mounts),
-        "initialization_commands": list(config.initialization_commands),
-        "setup_commands": list(config.setup_commands),
-        "worker_setup_commands": list(config.worker_setup_commands),
-        "worker_start_commands": list(config.worker_start_commands),
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
 def policy_from_config(config: "ClusterConfig",
                        launch_hashes: Mapping[str, str] | None = None,
                        max_bootstrap_failures: int = DEFAULT_MAX_BOOTSTRAP_FAILURES) -> Policy:
     """The policy of a normalised ClusterConfig. `launch_hashes` ({type: hash}) overrides
-    the hashes computed here (e.g. the launcher's own, if it tags nodes differently);
+    the launcher's (launcher.hashing.launch_hash, which `corral up` tags nodes with);
     pass {} to switch hash checking off."""
+    from launcher.hashing import launch_hash  # the same hash `corral up` tags nodes with
     types = {}
     for name, spec in config.worker_node_types().items():
         if launch_hashes is None:
