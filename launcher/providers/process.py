@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -32,8 +33,9 @@ from filelock import FileLock
 from launcher import paths
 from launcher import tags as T
 from launcher.command_runner import LocalRunner
-from launcher.errors import NodeNotFoundError, UsageError
-from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
+from launcher.errors import NodeNotFoundError, ProviderError, UsageError
+from launcher.providers.base import (STATE_RUNNING, STATE_STOPPING, STATE_TERMINATED, Node,
+                                     NodeId, NodeProvider, matches)
 from launcher.providers.node_processes import stop_node_processes
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ class ProcessProvider(NodeProvider):
             if not entry.is_dir() or not _NODE_ID.match(entry.name):
                 continue
             record = _read_json(Path(entry.path) / NODE_FILE)
-            if not record or record.get("state") == "terminated":
+            if not record or record.get("state") == STATE_TERMINATED:
                 continue
             if record.get("tags", {}).get(T.TAG_CLUSTER_NAME) != self.cluster_name:
                 continue
@@ -142,32 +144,55 @@ class ProcessProvider(NodeProvider):
         return created
 
     def terminate_nodes(self, ids: list[NodeId]) -> None:
-        for node_id in ids:
+        """Stop each node's processes (in parallel across nodes), then remove its directory.
+        A node with a process that even SIGKILL did not end keeps its directory (state
+        `stopping`) so that a retry finds it again, and ProviderError names it."""
+        mine = [node_id for node_id in dict.fromkeys(ids) if self._is_mine(node_id)]
+        if not mine:
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(mine))) as pool:
+            survivors = {node_id: left for node_id, left in pool.map(self._terminate_one, mine)
+                         if left}
+        if survivors:
+            error = ProviderError("processes survived SIGKILL: " + "; ".join(
+                f"node {node_id}: pids {left}" for node_id, left in survivors.items()))
+            error.retryable = True
+            error.failed_ids = list(survivors)
+            raise error
+
+    def _is_mine(self, node_id: NodeId) -> bool:
+        record = self._record(node_id)
+        return bool(record) and record.get("tags", {}).get(T.TAG_CLUSTER_NAME) \
+            == self.cluster_name
+
+    def _set_state(self, node_id: NodeId, state: str) -> bool:
+        with self._lock:
             record = self._record(node_id)
-            if record is None or record.get("tags", {}).get(T.TAG_CLUSTER_NAME) \
-                    != self.cluster_name:
-                continue  # unknown here: terminating is idempotent
-            node_dir = self.node_dir(node_id)
-            with self._lock:
-                record = self._record(node_id)
-                if record is None:
-                    continue
-                record["state"] = "stopping"
-                _write_json_atomic(node_dir / NODE_FILE, record)
-            outcome = stop_node_processes(str(node_dir), STOP_GRACE_S)
-            if outcome["left"]:
-                log.warning("node %s: processes %s survived SIGKILL", node_id, outcome["left"])
-            with self._lock:
-                record["state"] = "terminated"
-                _write_json_atomic(node_dir / NODE_FILE, record)
+            if record is None:
+                return False
+            record["state"] = state
+            _write_json_atomic(self.node_dir(node_id) / NODE_FILE, record)
+            return True
+
+    def _terminate_one(self, node_id: NodeId) -> tuple[NodeId, list[int]]:
+        node_dir = self.node_dir(node_id)
+        if not self._set_state(node_id, STATE_STOPPING):
+            return node_id, []  # terminated meanwhile by someone else
+        outcome = stop_node_processes(str(node_dir), STOP_GRACE_S)
+        if outcome["left"]:
+            log.warning("node %s: processes %s survived SIGKILL", node_id, outcome["left"])
+            return node_id, outcome["left"]
+        with self._lock:
+            if self._set_state(node_id, STATE_TERMINATED):
                 shutil.rmtree(node_dir, ignore_errors=True)
-                if node_dir.exists():  # a file appeared while removing: try once more
+                if node_dir.exists():  # a file appeared while removing: once more
                     shutil.rmtree(node_dir, ignore_errors=True)
+        return node_id, []
 
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
         with self._lock:
             record = self._record(node_id)
-            if record is None or record.get("state") == "terminated":
+            if record is None or record.get("state") == STATE_TERMINATED:
                 raise NodeNotFoundError(f"no process node {node_id!r} in cluster "
                                         f"{self.cluster_name!r}")
             record["tags"].update({key: str(value) for key, value in tags.items()})

@@ -85,13 +85,15 @@ def test_node_file_is_the_shared_truth(provider):
 def test_concurrent_creates_never_collide(provider):
     results, errors = [], []
 
-    def create():
+    def create(shared):
         try:
-            other = ProcessProvider(process_config("unit"))
-            results.extend(other.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 3))
+            creator = provider if shared else ProcessProvider(process_config("unit"))
+            new_ids = creator.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 3)
+            creator.set_node_tags(new_ids[0], {"by": "thread"})
+            results.extend(new_ids)
         except Exception as error:  # noqa: BLE001 - reported by the assert below
             errors.append(error)
-    threads = [threading.Thread(target=create) for _ in range(4)]
+    threads = [threading.Thread(target=create, args=(index % 2 == 0,)) for index in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -99,6 +101,9 @@ def test_concurrent_creates_never_collide(provider):
     assert not errors
     assert len(set(results)) == 12
     assert len(provider.non_terminated_nodes()) == 12
+    assert len(provider.non_terminated_nodes({"by": "thread"})) == 4
+    provider.terminate_nodes(results)  # in parallel, one shared lock
+    assert provider.non_terminated_nodes() == []
 
 
 def test_set_tags_on_unknown_node_raises(provider):
