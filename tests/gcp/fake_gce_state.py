@@ -22,6 +22,8 @@ NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 MACHINE_TYPES = {
     "e2-small": {"guestCpus": 2, "memoryMb": 2048},
     "n2-standard-4": {"guestCpus": 4, "memoryMb": 16384},
+    "n2-standard-8": {"guestCpus": 8, "memoryMb": 32768},
+    "n1-standard-8": {"guestCpus": 8, "memoryMb": 30720},
     "a2-highgpu-1g": {"guestCpus": 12, "memoryMb": 87040,
                       "accelerators": [{"guestAcceleratorType": "nvidia-tesla-a100",
                                         "guestAcceleratorCount": 1}]},

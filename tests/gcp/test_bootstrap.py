@@ -198,3 +198,29 @@ def test_bootstrapped_nodes_carry_key_and_account(fake_gce):
         assert instance["disks"][0]["initializeParams"]["sourceImage"].endswith(FAMILY_IMAGE)
     finally:
         provider.terminate_nodes([node_id])
+
+
+def test_example_config_bootstraps(fake_gce):
+    from launcher.config import load_config
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    example = load_config(os.path.join(repo, "configs", "gcp.yaml"))
+    provider = dict(example.provider, compute_endpoint=fake_gce.compute_endpoint,
+                    operation_timeout_s=10)
+    config = boot(example.replace(provider=provider))
+    resources = {name: dict(node_type.resources)
+                 for name, node_type in config.available_node_types.items()}
+    assert resources["t4-spot"] == {"CPU": 8, "memory": 30720 * 1024 * 1024, "GPU": 1}
+    assert resources["head"]["CPU"] == 4
+    spot = config.available_node_types["t4-spot"]
+    gcp = GCPProvider(config, client=fast_client(config))
+    [node_id] = gcp.create_nodes("t4-spot", spot.node_config,
+                                 {"corral-node-kind": "worker"}, 1)
+    try:
+        instance = next(body for (_p, _z, name), body in fake_gce.state.instances.items()
+                        if name == node_id)
+        assert instance["guestAccelerators"][0]["acceleratorType"] == \
+            "zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4"
+        assert instance["scheduling"]["onHostMaintenance"] == "TERMINATE"
+        assert gcp.node(node_id).tags["team"] == "research"
+    finally:
+        gcp.terminate_nodes([node_id])
