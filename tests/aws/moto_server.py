@@ -84,7 +84,8 @@ def seed_public_parameter(name: str, value: str, region: str = REGION) -> None:
 def inject_client_error(client, operation: str, code: str, *, when=lambda params: True,
                         message: str = "injected by the test") -> list[dict]:
     """Make `client` fail `operation` (e.g. "RunInstances") with error `code` whenever
-    `when(params)` is true, before the request is sent. Returns the list the hook appends
+    `when(params)` is true (params: the call's API parameters), before the request is
+    built or sent. Returns the list the hook appends
     each failed call's params to."""
     failed: list[dict] = []
     service = client.meta.service_model.service_name
@@ -93,6 +94,6 @@ def inject_client_error(client, operation: str, code: str, *, when=lambda params
         if when(params):
             failed.append(dict(params))
             raise ClientError({"Error": {"Code": code, "Message": message}}, operation)
-    client.meta.events.register(f"before-call.{service}.{operation}", hook)
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", hook)
     return failed
 
