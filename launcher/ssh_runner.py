@@ -129,7 +129,7 @@ class SSHRunner(CommandRunner):
         """The exact command line sent to sshd for `cmd`."""
         merged = dict(self.base_env)
         merged.update(env or {})
-        runner = f"timeout -k 5 {timeout_s:g} bash -c " if timeout_s else "bash -c "
+        runner = f"timeout -k 5 {timeout_s:.3f} bash -c " if timeout_s else "bash -c "
         return env_prefix(merged) + "exec " + runner + shlex.quote(cmd)
 
     def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None):
@@ -140,6 +140,12 @@ class SSHRunner(CommandRunner):
         try:
             exit_code, stdout, stderr = _drive(channel, self.remote_command(cmd, env, timeout_s),
                                                timeout_s, log)
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            # Like ssh(1): a connection lost mid-command is exit code 255, with the reason.
+            ssh_pool.POOL.discard(self.spec)
+            exit_code, stdout = 255, ""
+            stderr = f"connection to {self.host} lost while the command ran: {_describe(error)}\n"
+            _log_write(log, stderr.encode())
         finally:
             channel.close()
         duration_s = time.monotonic() - started

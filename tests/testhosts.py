@@ -388,13 +388,22 @@ def _take_slot(wait_s: float = 300) -> tuple[int, int]:
     STATE_ROOT.mkdir(parents=True, exist_ok=True, mode=0o700)
     deadline = time.monotonic() + wait_s
     while True:
+        taken = None
         for slot in range(SLOT_COUNT):
             fd = os.open(STATE_ROOT / f"slot{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return slot, fd
             except BlockingIOError:
                 os.close(fd)
+                continue
+            # A free slot: whatever it still holds was left by a session that died.
+            HostNetwork._cleanup_leftovers(slot)
+            if taken is None:
+                taken = (slot, fd)
+            else:
+                os.close(fd)
+        if taken is not None:
+            return taken
         if time.monotonic() > deadline:
             raise RuntimeError(f"all {SLOT_COUNT} test-host network slots stayed busy")
         time.sleep(0.5)

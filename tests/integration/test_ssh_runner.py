@@ -325,3 +325,48 @@ def test_host_network_teardown_leaves_nothing():
     left = {pid: Path(f"/proc/{pid}/stat").read_text() for pid in pids
             if Path(f"/proc/{pid}").exists()}
     assert left == {}
+
+
+@pytest.mark.timeout(60)
+def test_host_dying_mid_command_gives_255_and_the_runner_recovers(test_hosts):
+    host = test_hosts.hosts[1]
+    runner = make_runner(test_hosts, host)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(runner.run("echo up; sleep 60")))
+    worker.start()
+    wait_for(lambda: any("sleep 60" in cmd for _, cmd in host.processes()),
+             what="the command to start")
+    test_hosts.restart_host(host)
+    worker.join(30)
+    assert results and results[0].exit_code == 255
+    assert results[0].stdout == "up\n" and results[0].stderr
+    assert runner.run("echo back").stdout == "back\n"
+
+
+@pytest.mark.timeout(60)
+def test_leftovers_of_a_dead_session_are_cleaned_by_the_next():
+    reason = testhosts.missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    network = testhosts.open_network(1)
+    host = network.all_hosts[0]
+    try:
+        # The session "dies": its slot lock is released, nothing is torn down.
+        os.close(network._lock_fd)
+        network._closed = True
+        slot, fd = testhosts._take_slot()
+        os.close(fd)
+        assert host.netns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                text=True).stdout
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert f" {network.bridge}:" not in links
+        assert not network.directory.exists()
+        stat_file = Path(f"/proc/{host.init_pid}/stat")
+        assert not stat_file.exists() or stat_file.read_text().split(") ")[1][0] == "Z"
+    finally:
+        for process in network._processes.values():
+            process.kill()
+            process.wait(timeout=10)
+        network._closed = False
+        network._lock_fd = os.open("/dev/null", os.O_RDONLY)
+        network.close()  # idempotent when the cleanup above already ran
