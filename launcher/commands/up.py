@@ -65,6 +65,7 @@ def _dry_run(config, options: UpOptions) -> None:
     provider = make_provider(config)
     try:
         plan = plan_up(config, provider, options, keys_dir)
+        _warn_unreachable(provider)
     finally:
         provider.close()
     click.echo(f"Plan for cluster {config.cluster_name!r} "
@@ -72,6 +73,13 @@ def _dry_run(config, options: UpOptions) -> None:
     _echo_plan(plan)
     if plan.nothing_to_do:
         click.echo("Nothing to do: every node is up to date.")
+
+
+def _warn_unreachable(provider) -> None:
+    """Hosts the provider could not read (down, or a changed host key): say so, since
+    they will look free or missing in the plan."""
+    for host, problem in (getattr(provider, "unreachable", None) or {}).items():
+        click.secho(f"warning: could not reach {host}: {problem}", fg="yellow", err=True)
 
 
 def _echo_plan(plan: UpPlan) -> None:
@@ -98,6 +106,7 @@ def _up(config, options: UpOptions, yes: bool) -> None:
     provider = make_provider(config)
     try:
         plan = plan_up(config, provider, options, keys_dir)
+        _warn_unreachable(provider)
         if plan.nothing_to_do:
             nodes = [action.node for action in plan.actions if action.node is not None]
             click.echo(f"Cluster {config.cluster_name!r} is up to date: nothing changed, "
