@@ -72,6 +72,7 @@ class NodeAgent:
         self.max_task_workers = max(2, int(2 * self.total.get("CPU", 1)))
         self.idle_since_s: float | None = time.time()
         self.registered = False
+        self.on_registered = None
         self.next_heartbeat = 0.0
         self.running = True
         self.poller = zmq.Poller()
@@ -172,6 +173,8 @@ class NodeAgent:
         if request_id == "register":
             self.registered = True
             log.info("registered with control at %s", self.control_address)
+            if self.on_registered is not None:
+                self.on_registered()
             self._learn_nodes(result["nodes"])
         elif request_id == "heartbeat":
             if not result["known"]:
@@ -357,7 +360,8 @@ class NodeAgent:
         worker_id = uuid.uuid4().hex[:12]
         proc = subprocess.Popen(
             [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
-             "--worker-id", worker_id], stdin=subprocess.DEVNULL)
+             "--worker-id", worker_id], stdin=subprocess.DEVNULL,
+            env=dict(os.environ, CORRAL_NODE_ID=self.node_id))
         worker = WorkerProcess(worker_id, proc, actor_id)
         self.workers[worker.identity] = worker
         if actor_id is not None:

@@ -259,6 +259,7 @@ def main(argv=None) -> None:
     parser.add_argument("--heartbeat-timeout-s", type=float,
                         default=DEFAULT_HEARTBEAT_TIMEOUT_S)
     parser.add_argument("--autoscaling-config")
+    parser.add_argument("--bind-ip")
     parser.add_argument("--port-file", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
@@ -266,7 +267,7 @@ def main(argv=None) -> None:
     keys = None
     if args.keys_dir and has_cluster_keys(args.keys_dir):
         keys = load_cluster_keys(args.keys_dir)
-    host = "0.0.0.0" if keys else "127.0.0.1"
+    host = (args.bind_ip or "0.0.0.0") if keys else "127.0.0.1"
     node_types = node_types_from_config(args.autoscaling_config) \
         if args.autoscaling_config else {}
     service = ControlService(f"tcp://{host}:{args.port}", keys, args.heartbeat_timeout_s,

@@ -49,13 +49,17 @@ def main(argv=None) -> None:
     if keys is None:
         node_ip, bind_ip = "127.0.0.1", "127.0.0.1"
     else:
-        bind_ip = "0.0.0.0"
+        bind_ip = args.node_ip or "0.0.0.0"
     agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
                       json.loads(args.resources), node_ip, bind_ip)
-    write_json_atomic(address_file(Path(args.session)), {
-        "address": args.head_address, "node_id": args.node_id,
-        "agent_ipc": agent.local_endpoint, "agent_address": agent.address,
-        "secure": keys is not None, "keys_dir": args.keys_dir})
+    def write_address(registered: bool) -> None:
+        write_json_atomic(address_file(Path(args.session)), {
+            "address": args.head_address, "node_id": args.node_id,
+            "agent_ipc": agent.local_endpoint, "agent_address": agent.address,
+            "secure": keys is not None, "keys_dir": args.keys_dir,
+            "registered": registered})
+    write_address(False)
+    agent.on_registered = lambda: write_address(True)
     signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
     logging.getLogger("corral.agent").info("node %s agent on %s (%s)", args.node_id,
                                            agent.address, agent.total)

@@ -24,6 +24,7 @@ import threading
 
 import cloudpickle
 import zmq
+from zmq.utils import z85
 
 from runtime.keys import ClusterKeys
 
@@ -128,6 +129,10 @@ def bind_router(ctx: zmq.Context, address: str, keys: ClusterKeys | None) -> zmq
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
         sock.zap_domain = ZAP_DOMAIN
+        try:  # no handler -> refuse, never admit (libzmq >= 4.3)
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        except (AttributeError, zmq.ZMQError):
+            pass
     sock.bind(address)
     return sock
 
@@ -161,11 +166,12 @@ def ensure_zap_handler(ctx: zmq.Context, keys: ClusterKeys) -> None:
     thread = threading.Thread(target=_zap_loop, args=(ctx, keys.public, ready),
                               name="corral-zap", daemon=True)
     thread.start()
-    ready.wait(5)
+    if not ready.wait(10):
+        raise RuntimeError("the ZAP authentication handler did not start")
 
 
 def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Event):
-    allowed = zmq.z85_decode(cluster_public_z85)
+    allowed = z85.decode(cluster_public_z85)
     sock = ctx.socket(zmq.REP)
     sock.linger = 0
     sock.bind("inproc://zeromq.zap.01")
@@ -176,9 +182,11 @@ def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Even
         except zmq.ContextTerminated:
             sock.close()
             return
+        if len(msg) < 6:
+            continue
         version, request_id, _domain, _address, _identity, mechanism = msg[:6]
         credentials = msg[6:]
-        ok = mechanism == b"CURVE" and credentials and credentials[0] == allowed
+        ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] == allowed
         status = (b"200", b"OK") if ok else (b"400", b"client key not admitted")
         sock.send_multipart([version, request_id, status[0], status[1], b"", b""])
 

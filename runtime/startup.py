@@ -43,11 +43,12 @@ def _env(node_dir: Path) -> dict:
     return env
 
 
-def _wait_for(path: Path, pids: dict, session_dir: Path, timeout_s: float) -> dict:
+def _wait_for(path: Path, pids: dict, session_dir: Path, timeout_s: float,
+              field: str | None = None) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         data = session.read_json(path)
-        if data:
+        if data and (field is None or data.get(field)):
             return data
         dead = [name for name, pid in pids.items() if not session.is_alive(pid)]
         if dead:
@@ -60,19 +61,30 @@ def _wait_for(path: Path, pids: dict, session_dir: Path, timeout_s: float) -> di
                             f"(see {session_dir / 'logs'})")
 
 
-def start_node(*, head: bool, address: str | None = None, port: int | None = None,
+def start_node(**options) -> StartedNode:
+    """Start this node's runtime processes; on failure, stop whatever was started."""
+    node_dir = Path(options.get("node_dir") or session.node_dir())
+    running = session.running_pids(session.session_dir(node_dir))
+    if running:
+        raise RuntimeStartError(f"the runtime already runs on this node (pids "
+                                f"{sorted(running.values())}); run `corral stop` first")
+    try:
+        return _start_node(**options)
+    except BaseException:
+        session.stop_session(session.session_dir(node_dir))
+        raise
+
+
+def _start_node(*, head: bool, address: str | None = None, port: int | None = None,
                num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict | None = None, node_id: str | None = None,
                node_type: str | None = None, autoscaling_config: str | None = None,
                node_dir: str | Path | None = None, node_ip: str | None = None,
                heartbeat_timeout_s: float | None = None, generate_keys: bool = True,
+               wait_registered: bool = False,
                timeout_s: float = 60.0) -> StartedNode:
     node_dir = Path(node_dir) if node_dir else session.node_dir()
     session_dir = session.session_dir(node_dir)
-    running = session.running_pids(session_dir)
-    if running:
-        raise RuntimeStartError(f"the runtime already runs on this node (pids "
-                                f"{sorted(running.values())}); run `corral stop` first")
     session.address_file(session_dir).unlink(missing_ok=True)
     env = _env(node_dir)
     keys_dir = session.keys_dir(node_dir)
@@ -95,6 +107,8 @@ def start_node(*, head: bool, address: str | None = None, port: int | None = Non
                 "--keys-dir", str(keys_dir)]
         if heartbeat_timeout_s is not None:
             argv += ["--heartbeat-timeout-s", str(heartbeat_timeout_s)]
+        if node_ip:
+            argv += ["--bind-ip", node_ip]
         if autoscaling_config:
             argv += ["--autoscaling-config", str(autoscaling_config)]
             (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
@@ -121,7 +135,8 @@ def start_node(*, head: bool, address: str | None = None, port: int | None = Non
     if node_ip:
         argv += ["--node-ip", node_ip]
     pids["agent"] = session.spawn_daemon(session_dir, "agent", argv, env)
-    _wait_for(session.address_file(session_dir), pids, session_dir, timeout_s)
+    _wait_for(session.address_file(session_dir), pids, session_dir, timeout_s,
+              "registered" if head or wait_registered else None)
     if head and autoscaling_config:
         monitor = _start_monitor(session_dir, autoscaling_config, address, env, pids)
     return StartedNode(node_id, address, session_dir, pids, secure, monitor)

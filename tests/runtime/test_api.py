@@ -1,0 +1,126 @@
+"""Tasks, actors, objects and errors through the public API on a real one-node cluster."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import runtime
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@runtime.remote
+def add(a, b=0):
+    return a + b
+
+
+@runtime.remote
+class Counter:
+    def __init__(self, start=0):
+        self.value = start
+
+    def increment(self, by=1):
+        self.value += by
+        return self.value
+
+    def fail(self):
+        raise KeyError("no such thing")
+
+
+def test_tasks_and_refs_as_arguments(one_node):
+    assert runtime.get(add.remote(1, 2)) == 3
+    assert runtime.get([add.remote(i, b=i) for i in range(20)]) == [2 * i for i in range(20)]
+    first = add.remote(1, 1)
+    second = add.remote(first, b=add.remote(10))    # dependencies resolved first
+    assert runtime.get(second) == 12
+
+
+def test_put_get_and_wait(one_node):
+    ref = runtime.put({"a": [1, 2, 3]})
+    assert runtime.get(ref) == {"a": [1, 2, 3]}
+    array = np.arange(3_000_000, dtype=np.float64)
+    big = runtime.put(array)
+    array[0] = 99.0                                   # put took a snapshot
+    assert runtime.get(big)[0] == 0.0
+    assert runtime.get(add.remote(big, 1))[:3].tolist() == [1.0, 2.0, 3.0]
+    refs = [add.remote(i) for i in range(10)]
+    ready, rest = runtime.wait(refs, num_returns=10, timeout=30)
+    assert len(ready) == 10 and rest == []
+
+
+def test_get_timeout(one_node):
+    @runtime.remote
+    def slow():
+        import time
+        time.sleep(30)
+    with pytest.raises(runtime.GetTimeoutError):
+        runtime.get(slow.remote(), timeout=0.2)
+    ready, rest = runtime.wait([slow.remote()], timeout=0.1)
+    assert ready == [] and len(rest) == 1
+
+
+def test_user_exception_carries_remote_traceback(one_node):
+    @runtime.remote
+    def explode():
+        raise ValueError("boom from the task")
+    with pytest.raises(runtime.TaskError) as caught:
+        runtime.get(explode.remote())
+    assert "boom from the task" in str(caught.value)
+    assert "explode" in caught.value.remote_traceback
+    assert isinstance(caught.value.cause_exception, ValueError)
+    # a task depending on a failed one fails with the same error
+    with pytest.raises(runtime.TaskError):
+        runtime.get(add.remote(explode.remote(), 1))
+
+
+def test_actor_state_order_and_kill(one_node):
+    counter = Counter.remote(10)
+    assert runtime.get([counter.increment.remote() for _ in range(50)])[-1] == 60
+    with pytest.raises(runtime.TaskError, match="KeyError"):
+        runtime.get(counter.fail.remote())
+    assert runtime.get(counter.increment.remote(by=5)) == 65
+    runtime.kill(counter)
+    with pytest.raises(runtime.ActorDiedError):
+        runtime.get(counter.increment.remote(), timeout=30)
+
+
+def test_named_actor(one_node):
+    Counter.options(name="shared").remote(100)
+    handle = runtime.get_actor("shared")
+    assert runtime.get(handle.increment.remote()) == 101
+    with pytest.raises(ValueError):
+        runtime.get_actor("nobody")
+    with pytest.raises(runtime.RuntimeSystemError):
+        Counter.options(name="shared").remote()
+
+
+def test_worker_print_reaches_driver_with_prefix(one_node, capfd):
+    @runtime.remote
+    def speak():
+        print("hello from a worker")
+        return os.getpid()
+    pid = runtime.get(speak.remote())
+    from tests.runtime.conftest import wait_until
+
+    def printed():
+        out = capfd.readouterr().out
+        printed.text += out
+        return "hello from a worker" in printed.text
+    printed.text = ""
+    wait_until(printed, timeout_s=10)
+    line = next(l for l in printed.text.splitlines() if "hello from a worker" in l)
+    assert line.startswith(f"(head pid={pid})")
+
+
+def test_cluster_state(one_node):
+    assert runtime.cluster_resources() == {"CPU": 2.0}
+    nodes = runtime.nodes()
+    assert [n["node_id"] for n in nodes] == ["head"] and nodes[0]["alive"]
+    assert runtime.available_resources()["CPU"] <= 2.0
+    runtime.request_resources(num_cpus=3, bundles=[{"GPU": 1}])
+    load = runtime.state.get_load() if hasattr(runtime, "state") else None
+    from runtime import state
+    load = state.get_load()
+    assert load["request_resources"] == [{"CPU": 1.0}] * 3 + [{"GPU": 1}]
