@@ -31,6 +31,7 @@ STATE_CLAIMED = "running"
 STATE_TERMINATED = "terminated"
 LOCK_WAIT_S = 10
 _CONFLICT_EXIT = 93
+_NOT_OURS_EXIT = 94
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +83,16 @@ def _path(state_dir: str) -> str:
     return f"{state_dir.rstrip('/')}/{TAGS_FILE}"
 
 
+def _owned_check(folder: str) -> str:
+    """Shell test: the state dir is a real directory of ours (not a symlink, not planted
+    by another user of a shared /tmp)."""
+    return f"[ -d {folder} ] && [ ! -L {folder} ] && [ -O {folder} ]"
+
+
 def read_command(state_dir: str) -> str:
-    return f"cat {shlex.quote(_path(state_dir))} 2>/dev/null; true"
+    folder = shlex.quote(state_dir.rstrip("/") or "/")
+    return (f"if {_owned_check(folder)}; then cat {shlex.quote(_path(state_dir))} "
+            "2>/dev/null; fi; true")
 
 
 def read(runner: CommandRunner, state_dir: str, timeout_s: float = 30.0) -> HostTags:
@@ -108,6 +117,8 @@ def swap_command(state_dir: str, expected_raw: str, new_claim: dict | None) -> s
     return "\n".join([
         "umask 077",
         f"mkdir -p {folder} || exit 90",
+        f"{_owned_check(folder)} || {{ echo 'not a directory owned by us: '{folder} >&2; "
+        f"exit {_NOT_OURS_EXIT}; }}",
         "if command -v flock >/dev/null 2>&1; then",
         f"  exec 9>{folder}/.lock && flock -w {LOCK_WAIT_S} 9 || exit 91",
         "fi",

@@ -39,6 +39,7 @@ STOP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
 CAS_ATTEMPTS = 5
 MAX_PARALLEL = 32
+LOST_RACE = "lost the race"
 
 
 class LocalProvider(NodeProvider):
@@ -132,28 +133,44 @@ class LocalProvider(NodeProvider):
         claim = host_tags.make_claim(self.cluster_name, kind, node_type, node_tags,
                                      claimed_by=socket.gethostname())
         claimed: list[str] = []
+        failures: dict[str, str] = {}
         candidates = list(free)
         while len(claimed) < count and candidates:
             batch, candidates = candidates[:count - len(claimed)], candidates[count - len(claimed):]
-            results = _parallel(lambda ip: (ip, self._try_claim(ip, current[ip], claim)), batch)
-            claimed += [ip for ip, won in results if won]
-        if len(claimed) < count:  # lost races: give back what we took, all or nothing
+            for ip, outcome in _parallel(lambda ip: self._try_claim(ip, current[ip], claim),
+                                         batch):
+                if outcome is None:
+                    claimed.append(ip)
+                elif outcome != LOST_RACE:
+                    failures[ip] = outcome
+        if len(claimed) < count:  # give back what we took: all or nothing
             self._release(claimed)
+            if failures:
+                raise ProviderError(f"could not claim {len(failures)} host(s) for "
+                                    f"{node_type}: " + "; ".join(
+                                        f"{ip}: {why}" for ip, why in failures.items()),
+                                    node_type=node_type)
             raise self._capacity_error(node_type, kind, what, pool, [], unreachable, count)
         return claimed
 
-    def _try_claim(self, ip: str, seen: host_tags.HostTags, claim: dict) -> bool:
+    def _try_claim(self, ip: str, seen: host_tags.HostTags,
+                   claim: dict) -> tuple[str, str | None]:
+        """(ip, None) when claimed, (ip, LOST_RACE) when another launcher was first,
+        (ip, error text) when the host refused or failed."""
         try:
             conflict = host_tags.compare_and_swap(self._runner(ip), self.state_dir, seen, claim,
                                                   TAG_TIMEOUT_S)
         except ClusterError as error:
             log.warning("could not claim %s: %s", ip, error)
-            return False
-        return conflict is None
+            return ip, str(error)
+        return ip, None if conflict is None else LOST_RACE
 
     def _release(self, ips: list[str]) -> None:
         for ip in ips:
-            self._update(ip, lambda claim: None)
+            try:
+                self._update(ip, lambda claim: None)
+            except ClusterError as error:  # still ours: `down` or a later terminate frees it
+                log.warning("could not give back host %s: %s", ip, error)
 
     @staticmethod
     def _capacity_error(node_type, kind, what, pool, free, unreachable, count) -> CapacityError:

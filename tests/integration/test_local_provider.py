@@ -153,3 +153,32 @@ def test_state_dir_is_configurable(make, test_hosts):
     host = next(h for h in test_hosts.hosts if h.ip == node_id)
     assert tag_file(host, "/tmp/elsewhere")["cluster_name"] == "onprem"
     assert tag_file(host) is None
+
+
+def test_racing_launchers_never_share_a_host(make, test_hosts):
+    import threading
+    laptop, head = make(), make()
+    won, lost = [], []
+
+    def grab(provider):
+        try:
+            won.extend(provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 2))
+        except CapacityError:
+            lost.append(provider)
+    threads = [threading.Thread(target=grab, args=(p,)) for p in (laptop, head)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == len(set(won))  # no host given out twice
+    assert len(won) + 2 * len(lost) == 4
+    assert sorted(n.id for n in laptop.non_terminated_nodes()) == sorted(won)
+
+
+def test_refused_claim_is_a_provider_error_not_capacity(make, test_hosts):
+    from launcher.errors import ProviderError
+    provider = make(worker_ips=[test_hosts.hosts[1].ip])
+    test_hosts.hosts[1].run(f"mkdir -p /tmp/real && ln -s /tmp/real {DEFAULT_STATE_DIR}")
+    with pytest.raises(ProviderError, match="not a directory owned by us") as caught:
+        provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 1)
+    assert not isinstance(caught.value, CapacityError)

@@ -91,3 +91,17 @@ def test_racing_claims_have_one_winner(state):
         thread.join()
     assert len(winners) == 1
     assert host_tags.read(runner, state_dir).belongs_to(winners[0])
+
+
+def test_a_planted_state_dir_is_refused(state, tmp_path):
+    runner, state_dir = state
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / host_tags.TAGS_FILE).write_text(host_tags.encode(claim_for("c1")))
+    os.symlink(target, state_dir)
+    tags = host_tags.read(runner, state_dir)
+    assert tags.is_free() and tags.raw == ""  # a symlinked dir is not read
+    from launcher.errors import CommandError
+    with pytest.raises(CommandError, match="not a directory owned by us"):
+        host_tags.compare_and_swap(runner, state_dir, tags, claim_for("c2"))
+    assert json.loads((target / host_tags.TAGS_FILE).read_text())["cluster_name"] == "c1"
