@@ -13,6 +13,7 @@ from typing import Mapping
 from launcher import tags as T
 from launcher.errors import NodeNotFoundError, ProviderError
 from launcher.frozen import thaw
+from launcher.providers.aws import naming
 from launcher.providers.aws.errors import aws_errors
 from launcher.providers.aws.session import AWSClients
 from launcher.providers.base import Node, NodeProvider, matches
@@ -23,6 +24,7 @@ STOPPED_STATES = ("stopping", "stopped")
 GONE_STATES = ("shutting-down", "terminated")
 DEFAULT_TERMINATE_WAIT_S = 120.0
 POLL_INTERVAL_S = 1.0
+DEFAULT_SSH_USER = "ubuntu"  # the user of the default (Ubuntu) image
 
 
 class AWSProvider(NodeProvider):
@@ -230,9 +232,25 @@ class AWSProvider(NodeProvider):
         host = node.internal_ip if self.use_internal_ips else (node.external_ip
                                                                or node.internal_ip)
         auth = self.config.auth
-        return SSHRunner(host, user=auth.ssh_user, private_key_path=auth.ssh_private_key,
+        if not host:
+            kind = "internal IP" if self.use_internal_ips else "IP address"
+            raise ProviderError(f"node {node.id} has no {kind} yet", cause="NoAddress")
+        return SSHRunner(host, user=auth.ssh_user or DEFAULT_SSH_USER,
+                         private_key_path=self._private_key_path(),
                          cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
                          timeout_s=auth.ssh_timeout_s)
+
+    def _private_key_path(self) -> str:
+        """auth.ssh_private_key, or (for a config that was not bootstrapped in this
+        process, as `corral down`/`exec` load it) the key pair corral made for the cluster."""
+        if self.config.auth.ssh_private_key:
+            return self.config.auth.ssh_private_key
+        managed = naming.private_key_path(self.cluster_name)
+        if not self.config.provider.get("key_name") and managed.exists():
+            return str(managed)
+        raise ProviderError(f"no SSH private key for cluster {self.cluster_name}: set "
+                            "auth.ssh_private_key, or run `corral up` to create the "
+                            "cluster's key pair", cause="NoPrivateKey")
 
 
 def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
