@@ -7,6 +7,7 @@ and one handshake. A transport found dead is dropped and replaced on the next re
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import socket
 import threading
@@ -139,6 +140,7 @@ class ConnectionPool:
 
 
 POOL = ConnectionPool()
+atexit.register(POOL.close_all)  # end proxy-command processes and sessions cleanly
 
 
 def close_all() -> None:

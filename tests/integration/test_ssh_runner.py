@@ -227,6 +227,18 @@ def test_twenty_threads_on_four_hosts(test_hosts):
         assert outputs == [(0, f"{index} {round_number} {name}\n", f"e{index}\n")
                            for round_number in range(3)]
     assert len(ssh_pool.POOL) == len(hosts)
+    pinned = paths.known_hosts_path(CLUSTER).read_text().splitlines()
+    assert sorted(line.split()[0] for line in pinned) == sorted(host.ip for host in hosts)
+
+
+@pytest.mark.timeout(60)
+def test_more_hosts_on_demand(test_hosts):
+    extra = test_hosts.more(2)
+    assert len(extra) == 2 and test_hosts.more(1) == extra[:1]
+    base_ips = {host.ip for host in test_hosts.hosts}
+    assert len({host.ip for host in extra} | base_ips) == 6
+    for host in extra:
+        assert make_runner(test_hosts, host).run("hostname").stdout.strip() == host.name
 
 
 SHELL_DRIVER = """
