@@ -67,6 +67,9 @@ class FakeGCEState:
         self.service_accounts: dict[str, dict] = {}
         self.policies: dict[str, dict] = {}
         self.injections: list[Injection] = []
+        # (internal IP, external IP) pairs handed to new instances when set (end-to-end
+        # tests point them at sshd test hosts); an exhausted pool is a capacity error.
+        self.ip_pool: list[tuple[str, str]] = []
         self.calls: list[tuple[str, str | None]] = []  # (method, zone)
         self._ids = itertools.count(1000)
         self._ips = itertools.count(2)
@@ -153,14 +156,12 @@ class FakeGCEState:
                 raise FakeHTTPError(400, "invalid", "too many labels")
             if (project, zone, name) in self.instances:
                 raise FakeHTTPError(409, "alreadyExists", f"The resource '{name}' already exists")
-            number = next(self._ips)
+            internal_ip, external_ip = self._allocate_ips()
             interfaces = []
             for index, interface in enumerate(body.get("networkInterfaces") or [{}]):
-                rendered = dict(interface, networkIP=f"10.128.{number // 250}.{number % 250}",
-                                name=f"nic{index}")
-                rendered["accessConfigs"] = [
-                    dict(access, natIP=f"192.0.2.{number % 250}")
-                    for access in interface.get("accessConfigs", [])]
+                rendered = dict(interface, networkIP=internal_ip, name=f"nic{index}")
+                rendered["accessConfigs"] = [dict(access, natIP=external_ip)
+                                             for access in interface.get("accessConfigs", [])]
                 interfaces.append(rendered)
             instance = dict(body, id=str(next(self._ids)), status="PROVISIONING",
                             zone=self._link(f"projects/{project}/zones/{zone}"),
@@ -176,6 +177,17 @@ class FakeGCEState:
                     instance["status"] = "RUNNING"
             return self._operation(project, zone, "insert", f"projects/{project}/zones/{zone}/instances/{name}",
                                    injection, running)
+
+    def _allocate_ips(self) -> tuple[str, str]:
+        if not self.ip_pool:
+            number = next(self._ips)
+            return f"10.128.{number // 250}.{number % 250}", f"192.0.2.{number % 250}"
+        used = {instance["networkInterfaces"][0]["networkIP"]
+                for instance in self.instances.values() if instance.get("networkInterfaces")}
+        for internal_ip, external_ip in self.ip_pool:
+            if internal_ip not in used:
+                return internal_ip, external_ip
+        raise FakeHTTPError(503, "ZONE_RESOURCE_POOL_EXHAUSTED", "no free address in the pool")
 
     def _instance(self, project: str, zone: str, name: str) -> dict:
         self._advance()

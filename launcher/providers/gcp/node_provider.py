@@ -29,6 +29,7 @@ STATES = {"PROVISIONING": STATE_PENDING, "STAGING": STATE_PENDING, "RUNNING": ST
 MAX_PARALLEL_CALLS = 16
 PAGE_SIZE = 500
 FINGERPRINT_ATTEMPTS = 6
+DEFAULT_SSH_USER = "ubuntu"
 
 
 class GCPProvider(NodeProvider):
@@ -250,7 +251,9 @@ class GCPProvider(NodeProvider):
         host = node.internal_ip if use_internal else (node.external_ip or node.internal_ip)
         if not host:
             raise ProviderError(f"node {node.id} has no IP address yet")
-        return SSHRunner(host, cluster_name=self.cluster_name, ssh_user=auth.ssh_user,
-                         ssh_private_key=auth.ssh_private_key,
-                         ssh_proxy_command=auth.ssh_proxy_command,
-                         ssh_timeout_s=auth.ssh_timeout_s)
+        # A config that was not bootstrapped in this process (down, exec) still finds the
+        # cluster's own key.
+        key_path = auth.ssh_private_key or str(naming.private_key_path(self.cluster_name))
+        return SSHRunner(host, user=auth.ssh_user or DEFAULT_SSH_USER, private_key_path=key_path,
+                         cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
+                         timeout_s=auth.ssh_timeout_s)
