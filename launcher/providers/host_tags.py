@@ -42,11 +42,20 @@ class HostTags:
 
     @property
     def cluster_name(self) -> str | None:
-        return (self.claim or {}).get("cluster_name")
+        name = (self.claim or {}).get("cluster_name")
+        return name if isinstance(name, str) else None
 
     @property
     def terminated(self) -> bool:
         return (self.claim or {}).get("state") == STATE_TERMINATED
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The node tags in the claim (as strings; anything malformed reads as none)."""
+        found = (self.claim or {}).get("tags")
+        if not isinstance(found, dict):
+            return {}
+        return {str(key): str(value) for key, value in found.items()}
 
     def is_free(self) -> bool:
         """No claim, a terminated one, or one that names no cluster."""

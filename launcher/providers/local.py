@@ -107,10 +107,12 @@ class LocalProvider(NodeProvider):
 
     def _node(self, ip: str, tags: host_tags.HostTags) -> Node:
         claim = tags.claim
-        node_tags = {**claim.get("tags", {}), T.TAG_CLUSTER_NAME: self.cluster_name,
-                     T.TAG_NODE_KIND: claim["kind"], T.TAG_NODE_TYPE: claim["node_type"]}
-        return Node(id=ip, kind=claim["kind"], node_type=claim["node_type"],
-                    state=STATE_RUNNING, internal_ip=ip, external_ip=ip, tags=node_tags)
+        kind = claim.get("kind") or (T.KIND_HEAD if ip == self.head_ip else T.KIND_WORKER)
+        node_type = str(claim.get("node_type") or "")
+        node_tags = {**tags.tags, T.TAG_CLUSTER_NAME: self.cluster_name,
+                     T.TAG_NODE_KIND: kind, T.TAG_NODE_TYPE: node_type}
+        return Node(id=ip, kind=kind, node_type=node_type, state=STATE_RUNNING,
+                    internal_ip=ip, external_ip=ip, tags=node_tags)
 
     def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
                      count: int) -> list[NodeId]:
@@ -211,7 +213,7 @@ class LocalProvider(NodeProvider):
             raise NodeNotFoundError(f"{node_id} is not a host of cluster {self.cluster_name!r}")
 
         def merge(claim):
-            claim["tags"] = {**claim.get("tags", {}),
+            claim["tags"] = {**host_tags.HostTags("", claim).tags,
                              **{key: str(value) for key, value in tags.items()}}
             return claim
         if not self._update(node_id, merge):

@@ -105,3 +105,12 @@ def test_a_planted_state_dir_is_refused(state, tmp_path):
     with pytest.raises(CommandError, match="not a directory owned by us"):
         host_tags.compare_and_swap(runner, state_dir, tags, claim_for("c2"))
     assert json.loads((target / host_tags.TAGS_FILE).read_text())["cluster_name"] == "c1"
+
+
+def test_malformed_claims_read_safely():
+    odd = host_tags.parse(json.dumps({"cluster_name": "c1", "state": "running",
+                                      "tags": ["not", "a", "dict"]}))
+    assert odd.belongs_to("c1") and odd.tags == {}
+    assert host_tags.parse(json.dumps({"cluster_name": 7})).is_free()
+    numbers = host_tags.parse(json.dumps({"cluster_name": "c1", "tags": {"n": 1}}))
+    assert numbers.tags == {"n": "1"}
