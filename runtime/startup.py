@@ -98,7 +98,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     node_type = node_type or os.environ.get("CORRAL_NODE_TYPE")
     pids = {}
-    monitor = "not the head"
+    monitor = "not requested (no --autoscaling-config)" if head else "not the head"
     if head:
         port = session.DEFAULT_HEAD_PORT if port is None else port
         port_file = session_dir / "control.json"
