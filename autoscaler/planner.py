@@ -20,6 +20,7 @@ SKIP reason says so.
 from __future__ import annotations
 
 import math
+import time
 
 from autoscaler import decisions as d
 from autoscaler.binpack import (RANK_BUSY, RANK_IDLE, RANK_NEW, RANK_PENDING, Bins, Need,
@@ -31,6 +32,12 @@ from autoscaler.snapshot import NODE_FAILED, NODE_RUNNING, NodeRecord, Shape, Sn
 
 def plan(snapshot: Snapshot, policy: Policy) -> d.Plan:
     return _Planner(snapshot, policy).run()
+
+
+def clock_text(at_s: float) -> str:
+    """A time stamp (seconds since the epoch) as UTC wall-clock time; formats, reads no
+    clock."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(at_s))
 
 
 class _Planner:
@@ -167,8 +174,8 @@ class _Planner:
                 continue
             backoff = self.snapshot.active_backoff(name)
             if backoff is not None:
-                why = (f"{name} backing off for {backoff.until_s - now_s:.0f} s more "
-                       f"after {backoff.reason}")
+                why = (f"{name} backing off until {clock_text(backoff.until_s)} "
+                       f"({backoff.until_s - now_s:.0f} s more) after {backoff.reason}")
                 self.blocked[name] = why
                 self._say(d.BACKOFF, why, name)
 

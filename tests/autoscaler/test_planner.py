@@ -90,7 +90,8 @@ CASES = [
     Case("backoff: falls back to another type that fits", TWO_TYPES,
          snapshot(pending=[({"CPU": 16}, 2)],
                   backoffs=[LaunchBackoff("cpu16", 1060.0, "CapacityError: none left")]),
-         {}, unplaced=2, says=[(d.BACKOFF, "cpu16 backing off for 60 s more")]),
+         {}, unplaced=2, says=[(d.BACKOFF, "cpu16 backing off until 00:17:40 UTC (60 s more) after "
+                             "CapacityError: none left")]),
     Case("backoff: smaller shapes fall back to the other type", TWO_TYPES,
          snapshot(pending=[({"CPU": 1}, 32)],
                   backoffs=[LaunchBackoff("cpu16", 1060.0, "CapacityError")]),

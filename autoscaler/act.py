@@ -1,0 +1,170 @@
+"""Act: apply a plan through the provider. Create nodes (tagged at creation, so a
+restarted monitor sees them and never launches twice), bootstrap them concurrently with
+the launcher's bootstrap, terminate the ones the plan lets go.
+
+Provider and SSH errors never escape: a failed launch becomes a backoff in MonitorState
+(the next snapshot carries it), a failed bootstrap tags its node update-failed (the next
+snapshot shows it failed), and each is an event.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Mapping
+
+from autoscaler import events as ev
+from autoscaler.events import EventLog
+from autoscaler.tracker import MonitorState
+from launcher.errors import ClusterError, ProviderError
+from launcher.providers.base import Node, NodeProvider
+from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
+                           STATUS_UPDATE_FAILED, TAG_LAUNCH_HASH, TAG_NODE_KIND,
+                           TAG_NODE_STATUS, TAG_NODE_TYPE)
+
+# Which monitor launched a node, so a restarted monitor adopts the bootstraps its
+# predecessor left unfinished (and leaves alone those `corral up` runs from a laptop).
+TAG_LAUNCHED_BY = "corral-launched-by"
+LAUNCHED_BY_AUTOSCALER = "autoscaler"
+
+# bootstrap(provider, node) -> outcome with .ok and .error (launcher.bootstrap's
+# BootstrapOutcome); it must not raise for a node failure.
+BootstrapFn = Callable[[NodeProvider, Node], object]
+
+
+class Actuator:
+    def __init__(self, config, provider: NodeProvider, state: MonitorState, events: EventLog,
+                 bootstrap: BootstrapFn, launch_hashes: Mapping[str, str | None],
+                 max_parallel_bootstraps: int = 16, on_change: Callable[[], None] | None = None,
+                 executor=None):
+        self.config = config
+        self.provider = provider
+        self.state = state
+        self.events = events
+        self.bootstrap = bootstrap
+        self.launch_hashes = dict(launch_hashes)
+        self.on_change = on_change
+        # Bootstraps run in threads (tests pass an executor that runs them when told).
+        self.pool = executor or ThreadPoolExecutor(max_workers=max_parallel_bootstraps,
+                                                   thread_name_prefix="bootstrap")
+        self.bootstrapping: dict[str, Future] = {}
+
+    # -- create ---------------------------------------------------------------------------
+    def create(self, now_s: float, node_type: str, count: int) -> list[str]:
+        spec = self.config.available_node_types[node_type]
+        tags = {TAG_NODE_KIND: KIND_WORKER, TAG_NODE_TYPE: node_type,
+                TAG_NODE_STATUS: STATUS_UNINITIALIZED, TAG_LAUNCHED_BY: LAUNCHED_BY_AUTOSCALER}
+        if self.launch_hashes.get(node_type):
+            tags[TAG_LAUNCH_HASH] = self.launch_hashes[node_type]
+        try:
+            ids = list(self.provider.create_nodes(node_type, spec.node_config, tags, count))
+        except ProviderError as error:
+            created = self._create_what_fits(node_type, spec, tags, count, error)
+            backoff = self.state.launch_failed(node_type, error, now_s)
+            self.events.write(now_s, ev.LAUNCH_FAILED,
+                              f"could not launch {count} x {node_type}: {error}; "
+                              f"{node_type} backs off for {backoff.until_s - now_s:.0f} s"
+                              + (f" (created {len(created)})" if created else ""),
+                              node_type=node_type, count=count)
+            return created
+        except ClusterError as error:  # any other launcher error is a failed launch too
+            backoff = self.state.launch_failed(node_type, error, now_s)
+            self.events.write(now_s, ev.LAUNCH_FAILED, f"could not launch {count} x "
+                              f"{node_type}: {error}; backing off for "
+                              f"{backoff.until_s - now_s:.0f} s", node_type=node_type,
+                              count=count)
+            return []
+        self.state.launch_succeeded(node_type)
+        self.events.write(now_s, ev.LAUNCHED, f"launched {len(ids)} x {node_type}: "
+                          f"{', '.join(ids)}", node_type=node_type, count=len(ids))
+        return ids
+
+    def _create_what_fits(self, node_type, spec, tags, count, error) -> list[str]:
+        """A provider that knows how many more fit (error.free_count) gets a second,
+        smaller request."""
+        free_count = getattr(error, "free_count", 0) or 0
+        if not 0 < free_count < count:
+            return []
+        try:
+            return list(self.provider.create_nodes(node_type, spec.node_config, tags,
+                                                   free_count))
+        except ClusterError:
+            return []
+
+    # -- terminate --------------------------------------------------------------------------
+    def terminate(self, now_s: float, decisions: list[tuple[str, str]]) -> list[str]:
+        if not decisions:
+            return []
+        ids = [node_id for node_id, _ in decisions]
+        try:
+            self.provider.terminate_nodes(ids)
+        except ClusterError as error:
+            self.events.write(now_s, ev.TERMINATE_FAILED, f"could not terminate "
+                              f"{', '.join(ids)}: {error}")
+            return []
+        for node_id, why in decisions:
+            future = self.bootstrapping.pop(node_id, None)
+            if future is not None:
+                future.cancel()
+            self.events.write(now_s, ev.TERMINATED, f"terminated {node_id}: {why}",
+                              node_id=node_id)
+        return ids
+
+    # -- bootstrap ----------------------------------------------------------------------------
+    def needs_bootstrap(self, node: Node) -> bool:
+        """A worker this autoscaler launched, not yet up to date or failed, with an
+        address, and no bootstrap of ours running for it."""
+        if node.kind != KIND_WORKER or node.id in self.bootstrapping:
+            return False
+        if node.tags.get(TAG_LAUNCHED_BY) != LAUNCHED_BY_AUTOSCALER:
+            return False
+        if node.status in (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED):
+            return False
+        return bool(node.internal_ip or node.external_ip)
+
+    def start_bootstraps(self, now_s: float, nodes: list[Node]) -> int:
+        started = 0
+        for node in nodes:
+            if self.needs_bootstrap(node):
+                self.bootstrapping[node.id] = self.pool.submit(self._bootstrap_one, node)
+                started += 1
+        return started
+
+    def _bootstrap_one(self, node: Node):
+        try:
+            return self.bootstrap(self.provider, node)
+        finally:
+            if self.on_change is not None:
+                self.on_change()
+
+    def collect_bootstraps(self, now_s: float) -> int:
+        """Log finished bootstraps; returns how many finished."""
+        finished = 0
+        for node_id, future in list(self.bootstrapping.items()):
+            if not future.done():
+                continue
+            del self.bootstrapping[node_id]
+            finished += 1
+            if future.cancelled():
+                continue
+            error = future.exception()
+            outcome = None if error is not None else future.result()
+            problem = error or getattr(outcome, "error", None)
+            if problem is None:
+                self.events.write(now_s, ev.BOOTSTRAPPED, f"{node_id} is up to date",
+                                  node_id=node_id)
+            else:
+                self.events.write(now_s, ev.BOOTSTRAP_FAILED, f"{node_id}: {problem}",
+                                  node_id=node_id)
+                if error is not None:  # a bug, not a node failure: tag it failed ourselves
+                    self._tag_failed(node_id, f"bootstrap: {type(error).__name__}: {error}")
+        return finished
+
+    def _tag_failed(self, node_id: str, text: str) -> None:
+        from launcher.tags import TAG_FAILURE
+        try:
+            self.provider.set_node_tags(node_id, {TAG_NODE_STATUS: STATUS_UPDATE_FAILED,
+                                                  TAG_FAILURE: text[:200]})
+        except ClusterError:
+            pass  # the node may be gone; the next observation shows what it is
+
+    def close(self, wait: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=True)
