@@ -202,3 +202,24 @@ def test_purge_leaves_what_the_user_named(cluster_name, ec2):
         group]
     AWSProvider.purge(config)
     assert ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"]
+
+
+def test_launch_waits_for_a_new_instance_profile_to_be_visible(provider, bootstrapped):
+    provider.iam_propagation_delay_s = 0
+    head_config = bootstrapped.available_node_types[HEAD_TYPE].node_config
+    failed = inject_client_error(
+        provider.clients.ec2, "RunInstances", "InvalidParameterValue",
+        message="Value (corral-head) for parameter iamInstanceProfile.name is invalid. "
+                "Invalid IAM Instance Profile name",
+        when=lambda params: len(failed) < 2)
+    [node_id] = provider.create_nodes(HEAD_TYPE, head_config,
+                                      {T.TAG_NODE_KIND: T.KIND_HEAD}, 1)
+    assert len(failed) == 2 and provider.node(node_id).kind == T.KIND_HEAD
+
+
+def test_other_invalid_parameters_are_not_retried(provider, bootstrapped):
+    failed = inject_client_error(provider.clients.ec2, "RunInstances", "InvalidParameterValue",
+                                 message="Invalid value 'x' for instanceType")
+    with pytest.raises(ProviderError) as caught:
+        provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 1)
+    assert len(failed) == 1 and caught.value.cause == "InvalidParameterValue"

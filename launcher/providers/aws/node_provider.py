@@ -6,9 +6,12 @@ in order of zone preference and move on when a zone has no capacity.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Mapping
+
+from botocore.exceptions import ClientError
 
 from launcher import tags as T
 from launcher.errors import NodeNotFoundError, ProviderError
@@ -29,6 +32,10 @@ DEFAULT_SSH_USER = "ubuntu"  # the user of the default (Ubuntu) image
 
 class AWSProvider(NodeProvider):
     page_size = 500  # describe_instances results per page (tests make it small)
+    # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually
+    # consistent): RunInstances is retried meanwhile.
+    iam_propagation_attempts = 8
+    iam_propagation_delay_s = 2.5
 
     def __init__(self, config, clients: AWSClients | None = None):
         super().__init__(config)
@@ -133,7 +140,15 @@ class AWSProvider(NodeProvider):
             call["SubnetId"] = subnet
         with aws_errors(f"launch {count} {node_type} node(s)", node_type=node_type,
                         zone=self._place_name(subnet) if subnet else None):
-            instances = self.clients.ec2.run_instances(**call)["Instances"]
+            for attempt in itertools.count(1):
+                try:
+                    instances = self.clients.ec2.run_instances(**call)["Instances"]
+                    break
+                except ClientError as error:
+                    if not (_profile_not_visible_yet(error)
+                            and attempt < self.iam_propagation_attempts):
+                        raise
+                    time.sleep(self.iam_propagation_delay_s)
         ids = [instance["InstanceId"] for instance in instances]
         with self._lock:
             self._own_ids.update(ids)
@@ -251,6 +266,12 @@ class AWSProvider(NodeProvider):
         raise ProviderError(f"no SSH private key for cluster {self.cluster_name}: set "
                             "auth.ssh_private_key, or run `corral up` to create the "
                             "cluster's key pair", cause="NoPrivateKey")
+
+
+def _profile_not_visible_yet(error: ClientError) -> bool:
+    details = error.response.get("Error", {})
+    return (details.get("Code") == "InvalidParameterValue"
+            and "iaminstanceprofile" in (details.get("Message") or "").lower())
 
 
 def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
