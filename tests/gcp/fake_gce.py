@@ -29,6 +29,7 @@ ROUTES = [
     ("GET", C + "/zones/" + Z + "/instances/" + N, "get_instance"),
     ("DELETE", C + "/zones/" + Z + "/instances/" + N, "delete_instance"),
     ("POST", C + "/zones/" + Z + "/instances/" + N + "/setLabels", "set_labels"),
+    ("POST", C + "/zones/" + Z + "/instances/" + N + "/setMetadata", "set_metadata"),
     ("GET", C + "/zones/" + Z + "/operations/" + N, "zone_operation"),
     ("POST", C + "/zones/" + Z + "/operations/" + N + "/wait", "zone_operation_wait"),
     ("GET", C + "/global/operations/" + N, "zone_operation"),
@@ -124,6 +125,9 @@ class _Api:
 
     def set_labels(self, project, zone, name, query, body):
         return self.state.set_labels(project, zone, name, body)
+
+    def set_metadata(self, project, zone, name, query, body):
+        return self.state.set_metadata(project, zone, name, body)
 
     def zone_operation(self, project, name, query, body, zone=None):
         return self.state.operation(name)

@@ -168,6 +168,8 @@ class FakeGCEState:
                             networkInterfaces=interfaces, labels=dict(body.get("labels") or {}),
                             selfLink=self._link(f"projects/{project}/zones/{zone}/instances/{name}"))
             instance["labelFingerprint"] = fingerprint(instance["labels"])
+            instance["metadata"] = dict(body.get("metadata") or {})
+            instance["metadata"]["fingerprint"] = fingerprint(instance["metadata"].get("items"))
             failed = injection is not None and injection.operation_code
             if not failed:
                 self.instances[(project, zone, name)] = instance
@@ -246,6 +248,20 @@ class FakeGCEState:
             instance["labels"] = labels
             instance["labelFingerprint"] = fingerprint(labels)
             return self._operation(project, zone, "setLabels", f"projects/{project}/zones/{zone}/instances/{name}",
+                                   injection)
+
+    def set_metadata(self, project: str, zone: str, name: str, body: dict) -> dict:
+        with self.lock:
+            injection = self._take_injection("instances.setMetadata", zone)
+            instance = self._instance(project, zone, name)
+            if body.get("fingerprint") != instance["metadata"]["fingerprint"]:
+                raise FakeHTTPError(412, "conditionNotMet",
+                                    "Metadata fingerprint either invalid or metadata has changed")
+            items = list(body.get("items") or [])
+            if sum(len(str(item.get("value", ""))) for item in items) > 512 * 1024:
+                raise FakeHTTPError(400, "invalid", "metadata too large")
+            instance["metadata"] = {"items": items, "fingerprint": fingerprint(items)}
+            return self._operation(project, zone, "setMetadata", f"projects/{project}/zones/{zone}/instances/{name}",
                                    injection)
 
     def change_labels_behind_our_back(self, project: str, zone: str, name: str, **labels) -> None:

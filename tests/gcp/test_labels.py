@@ -72,3 +72,25 @@ def test_too_long_key_and_too_many_labels_are_refused():
 
 def test_labels_not_in_our_encoding_are_kept():
     assert L.decode_labels({"goog-dm": "x_", "team": "ml"}) == {"goog-dm": "x_", "team": "ml"}
+
+
+big_keys = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=80)
+big_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=600)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(big_keys, big_values, max_size=8))
+def test_any_tags_survive_labels_plus_metadata_overflow(tags):
+    labels, overflow = L.split_tags(tags)
+    assert_valid(labels)
+    assert set(overflow).isdisjoint(L.decode_labels(labels))
+    stored = L.overflow_json(overflow) if overflow else None
+    assert L.join_tags(labels, stored) == tags
+
+
+def test_priority_tags_stay_in_labels_when_others_overflow():
+    tags = {"notes": "Ü" * 3000, "k" * 70: "v", T.TAG_CLUSTER_NAME: "demo",
+            T.TAG_NODE_STATUS: T.STATUS_SETTING_UP, "color": "red"}
+    labels, overflow = L.split_tags(tags)
+    assert set(overflow) == {"notes", "k" * 70}
+    assert labels[T.TAG_CLUSTER_NAME] == "demo" and labels["color"] == "red"

@@ -180,3 +180,28 @@ def test_operation_timeout_is_bounded(fake_gce):
     with pytest.raises(ProviderError, match="did not finish within 1 s"):
         provider.create_nodes(WORKER_TYPE, CONFIG, WORKER, 1)
     fake_gce.state.operation_delay_s = 0.01
+
+
+def test_tags_too_big_for_labels_overflow_to_metadata(fake_gce, provider):
+    huge = "Trace: " + "Ω≈ç√ line\n" * 400
+    node_config = {"machineType": "e2-small",
+                   "metadata": {"items": [{"key": "startup-script", "value": "echo hi"}]}}
+    [node_id] = provider.create_nodes(WORKER_TYPE, node_config, {**WORKER, "notes": huge}, 1)
+    instance = fake_gce.state.instances[(PROJECT, ZONES[0], node_id)]
+    assert len(instance["labels"]) <= 64
+    keys = [item["key"] for item in instance["metadata"]["items"]]
+    assert keys == ["startup-script", "corral-tags"]
+    assert provider.node(node_id).tags["notes"] == huge
+    assert [n.id for n in provider.non_terminated_nodes({"notes": huge})] == [node_id]
+
+    fake_gce.state.inject(method="instances.setMetadata", status=412, reason="conditionNotMet")
+    provider.set_node_tags(node_id, {T.TAG_FAILURE: huge + "!", "notes": "short now"})
+    tags = provider.node(node_id).tags
+    assert tags[T.TAG_FAILURE] == huge + "!" and tags["notes"] == "short now"
+    assert tags[T.TAG_NODE_TYPE] == WORKER_TYPE
+
+    provider.set_node_tags(node_id, {T.TAG_FAILURE: ""})
+    instance = fake_gce.state.instances[(PROJECT, ZONES[0], node_id)]
+    assert [item["key"] for item in instance["metadata"]["items"]] == ["startup-script"]
+    tags = provider.node(node_id).tags
+    assert tags[T.TAG_FAILURE] == "" and tags["notes"] == "short now"

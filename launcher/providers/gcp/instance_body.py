@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from launcher.frozen import thaw
 from launcher.providers.gcp import naming
+from launcher.providers.gcp.labels import OVERFLOW_METADATA_KEY
 
 DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 DEFAULT_DISK_SIZE_GB = 50
@@ -59,7 +60,7 @@ def _scheduling(body: dict[str, Any]) -> None:
 
 def instance_body(node_config: Mapping[str, Any], *, name: str, zone: str,
                   provider: Mapping[str, Any], cluster_name: str,
-                  labels: Mapping[str, str]) -> dict[str, Any]:
+                  labels: Mapping[str, str], overflow_json: str | None = None) -> dict[str, Any]:
     body = copy.deepcopy(thaw(node_config))
     project = provider["project_id"]
     body["name"] = name
@@ -79,6 +80,11 @@ def instance_body(node_config: Mapping[str, Any], *, name: str, zone: str,
     if not body.get("networkInterfaces"):
         body["networkInterfaces"] = default_interfaces(provider, project)
     body["labels"] = dict(labels)
+    if overflow_json:  # tags that do not fit in labels (see labels.split_tags)
+        metadata = body.setdefault("metadata", {})
+        metadata["items"] = [item for item in metadata.get("items") or []
+                             if item.get("key") != OVERFLOW_METADATA_KEY]
+        metadata["items"].append({"key": OVERFLOW_METADATA_KEY, "value": overflow_json})
     network_tags = list((body.get("tags") or {}).get("items") or [])
     tag = naming.network_tag(cluster_name)
     if tag not in network_tags:

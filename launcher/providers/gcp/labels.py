@@ -20,11 +20,22 @@ a label therefore match short values exactly; long values are compared after dec
 `decode_labels(encode_tags(tags)) == tags` for every mapping of strings whose encoded keys
 fit (`MAX_KEY_CHARS`); `encode_tags` raises TagEncodingError otherwise or when the result
 would exceed the label limit.
+
+What does not fit at all goes to instance metadata: `split_tags` fills the labels in
+priority order (cluster, kind, type, status, hashes first, then the shortest) and returns
+the rest as an overflow mapping, stored as JSON in the metadata item `corral-tags`;
+`join_tags(labels, overflow_json)` puts them back together (the overflow wins on a key in
+both, which only happens halfway through an update). So every mapping of strings survives.
+Only the priority tags are used in server-side label filters; the rest are matched after
+decoding.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Mapping
+
+from launcher import tags as T
 
 MAX_LABEL_CHARS = 63
 MAX_LABELS = 64
@@ -38,6 +49,9 @@ _SHORT_DECODES = {code: char for char, code in _SHORT_ESCAPES.items()}
 _HEX_WIDTHS = {"0": 2, "1": 4, "2": 6}
 _HEX = frozenset("0123456789abcdef")
 _LABEL_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+OVERFLOW_METADATA_KEY = "corral-tags"
+PRIORITY_KEYS = (T.TAG_CLUSTER_NAME, T.TAG_NODE_KIND, T.TAG_NODE_TYPE, T.TAG_NODE_STATUS,
+                 T.TAG_LAUNCH_HASH, T.TAG_RUNTIME_HASH)
 
 
 class TagEncodingError(ValueError):
@@ -171,3 +185,55 @@ def is_valid_label(key: str, value: str) -> bool:
     """What GCE accepts (ASCII subset): used by the fake server and by tests."""
     return (bool(key) and key[0].isascii() and key[0].islower() and key[0].isalpha()
             and bool(_LABEL_RE.match(key)) and bool(_LABEL_RE.match(value)))
+
+
+def split_tags(tags: Mapping[str, str], max_labels: int = MAX_LABELS
+               ) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, overflow): as many tags as fit go to labels, the priority ones first."""
+    def order(item):
+        key, value = item
+        if key in PRIORITY_KEYS:
+            return (0, PRIORITY_KEYS.index(key), 0, "")
+        return (1, 0, len(encode_text(str(value))), str(key))
+    labels: dict[str, str] = {}
+    overflow: dict[str, str] = {}
+    for key, value in sorted(tags.items(), key=order):
+        try:
+            encoded = encode_tags({key: value}, max_labels=max_labels)
+        except TagEncodingError:
+            overflow[key] = value
+            continue
+        if len(labels) + len(encoded) > max_labels:
+            overflow[key] = value
+        else:
+            labels.update(encoded)
+    return labels, overflow
+
+
+def join_tags(labels: Mapping[str, str], overflow_json: str | None) -> dict[str, str]:
+    tags = decode_labels(labels)
+    if overflow_json:
+        try:
+            overflow = json.loads(overflow_json)
+        except ValueError:
+            overflow = {}
+        if isinstance(overflow, dict):
+            tags.update({str(key): str(value) for key, value in overflow.items()})
+    return tags
+
+
+def overflow_json(overflow: Mapping[str, str]) -> str:
+    return json.dumps(dict(overflow), sort_keys=True, ensure_ascii=False)
+
+
+def metadata_overflow(instance: Mapping) -> str | None:
+    """The `corral-tags` metadata value of an instance resource, if any."""
+    for item in (instance.get("metadata") or {}).get("items") or []:
+        if item.get("key") == OVERFLOW_METADATA_KEY:
+            return item.get("value")
+    return None
+
+
+def instance_tags(instance: Mapping) -> dict[str, str]:
+    """All our tags of an instance resource (labels plus metadata overflow)."""
+    return join_tags(instance.get("labels") or {}, metadata_overflow(instance))

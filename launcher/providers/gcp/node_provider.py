@@ -2,7 +2,8 @@
 
 A node id is the instance name (unique per project in practice: it ends in random hex);
 the provider remembers the zone of every instance it listed or created. Our tags live in
-the instance labels through launcher.providers.gcp.labels (lossless encoding).
+the instance labels through launcher.providers.gcp.labels (lossless encoding); what does
+not fit in 64 labels lives in the instance metadata item `corral-tags`.
 """
 from __future__ import annotations
 
@@ -64,10 +65,12 @@ class GCPProvider(NodeProvider):
 
     # -- listing ------------------------------------------------------------------------
     def _filter(self, tag_filters: Mapping[str, str]) -> str:
+        """Server-side filter on the tags that always live in labels (the priority ones)
+        with one-piece values; everything else is matched after decoding."""
         terms = []
         for key, value in {**tag_filters, T.TAG_CLUSTER_NAME: self.cluster_name}.items():
             encoded = label_codec.encode_text(str(value))
-            if len(encoded) <= label_codec.MAX_LABEL_CHARS:  # long values: checked locally
+            if key in label_codec.PRIORITY_KEYS and len(encoded) <= label_codec.MAX_LABEL_CHARS:
                 terms.append(f'(labels.{label_codec.encode_key(str(key))} = "{encoded}")')
         return " AND ".join(terms)
 
@@ -97,7 +100,7 @@ class GCPProvider(NodeProvider):
         return nodes
 
     def _to_node(self, instance: Mapping[str, Any], zone: str) -> Node:
-        tags = label_codec.decode_labels(instance.get("labels") or {})
+        tags = label_codec.instance_tags(instance)
         interfaces = instance.get("networkInterfaces") or [{}]
         internal_ip = interfaces[0].get("networkIP")
         external_ip = next((access.get("natIP") for access in interfaces[0].get("accessConfigs") or []
@@ -119,7 +122,7 @@ class GCPProvider(NodeProvider):
                     project=self.project, zone=candidate, instance=node_id),
                 what=f"reading instance {node_id}", zone=candidate, not_found_ok=True)
             if instance is not None:
-                tags = label_codec.decode_labels(instance.get("labels") or {})
+                tags = label_codec.instance_tags(instance)
                 if tags.get(T.TAG_CLUSTER_NAME) != self.cluster_name:
                     break
                 with self._lock:
@@ -135,23 +138,24 @@ class GCPProvider(NodeProvider):
         all_tags = {**dict(node_config.get("labels") or {}), **dict(tags),
                     T.TAG_CLUSTER_NAME: self.cluster_name}
         all_tags.setdefault(T.TAG_NODE_TYPE, node_type)
-        try:
-            labels = label_codec.encode_tags(all_tags)
-        except label_codec.TagEncodingError as error:
-            raise ProviderError(str(error), node_type=node_type) from None
+        labels, overflow = label_codec.split_tags(all_tags)
+        overflow_json = label_codec.overflow_json(overflow) if overflow else None
         kind = all_tags.get(T.TAG_NODE_KIND, T.KIND_WORKER)
 
         def launch(zone: str, how_many: int) -> list[str]:
-            return self._launch_in_zone(zone, how_many, node_type, node_config, labels, kind)
+            return self._launch_in_zone(zone, how_many, node_type, node_config, labels,
+                                        overflow_json, kind)
         return cloud_common.launch_across_places(self.zones, count, launch, node_type=node_type)
 
-    def _launch_in_zone(self, zone, count, node_type, node_config, labels, kind) -> list[str]:
+    def _launch_in_zone(self, zone, count, node_type, node_config, labels, overflow_json,
+                        kind) -> list[str]:
         def one(_index: int) -> str | ProviderError:
             name = naming.instance_name(self.cluster_name, kind)
             try:
                 body = instance_body(node_config, name=name, zone=zone,
                                      provider=self.provider_config,
-                                     cluster_name=self.cluster_name, labels=labels)
+                                     cluster_name=self.cluster_name, labels=labels,
+                                     overflow_json=overflow_json)
             except ValueError as error:
                 return ProviderError(str(error), node_type=node_type, zone=zone)
             request_id = cloud_common.new_launch_token()
@@ -215,33 +219,56 @@ class GCPProvider(NodeProvider):
 
     # -- tags ---------------------------------------------------------------------------
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
-        """Merge tags into the labels; on a stale labelFingerprint (HTTP 412, someone else
-        changed them meanwhile) read again and retry."""
+        """Merge tags into the node's; on a stale fingerprint (HTTP 412: someone else
+        changed the labels or metadata meanwhile) read again and retry."""
         for attempt in range(1, FINGERPRINT_ATTEMPTS + 1):
-            zone, instance = self._get_own(node_id)
-            merged = {**label_codec.decode_labels(instance.get("labels") or {}), **dict(tags)}
             try:
-                labels = label_codec.encode_tags(merged)
-            except label_codec.TagEncodingError as error:
-                raise ProviderError(f"tagging node {node_id}: {error}") from None
-            what = f"setting tags of node {node_id}"
-            body = {"labels": labels, "labelFingerprint": instance.get("labelFingerprint")}
-            try:
-                operation = self.client.execute(
-                    lambda: self.client.compute.instances().setLabels(
-                        project=self.project, zone=zone, instance=node_id, body=body),
-                    what=what, zone=zone)
+                self._apply_tags(node_id, tags)
+                return
             except ProviderError as error:
                 if "conditionNotMet" not in (error.cause or ""):
                     raise
-                if attempt < FINGERPRINT_ATTEMPTS:
-                    continue
-                raise ProviderError(
-                    f"{what}: its labels kept changing under us (stale labelFingerprint "
-                    f"{FINGERPRINT_ATTEMPTS} times in a row)", zone=zone,
-                    cause=error.cause) from None
-            self.client.wait_operation(operation, timeout_s=self.operation_timeout_s, what=what)
-            return
+                if attempt == FINGERPRINT_ATTEMPTS:
+                    raise ProviderError(
+                        f"setting tags of node {node_id}: its labels kept changing under us "
+                        f"(stale labelFingerprint {FINGERPRINT_ATTEMPTS} times in a row)",
+                        cause=error.cause) from None
+
+    def _apply_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        zone, instance = self._get_own(node_id)
+        merged = {**label_codec.instance_tags(instance), **dict(tags)}
+        labels, overflow = label_codec.split_tags(merged)
+        old_overflow = label_codec.join_tags({}, label_codec.metadata_overflow(instance))
+        # Keys leaving the overflow for labels keep their new value in the overflow until
+        # the labels are written, so a reader in between never sees them vanish.
+        staged = {**overflow, **{key: merged[key] for key in old_overflow if key not in overflow}}
+        if staged != old_overflow:
+            self._set_overflow(zone, instance, staged)
+        if labels != (instance.get("labels") or {}):
+            body = {"labels": labels, "labelFingerprint": instance.get("labelFingerprint")}
+            self._instance_call(zone, node_id, "setLabels", body)
+        if staged != overflow:
+            _zone, instance = self._get_own(node_id)
+            self._set_overflow(zone, instance, overflow)
+
+    def _set_overflow(self, zone: str, instance: Mapping[str, Any],
+                      overflow: Mapping[str, str]) -> None:
+        metadata = instance.get("metadata") or {}
+        items = [item for item in metadata.get("items") or []
+                 if item.get("key") != label_codec.OVERFLOW_METADATA_KEY]
+        if overflow:
+            items.append({"key": label_codec.OVERFLOW_METADATA_KEY,
+                          "value": label_codec.overflow_json(overflow)})
+        self._instance_call(zone, instance["name"], "setMetadata",
+                            {"fingerprint": metadata.get("fingerprint"), "items": items})
+
+    def _instance_call(self, zone: str, node_id: NodeId, method: str, body: dict) -> None:
+        what = f"setting tags of node {node_id} ({method})"
+        operation = self.client.execute(
+            lambda: getattr(self.client.compute.instances(), method)(
+                project=self.project, zone=zone, instance=node_id, body=body),
+            what=what, zone=zone)
+        self.client.wait_operation(operation, timeout_s=self.operation_timeout_s, what=what)
 
     # -- commands -----------------------------------------------------------------------
     def command_runner(self, node: Node):
