@@ -77,19 +77,27 @@ def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir(PROC) if name.isdigit()]
 
 
-def tagged_pids(node_dir: str) -> set[int]:
-    """Processes whose environment has CORRAL_NODE_DIR equal to node_dir."""
-    wanted = f"{ENV_NODE_DIR}={node_dir}".encode()
-    found = set()
+def tagged_pids_by_dir(node_dirs) -> dict[str, set[int]]:
+    """{node_dir: processes whose environment has CORRAL_NODE_DIR=node_dir}, in one scan
+    of /proc however many node dirs are asked for."""
+    wanted = {f"{ENV_NODE_DIR}={node_dir}".encode(): node_dir for node_dir in node_dirs}
+    found: dict[str, set[int]] = {node_dir: set() for node_dir in node_dirs}
     for pid in _all_pids():
         try:
             with open(f"{PROC}/{pid}/environ", "rb") as environ:
                 entries = environ.read().split(b"\0")
         except OSError:  # gone, or not ours to read
             continue
-        if wanted in entries and is_alive(pid):
-            found.add(pid)
+        for entry in entries:
+            if entry in wanted and is_alive(pid):
+                found[wanted[entry]].add(pid)
+                break
     return found
+
+
+def tagged_pids(node_dir: str) -> set[int]:
+    """Processes whose environment has CORRAL_NODE_DIR equal to node_dir."""
+    return tagged_pids_by_dir([node_dir])[node_dir]
 
 
 def pid_file_pids(node_dir: str) -> set[int]:
@@ -131,9 +139,19 @@ def still_same(remembered: dict[int, float]) -> set[int]:
             if start_time_s(pid, boot) == started and is_alive(pid)}
 
 
+def pids_by_dir(node_dirs, remembered: dict[str, dict[int, float]] | None = None
+                ) -> dict[str, set[int]]:
+    """{node_dir: every process of that node} (tagged, pid files, remembered)."""
+    tagged = tagged_pids_by_dir(node_dirs)
+    protected = protected_pids()
+    remembered = remembered or {}
+    return {node_dir: (tagged[node_dir] | pid_file_pids(node_dir)
+                       | still_same(remembered.get(node_dir, {}))) - protected
+            for node_dir in node_dirs}
+
+
 def node_pids(node_dir: str, remembered: dict[int, float] | None = None) -> set[int]:
-    found = tagged_pids(node_dir) | pid_file_pids(node_dir) | still_same(remembered or {})
-    return found - protected_pids()
+    return pids_by_dir([node_dir], {node_dir: remembered or {}})[node_dir]
 
 
 def _signal(pids, signum) -> None:
@@ -153,33 +171,55 @@ def _wait_gone(pids: set[int], timeout_s: float) -> set[int]:
     return alive
 
 
-def stop_node_processes(node_dir: str, grace_s: float = 5.0, rounds: int = 5,
-                        remembered: dict[int, float] | None = None) -> dict:
-    """SIGTERM every process of the node, wait up to grace_s, SIGKILL what is left; repeat
-    the search (a dying parent may have started a child) until none is found.
-    `remembered` ({pid: start time}, from `remember`) adds processes found earlier, e.g.
-    from pid files that an orderly `corral stop` has removed since.
-    Returns {"terminated": [...pids], "killed": [...pids], "left": [...pids]}."""
-    node_dir = os.path.abspath(node_dir)
-    terminated, killed = set(), set()
-    pids = node_pids(node_dir, remembered)
-    if pids:
-        _signal(pids, signal.SIGTERM)
-        terminated |= pids
-        stubborn = _wait_gone(pids, grace_s)
+def _union(by_dir: dict[str, set[int]]) -> set[int]:
+    return set().union(*by_dir.values()) if by_dir else set()
+
+
+def stop_processes_of(node_dirs, grace_s: float = 5.0, rounds: int = 5,
+                      remembered: dict[str, dict[int, float]] | None = None
+                      ) -> dict[str, dict[str, list[int]]]:
+    """Stop every process of several nodes at once: SIGTERM, wait up to grace_s, SIGKILL
+    what is left; search again (a dying parent may have started a child) until nothing
+    is found. `remembered` ({node_dir: {pid: start time}}, see `remember`) adds processes
+    found earlier, e.g. from pid files that an orderly `corral stop` removed since.
+    Returns {node_dir: {"terminated": [...], "killed": [...], "left": [...]}}."""
+    dirs = [os.path.abspath(node_dir) for node_dir in node_dirs]
+    report = {node_dir: {"terminated": set(), "killed": set(), "left": set()}
+              for node_dir in dirs}
+
+    def note(by_dir, key):
+        for node_dir, pids in by_dir.items():
+            report[node_dir][key] |= pids
+
+    found = pids_by_dir(dirs, remembered)
+    if _union(found):
+        _signal(_union(found), signal.SIGTERM)
+        note(found, "terminated")
+        stubborn = _wait_gone(_union(found), grace_s)
         if stubborn:
             _signal(stubborn, signal.SIGKILL)
-            killed |= stubborn
+            note({d: pids & stubborn for d, pids in found.items()}, "killed")
             _wait_gone(stubborn, 2.0)
-    for _ in range(rounds):
-        pids = node_pids(node_dir, remembered)
-        if not pids:
-            break
-        _signal(pids, signal.SIGKILL)
-        killed |= pids
-        _wait_gone(pids, 2.0)
-    left = node_pids(node_dir, remembered)
-    return {"terminated": sorted(terminated), "killed": sorted(killed), "left": sorted(left)}
+        for _ in range(rounds):
+            found = pids_by_dir(dirs, remembered)
+            if not _union(found):
+                break
+            _signal(_union(found), signal.SIGKILL)
+            note(found, "killed")
+            _wait_gone(_union(found), 2.0)
+        else:
+            found = pids_by_dir(dirs, remembered)
+        note(found, "left")
+    return {node_dir: {key: sorted(pids) for key, pids in entry.items()}
+            for node_dir, entry in report.items()}
+
+
+def stop_node_processes(node_dir: str, grace_s: float = 5.0, rounds: int = 5,
+                        remembered: dict[int, float] | None = None) -> dict:
+    """stop_processes_of for one node: {"terminated": [...], "killed": [...], "left": [...]}."""
+    node_dir = os.path.abspath(node_dir)
+    return stop_processes_of([node_dir], grace_s, rounds,
+                             {node_dir: remembered or {}})[node_dir]
 
 
 def main(argv: list[str]) -> int:

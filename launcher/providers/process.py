@@ -24,7 +24,6 @@ import secrets
 import shutil
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -36,7 +35,7 @@ from launcher.command_runner import LocalRunner
 from launcher.errors import NodeNotFoundError, ProviderError, UsageError
 from launcher.providers.base import (STATE_RUNNING, STATE_STOPPING, STATE_TERMINATED, Node,
                                      NodeId, NodeProvider, matches)
-from launcher.providers.node_processes import stop_node_processes
+from launcher.providers.node_processes import stop_processes_of
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,8 @@ class ProcessProvider(NodeProvider):
         self.nodes_dir = paths.cluster_dir(self.cluster_name) / "nodes"
         self.nodes_dir.mkdir(mode=0o700, exist_ok=True)
         self._lock = FileLock(str(self.nodes_dir / ".lock"), timeout=LOCK_TIMEOUT_S)
+        for leftover in self.nodes_dir.glob(".terminated-*"):  # an interrupted terminate
+            shutil.rmtree(leftover, ignore_errors=True)
 
     # -- paths ---------------------------------------------------------------------------
     def node_dir(self, node_id: NodeId) -> Path:
@@ -144,15 +145,23 @@ class ProcessProvider(NodeProvider):
         return created
 
     def terminate_nodes(self, ids: list[NodeId]) -> None:
-        """Stop each node's processes (in parallel across nodes), then remove its directory.
+        """Stop the nodes' processes (all nodes in one pass), then remove their directories.
         A node with a process that even SIGKILL did not end keeps its directory (state
         `stopping`) so that a retry finds it again, and ProviderError names it."""
         mine = [node_id for node_id in dict.fromkeys(ids) if self._is_mine(node_id)]
+        mine = [node_id for node_id in mine if self._set_state(node_id, STATE_STOPPING)]
         if not mine:
             return
-        with ThreadPoolExecutor(max_workers=min(16, len(mine))) as pool:
-            survivors = {node_id: left for node_id, left in pool.map(self._terminate_one, mine)
-                         if left}
+        dirs = {node_id: str(self.node_dir(node_id)) for node_id in mine}
+        outcome = stop_processes_of(list(dirs.values()), STOP_GRACE_S)
+        survivors = {}
+        for node_id, node_dir in dirs.items():
+            left = outcome[node_dir]["left"]
+            if left:
+                log.warning("node %s: processes %s survived SIGKILL", node_id, left)
+                survivors[node_id] = left
+                continue
+            self._remove(node_id)
         if survivors:
             error = ProviderError("processes survived SIGKILL: " + "; ".join(
                 f"node {node_id}: pids {left}" for node_id, left in survivors.items()))
@@ -165,29 +174,25 @@ class ProcessProvider(NodeProvider):
         return bool(record) and record.get("tags", {}).get(T.TAG_CLUSTER_NAME) \
             == self.cluster_name
 
+    def _remove(self, node_id: NodeId) -> None:
+        """Take the node out of every listing at once (rename to a hidden name, which
+        listings skip), then delete its files."""
+        trash = self.nodes_dir / f".terminated-{node_id}-{secrets.token_hex(4)}"
+        with self._lock:
+            try:
+                os.rename(self.node_dir(node_id), trash)
+            except FileNotFoundError:
+                return
+        shutil.rmtree(trash, ignore_errors=True)
+
     def _set_state(self, node_id: NodeId, state: str) -> bool:
         with self._lock:
             record = self._record(node_id)
-            if record is None:
+            if record is None or record.get("state") == STATE_TERMINATED:
                 return False
             record["state"] = state
             _write_json_atomic(self.node_dir(node_id) / NODE_FILE, record)
             return True
-
-    def _terminate_one(self, node_id: NodeId) -> tuple[NodeId, list[int]]:
-        node_dir = self.node_dir(node_id)
-        if not self._set_state(node_id, STATE_STOPPING):
-            return node_id, []  # terminated meanwhile by someone else
-        outcome = stop_node_processes(str(node_dir), STOP_GRACE_S)
-        if outcome["left"]:
-            log.warning("node %s: processes %s survived SIGKILL", node_id, outcome["left"])
-            return node_id, outcome["left"]
-        with self._lock:
-            if self._set_state(node_id, STATE_TERMINATED):
-                shutil.rmtree(node_dir, ignore_errors=True)
-                if node_dir.exists():  # a file appeared while removing: once more
-                    shutil.rmtree(node_dir, ignore_errors=True)
-        return node_id, []
 
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
         with self._lock:
