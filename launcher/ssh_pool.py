@@ -88,6 +88,23 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._clients: dict[ConnectionSpec, paramiko.SSHClient] = {}
         self._connect_locks: dict[ConnectionSpec, threading.Lock] = {}
+        self._holders: dict[ConnectionSpec, int] = {}
+
+    def hold(self, spec: ConnectionSpec) -> None:
+        """A runner for `spec` exists; its connection stays until every holder releases."""
+        with self._lock:
+            self._holders[spec] = self._holders.get(spec, 0) + 1
+
+    def release(self, spec: ConnectionSpec) -> None:
+        """A runner is done. The last holder's release closes the connection; commands of
+        other runners on the same host are never cut by one runner's close()."""
+        with self._lock:
+            left = self._holders.get(spec, 0) - 1
+            if left > 0:
+                self._holders[spec] = left
+                return
+            self._holders.pop(spec, None)
+        self.discard(spec)
 
     def _alive(self, spec: ConnectionSpec) -> paramiko.SSHClient | None:
         client = self._clients.get(spec)

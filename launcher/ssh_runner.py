@@ -70,6 +70,8 @@ class SSHRunner(CommandRunner):
             private_key_path=os.path.expanduser(private_key_path),
             known_hosts_path=str(known_hosts_path or paths.known_hosts_path(cluster_name)),
             proxy_command=proxy_command)
+        self._holding = True
+        ssh_pool.POOL.hold(self.spec)
 
     def __repr__(self) -> str:
         return f"SSHRunner({self.user}@{self.host}:{self.port})"
@@ -121,7 +123,10 @@ class SSHRunner(CommandRunner):
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        ssh_pool.POOL.discard(self.spec)
+        """Release this runner's hold on the pooled connection (closed with the last)."""
+        if self._holding:
+            self._holding = False
+            ssh_pool.POOL.release(self.spec)
 
     # -- commands ------------------------------------------------------------------------
     def remote_command(self, cmd: str, env: Mapping[str, str] | None,
@@ -137,21 +142,24 @@ class SSHRunner(CommandRunner):
         started = time.monotonic()
         channel = self._open_channel()
         log = _open_log(log_path, cmd) if log_path else None
+        out: list[bytes] = []
+        err: list[bytes] = []
         try:
-            exit_code, stdout, stderr = _drive(channel, self.remote_command(cmd, env, timeout_s),
-                                               timeout_s, log)
+            exit_code = _drive(channel, self.remote_command(cmd, env, timeout_s), timeout_s,
+                               log, out, err)
         except (OSError, EOFError, paramiko.SSHException) as error:
             # Like ssh(1): a connection lost mid-command is exit code 255, with the reason.
             ssh_pool.POOL.discard(self.spec)
-            exit_code, stdout = 255, ""
-            stderr = f"connection to {self.host} lost while the command ran: {_describe(error)}\n"
-            _log_write(log, stderr.encode())
+            exit_code = 255
+            note = f"\nconnection to {self.host} lost while the command ran: {_describe(error)}\n"
+            err.append(note.encode())
+            _log_write(log, note.encode())
         finally:
             channel.close()
         duration_s = time.monotonic() - started
         if log is not None:
             _close_log(log, exit_code, duration_s)
-        result = CommandResult(self.host, cmd, exit_code, stdout, stderr, duration_s)
+        result = CommandResult(self.host, cmd, exit_code, _decode(out), _decode(err), duration_s)
         if check and not result.ok:
             raise CommandError(result)
         return result
@@ -269,12 +277,12 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) else text
 
 
-def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None,
-           log) -> tuple[int, str, str]:
-    """Run `command` on `channel`; collect (and log) its output until it exits."""
+def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
+           out: list[bytes], err: list[bytes]) -> int:
+    """Run `command` on `channel`; collect (into out/err, and the log) its output until it
+    exits; returns the exit code."""
     channel.exec_command(command)
     channel.shutdown_write()  # no stdin: a command that reads it sees EOF at once
-    out, err = [], []
     deadline = time.monotonic() + timeout_s + LOCAL_TIMEOUT_GRACE_S if timeout_s else None
     exited_at = None
     while True:
@@ -288,7 +296,8 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None,
             channel.close()
             note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
             _log_write(log, note)
-            return 124, _decode(out), _decode(err + [note])
+            err.append(note)
+            return 124
         wait_s = 0.5 if exited_at is None else 0.05
         if deadline is not None:
             wait_s = min(wait_s, max(0.0, deadline - now))
@@ -303,7 +312,7 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None,
         status = 255
     if timeout_s and status == 124:
         err.append(f"\ntimed out after {timeout_s:g} s\n".encode())
-    return status, _decode(out), _decode(err)
+    return status
 
 
 def _drain(channel: paramiko.Channel, out: list, err: list, log) -> None:

@@ -202,9 +202,29 @@ def test_runs_share_one_pooled_connection(test_hosts):
     established = host.run(
         "awk 'NR > 1 && $2 ~ /:0016$/ && $4 == \"01\"' /proc/net/tcp | wc -l").stdout
     assert int(established) == 1
-    runners[0].close()
+    for runner in runners[:4]:
+        runner.close()
+        runner.close()  # twice is harmless
+    assert len(ssh_pool.POOL) == 1  # runners[4] still holds it
+    runners[4].close()
     assert len(ssh_pool.POOL) == 0
     assert runners[1].run("echo reconnected").ok
+
+
+@pytest.mark.timeout(60)
+def test_closing_one_runner_does_not_cut_anothers_command(test_hosts):
+    host = test_hosts.hosts[2]
+    busy, idle = make_runner(test_hosts, host), make_runner(test_hosts, host)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        busy.run("while [ ! -f /tmp/go ]; do sleep 0.05; done; echo finished")))
+    worker.start()
+    wait_for(lambda: any("sleep" in cmd for _, cmd in host.processes()),
+             what="the command to start")
+    idle.close()
+    host.run("touch /tmp/go")
+    worker.join(30)
+    assert results and results[0].ok and results[0].stdout == "finished\n"
 
 
 @pytest.mark.timeout(120)
