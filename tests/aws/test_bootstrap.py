@@ -53,6 +53,9 @@ def test_bootstrap_twice_creates_nothing_new(cluster_name, ec2, iam):
     again = AWSProvider.bootstrap(aws_config(cluster_name))
     rebootstrapped = AWSProvider.bootstrap(first)
     assert again.to_dict() == first.to_dict() == rebootstrapped.to_dict()
+    # what the head re-reads (the normalised config) passes the schema as it is
+    from launcher.config import normalize
+    assert normalize(first.to_dict(), check_local_files=False).to_dict() == first.to_dict()
     assert len(cluster_groups(ec2, cluster_name)) == 1
     pairs = ec2.describe_key_pairs(
         Filters=[{"Name": "key-name", "Values": [naming.key_pair_name(cluster_name)]}])

@@ -111,3 +111,26 @@ def test_ssh_open_notice(capsys):
     assert capsys.readouterr().err == ""
     cc.ssh_open_notice(["0.0.0.0/0"], "group g")
     assert "open to the whole internet" in capsys.readouterr().err
+
+
+def test_aws_node_config_keys_are_checked_with_a_suggestion():
+    from launcher.config import normalize
+    from launcher.errors import ConfigErrors
+    from tests.aws.configs import aws_document
+    document = aws_document("c")
+    document["available_node_types"]["cpu"]["node_config"] = {"InstanceTyp": "t3.micro"}
+    with pytest.raises((ConfigError, ConfigErrors)) as caught:
+        normalize(document)
+    assert "InstanceTyp" in str(caught.value) and "InstanceType" in str(caught.value)
+    document["available_node_types"]["cpu"]["node_config"] = {
+        "InstanceType": "t3.micro", "SubnetIds": ["subnet-0a"],
+        "InstanceMarketOptions": {"MarketType": "spot"}}
+    normalize(document)
+
+
+def test_example_aws_config_loads():
+    from pathlib import Path
+    from launcher.config import load_config
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "aws.yaml")
+    assert config.provider["type"] == "aws" and not config.provider["cache_stopped_nodes"]
+    assert config.auth.ssh_user == "ubuntu"
