@@ -86,12 +86,17 @@ def plan_local_source(src: str, dst: str, exclude: Iterable[str] = ()) -> SyncPl
         return SyncPlan(root, [], [SyncEntry(name, src, info.st_size,
                                              stat.S_IMODE(info.st_mode))])
     dirs, files = [], []
+    seen = {os.path.realpath(src)}  # symlinks are followed; a directory reached twice (a cycle) once
     for current, subdirs, names in os.walk(src, followlinks=True):
         rel_dir = os.path.relpath(current, src)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         kept = []
         for name in sorted(subdirs):
             rel = posixpath.join(rel_dir, name)
+            real = os.path.realpath(os.path.join(current, name))
+            if real in seen:
+                continue
+            seen.add(real)
             if not is_excluded(rel, True, patterns):
                 kept.append(name)
                 dirs.append(rel)

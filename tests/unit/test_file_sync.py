@@ -123,3 +123,13 @@ def test_remote_listing_parser_and_home_paths():
     assert state == {"a/b/with space.txt": (12, "f" * 64, 0o644)}
     assert remote_path("~/x/y") == "x/y" and remote_path("~") == "."
     assert remote_path("/abs") == "/abs"
+
+
+def test_symlinks_are_followed_without_looping(tmp_path):
+    src = make_tree(tmp_path / "src", {"real/data.txt": "d"})
+    (src / "real" / "loop").symlink_to(src)                 # a cycle back to the root
+    (src / "alias.txt").symlink_to(src / "real" / "data.txt")
+    dst = tmp_path / "dst"
+    assert copy_tree_local(str(src), str(dst), []) == 2
+    assert listing(dst) == {"alias.txt": "d", "real/data.txt": "d"}
+    assert not (dst / "alias.txt").is_symlink()
