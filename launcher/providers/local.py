@@ -255,10 +255,11 @@ class LocalProvider(NodeProvider):
             "CORRAL_NODE_TYPE": node.node_type, "CORRAL_HEAD_IP": self.head_ip})
 
     def close(self) -> None:
+        """Forget this provider's runners. Their SSH connections belong to the process-wide
+        pool (launcher.ssh_pool), which other runners to the same hosts may be using right
+        now, so they are left to it (ssh_pool.close_all() ends them)."""
         with self._runners_lock:
-            runners, self._runners = list(self._runners.values()), {}
-        for runner in runners:
-            runner.close()
+            self._runners = {}
 
 
 def stop_script(node_dir: str, grace_s: float) -> str:
