@@ -9,7 +9,7 @@ from tests.gcp.fake_gce_state import FakeGCEState, FakeHTTPError, fingerprint
 
 def get_role(state: FakeGCEState, name: str) -> dict:
     with state.lock:
-        state.calls.append(("roles.get", None))
+        state._take_injection("roles.get", None)
         if name not in state.roles:
             raise FakeHTTPError(404, "notFound", f"role {name} not found")
         return json.loads(json.dumps(state.roles[name]))
@@ -17,7 +17,7 @@ def get_role(state: FakeGCEState, name: str) -> dict:
 
 def create_role(state: FakeGCEState, parent: str, body: dict) -> dict:
     with state.lock:
-        state.calls.append(("roles.create", None))
+        state._take_injection("roles.create", None)
         name = f"{parent}/roles/{body.get('roleId')}"
         if name in state.roles:
             raise FakeHTTPError(409, "alreadyExists", f"role {name} already exists")
@@ -29,7 +29,7 @@ def create_role(state: FakeGCEState, parent: str, body: dict) -> dict:
 
 def patch_role(state: FakeGCEState, name: str, update_mask: str, body: dict) -> dict:
     with state.lock:
-        state.calls.append(("roles.patch", None))
+        state._take_injection("roles.patch", None)
         if name not in state.roles:
             raise FakeHTTPError(404, "notFound", f"role {name} not found")
         role = state.roles[name]
@@ -43,7 +43,7 @@ def patch_role(state: FakeGCEState, name: str, update_mask: str, body: dict) -> 
 def get_service_account(state: FakeGCEState, name: str) -> dict:
     email = name.rsplit("/", 1)[-1]
     with state.lock:
-        state.calls.append(("serviceAccounts.get", None))
+        state._take_injection("serviceAccounts.get", None)
         if email not in state.service_accounts:
             raise FakeHTTPError(404, "notFound", f"service account {email} not found")
         return dict(state.service_accounts[email])
@@ -54,7 +54,7 @@ def create_service_account(state: FakeGCEState, parent: str, body: dict) -> dict
     account_id = body.get("accountId", "")
     email = f"{account_id}@{project}.iam.gserviceaccount.com"
     with state.lock:
-        state.calls.append(("serviceAccounts.create", None))
+        state._take_injection("serviceAccounts.create", None)
         if email in state.service_accounts:
             raise FakeHTTPError(409, "alreadyExists", f"service account {email} already exists")
         account = dict(body.get("serviceAccount") or {}, email=email,
@@ -65,7 +65,7 @@ def create_service_account(state: FakeGCEState, parent: str, body: dict) -> dict
 
 def get_policy(state: FakeGCEState, project: str) -> dict:
     with state.lock:
-        state.calls.append(("projects.getIamPolicy", None))
+        state._take_injection("projects.getIamPolicy", None)
         policy = state.policies.setdefault(project, {"version": 1, "bindings": []})
         policy["etag"] = fingerprint(policy.get("bindings"))
         return json.loads(json.dumps(policy))
@@ -73,7 +73,7 @@ def get_policy(state: FakeGCEState, project: str) -> dict:
 
 def set_policy(state: FakeGCEState, project: str, body: dict) -> dict:
     with state.lock:
-        state.calls.append(("projects.setIamPolicy", None))
+        state._take_injection("projects.setIamPolicy", None)
         current = state.policies.setdefault(project, {"version": 1, "bindings": []})
         new = dict(body.get("policy") or {})
         if new.get("etag") != fingerprint(current.get("bindings")):

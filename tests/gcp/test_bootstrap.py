@@ -224,3 +224,14 @@ def test_example_config_bootstraps(fake_gce):
         assert gcp.node(node_id).tags["team"] == "research"
     finally:
         gcp.terminate_nodes([node_id])
+
+
+def test_policy_races_and_young_accounts_are_retried(fake_gce):
+    fake_gce.state.inject(method="projects.setIamPolicy", status=400, reason="badRequest",
+                          message="Service account corral-head@corral-test-1.iam.gserviceaccount.com does not exist.")
+    fake_gce.state.inject(method="projects.setIamPolicy", status=409, reason="aborted",
+                          message="There were concurrent policy changes.")
+    boot(gcp_config(fake_gce, "demo"))
+    assert [call for call, _ in fake_gce.state.calls].count("projects.setIamPolicy") == 3
+    assert fake_gce.state.policies[PROJECT]["bindings"][0]["members"] == [
+        f"serviceAccount:{naming.head_account_email(PROJECT)}"]

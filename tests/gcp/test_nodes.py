@@ -205,3 +205,26 @@ def test_tags_too_big_for_labels_overflow_to_metadata(fake_gce, provider):
     assert [item["key"] for item in instance["metadata"]["items"]] == ["startup-script"]
     tags = provider.node(node_id).tags
     assert tags[T.TAG_FAILURE] == "" and tags["notes"] == "short now"
+
+
+def test_capacity_http_error_is_not_retried_in_place(fake_gce, provider):
+    fake_gce.state.inject(method="instances.insert", zone=ZONES[0], status=503,
+                          reason="ZONE_RESOURCE_POOL_EXHAUSTED", times=100)
+    provider.create_nodes(WORKER_TYPE, CONFIG, WORKER, 1)
+    assert fake_gce.state.calls.count(("instances.insert", ZONES[0])) == 1
+
+
+def test_busy_resource_is_retried(fake_gce, provider):
+    [node_id] = provider.create_nodes(WORKER_TYPE, CONFIG, WORKER, 1)
+    fake_gce.state.inject(method="instances.delete", status=400, reason="resourceNotReady",
+                          times=2, message="The resource is not ready")
+    provider.terminate_nodes([node_id])
+    assert not fake_gce.state.instances
+
+
+def test_node_lookup(fake_gce, provider):
+    [node_id] = provider.create_nodes(WORKER_TYPE, CONFIG, WORKER, 1)
+    other = make_provider(gcp_config(fake_gce, "someone-else"))
+    assert provider.node(node_id).id == node_id
+    assert other.node(node_id) is None  # not its cluster's
+    assert provider.node("corral-demo-worker-00000000") is None

@@ -132,7 +132,7 @@ class GCEClient:
                 if status == 404 and not_found_ok:
                     return None
                 if is_retryable(status, codes) and attempt < self.max_attempts:
-                    time.sleep(self._backoff_s(attempt))
+                    time.sleep(self.backoff_s(attempt))
                     continue
                 translated = translate_http_error(error, what=what, node_type=node_type,
                                                   zone=zone)
@@ -145,13 +145,13 @@ class GCEClient:
                 raise ProviderAuthError(f"{what}: {error}") from None
             except (OSError, ConnectionError) as error:
                 if attempt < self.max_attempts:
-                    time.sleep(self._backoff_s(attempt))
+                    time.sleep(self.backoff_s(attempt))
                     continue
                 raise ProviderError(f"{what}: cannot reach the API: {error}",
                                     node_type=node_type, zone=zone) from None
         raise AssertionError("unreachable")
 
-    def _backoff_s(self, attempt: int) -> float:
+    def backoff_s(self, attempt: int) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 

@@ -44,8 +44,18 @@ def is_rate_limited(status: int, codes: list[str]) -> bool:
     return status == 429 or bool(RATE_LIMIT_CODES.intersection(codes))
 
 
+# The resource has another operation in flight (e.g. a delete of an instance still being
+# deleted): worth asking again shortly.
+NOT_READY_CODES = frozenset({"resourceNotReady", "RESOURCE_NOT_READY"})
+
+
 def is_retryable(status: int, codes: list[str]) -> bool:
-    return status in RETRYABLE_STATUS or is_rate_limited(status, codes)
+    """Throttling, server errors and busy resources are retried in place; capacity and
+    quota are not (the caller moves on to another zone or node type instead)."""
+    if CAPACITY_CODES.intersection(codes) or QUOTA_CODES.intersection(codes):
+        return False
+    return (status in RETRYABLE_STATUS or is_rate_limited(status, codes)
+            or bool(NOT_READY_CODES.intersection(codes)))
 
 
 def translate_http_error(error, *, what: str, node_type: str | None = None,

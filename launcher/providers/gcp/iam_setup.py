@@ -7,6 +7,8 @@ All three steps are idempotent: get, create when missing, fix when different.
 """
 from __future__ import annotations
 
+import time
+
 from launcher.errors import ProviderError
 from launcher.providers.gcp import naming
 from launcher.providers.gcp.client import GCEClient
@@ -102,9 +104,16 @@ def ensure_binding(client: GCEClient, project: str, email: str, role: str) -> bo
                                                            body={"policy": policy}),
                            what=f"granting {role} to {email}")
             return True
-        except ProviderError as error:  # etag race with another writer: read again
-            if "aborted" not in (error.cause or "").lower() or attempt == POLICY_ATTEMPTS:
+        except ProviderError as error:
+            # An etag race with another writer (409 ABORTED): read again. A service account
+            # made seconds ago may not be visible to IAM policies yet (400 "does not
+            # exist"): wait a little and try again.
+            raced = "aborted" in (error.cause or "").lower()
+            young = "does not exist" in str(error)
+            if not (raced or young) or attempt == POLICY_ATTEMPTS:
                 raise
+            if young:
+                time.sleep(client.backoff_s(attempt))
     return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
@@ -112,6 +113,14 @@ class GCPProvider(NodeProvider):
                     state=STATES.get(instance.get("status", ""), STATE_PENDING),
                     internal_ip=internal_ip, external_ip=external_ip, tags=tags)
 
+    def node(self, node_id: NodeId) -> Node | None:
+        """One GET (in the zone it was seen in) instead of listing every zone."""
+        try:
+            zone, instance = self._get_own(node_id)
+        except NodeNotFoundError:
+            return None
+        return self._to_node(instance, zone)
+
     def _get_own(self, node_id: NodeId) -> tuple[str, dict[str, Any]]:
         """(zone, instance) of one of our instances; NodeNotFoundError otherwise."""
         zone = self._zone_of.get(node_id)
@@ -158,7 +167,9 @@ class GCPProvider(NodeProvider):
                                      overflow_json=overflow_json)
             except ValueError as error:
                 return ProviderError(str(error), node_type=node_type, zone=zone)
-            request_id = cloud_common.new_launch_token()
+            # GCE wants a UUID in canonical form; retries of this insert reuse it, so a
+            # request that reached GCE but whose answer was lost creates no second node.
+            request_id = str(uuid.uuid4())
             what = f"creating {node_type} node {name} in {zone}"
             try:
                 operation = self.client.execute(
