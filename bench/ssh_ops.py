@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher import ssh_pool  # noqa: E402
 from launcher.ssh_runner import SSHRunner  # noqa: E402
-from tests.testhosts import host_network  # noqa: E402
+from tests.hostnet import host_network  # noqa: E402
 
 
 def timed(function) -> float:
