@@ -3,6 +3,7 @@ cluster_resources, available_resources, nodes, request_resources."""
 from __future__ import annotations
 
 import atexit
+import operator
 import hashlib
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from runtime.driver_state import FAILED, READY, ActorRecord, Entry, TaskRecord
 from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostError,
                             RuntimeConnectionError, RuntimeSystemError)
 from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.objects import BUFFER_POOL
 from runtime.protocol import INLINE_LIMIT_BYTES, Serialized, serialize
 
 _lock = threading.Lock()
@@ -54,6 +56,9 @@ class ObjectRef:
     def __reduce__(self):
         raise TypeError("ObjectRefs can be passed as top-level task arguments only; "
                         "pass the ref itself, not inside a container")
+
+
+_ID = operator.attrgetter("id")
 
 
 def current_core() -> DriverCore | None:
@@ -147,10 +152,13 @@ def put(value) -> ObjectRef:
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not supported")
     item = serialize(value)
+    entry = Entry(READY, name="put")
     if item.buffers:  # a snapshot: later changes to the caller's arrays don't leak in
-        item = Serialized(item.data, [bytes(b) for b in item.buffers])
+        item = Serialized(item.data, [BUFFER_POOL.copy(b) for b in item.buffers])
+        entry.pooled = True
+    entry.value = item
     object_id = core.new_id()
-    core.add_entry(object_id, Entry(READY, value=item, name="put"))
+    core.add_entry(object_id, entry)
     return ObjectRef(object_id, core)
 
 
@@ -183,7 +191,9 @@ def wait(refs, num_returns: int = 1, timeout: float | None = None):
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError("num_returns is larger than the number of refs")
-    flags = core.wait_ready([r.id for r in refs], num_returns, timeout, fetch=False)
+    flags = core.wait_ready(list(map(_ID, refs)), num_returns, timeout, fetch=False)
+    if num_returns == len(refs) and all(flags):
+        return refs, []
     ready, rest = [], []
     for ref, flag in zip(refs, flags):
         (ready if flag and len(ready) < num_returns else rest).append(ref)

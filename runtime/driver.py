@@ -20,6 +20,7 @@ import zmq
 from runtime import protocol, scheduling
 from runtime.driver_state import ActorRecord, Entry, TaskRecord, error_for
 from runtime.errors import RuntimeConnectionError
+from runtime.objects import BUFFER_POOL
 from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized, unpack_value
 
 log = logging.getLogger("corral.driver")
@@ -50,8 +51,9 @@ class DriverCore:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.wake_in, zmq.POLLIN)
-        self.cv = threading.Condition(threading.Lock())
+        self.cv = threading.Condition(threading.RLock())
         self.objects: dict[bytes, Entry] = {}
+        self.unfinished: set[bytes] = set()      # ids of entries still PENDING
         self.refcounts: collections.Counter = collections.Counter()
         self.ref_lock = threading.Lock()
         self.to_free: list[bytes] = []
@@ -120,14 +122,26 @@ class DriverCore:
                 self.refcounts[object_id] = count
                 return
             del self.refcounts[object_id]
-            self.to_free.append(object_id)
-            if len(self.to_free) < 256:
-                return
-        self._wake()
+        with self.cv:
+            entry = self.objects.pop(object_id, None)
+            self.unfinished.discard(object_id)
+        if entry is None:
+            return
+        if entry.pooled and entry.value is not None:
+            for buffer in entry.value.buffers:
+                BUFFER_POOL.give(buffer)
+        if entry.node_id is not None:
+            with self.ref_lock:
+                self.to_free.append((object_id, entry.node_id))
+                if len(self.to_free) < 256:
+                    return
+            self._wake()
 
     def add_entry(self, object_id: bytes, entry: Entry) -> None:
         with self.cv:
             self.objects[object_id] = entry
+            if entry.state == 0:
+                self.unfinished.add(object_id)
 
     def submit(self, record: TaskRecord) -> None:
         """Hand a task (or actor creation/call) to the IO thread."""
@@ -140,20 +154,33 @@ class DriverCore:
         -> list of ready flags."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         requested = set()
+        if not fetch:  # fast path: every entry already finished
+            with self.cv:
+                if self.unfinished.isdisjoint(object_ids):
+                    return [True] * len(object_ids)
+        flags = [False] * len(object_ids)
+        pending = list(range(len(object_ids)))
+        count = 0
         with self.cv:
             while True:
-                flags = []
-                for oid in object_ids:
+                still = []
+                for index in pending:   # entries only move forward: skip the ready ones
+                    oid = object_ids[index]
                     entry = self.objects.get(oid)
                     if not fetch:
-                        flags.append(entry is None or entry.state != 0)
-                        continue
-                    ready = entry is None or entry.local_ready
-                    if entry is not None and entry.needs_fetch and oid not in requested:
-                        requested.add(oid)
-                        self._run(lambda oid=oid: self._fetch(oid))
-                    flags.append(ready)
-                if sum(flags) >= num_ready:
+                        ready = entry is None or entry.state != 0
+                    else:
+                        ready = entry is None or entry.local_ready
+                        if entry is not None and entry.needs_fetch and oid not in requested:
+                            requested.add(oid)
+                            self._run(lambda oid=oid: self._fetch(oid))
+                    if ready:
+                        flags[index] = True
+                        count += 1
+                    else:
+                        still.append(index)
+                pending = still
+                if count >= num_ready:
                     return flags
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -240,8 +240,10 @@ class DriverIO:
             elif kind == b"nodes":
                 self.learn_nodes(header)
         elif kind == b"results":
-            for item in header:
-                self._result(item, frames)
+            with core.cv:
+                for item in header:
+                    self._result(item, frames)
+                core.cv.notify_all()
             self._drain()
         elif kind == b"object":
             self._fetched(header, frames)
@@ -302,6 +304,7 @@ class DriverIO:
                     self.frees[node_id].append(object_id)
                 return
             entry.value, entry.node_id, entry.state = value, node_id, READY
+            core.unfinished.discard(object_id)
             core.cv.notify_all()
         self._wake_dependents(object_id)
 
@@ -319,6 +322,7 @@ class DriverIO:
             entry = core.objects.get(record.task_id)
             if entry is not None:
                 entry.state, entry.error = FAILED, error
+                core.unfinished.discard(record.task_id)
                 core.cv.notify_all()
         finally:
             if lock:
@@ -422,11 +426,8 @@ class DriverIO:
             if not core.to_free:
                 return
             gone, core.to_free = core.to_free, []
-        with core.cv:
-            for object_id in gone:
-                entry = core.objects.pop(object_id, None)
-                if entry is not None and entry.node_id is not None:
-                    self.frees[entry.node_id].append(object_id)
+        for object_id, node_id in gone:
+            self.frees[node_id].append(object_id)
 
     def agent_stats(self, node_id: str, future) -> None:
         self.fetch_ids += 1

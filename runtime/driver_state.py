@@ -10,7 +10,7 @@ PENDING, READY, FAILED = 0, 1, 2
 class Entry:
     """One object this driver owns or borrowed: a local value, a location, or an error."""
 
-    __slots__ = ("state", "value", "node_id", "error", "fetching", "name")
+    __slots__ = ("state", "value", "node_id", "error", "fetching", "name", "pooled")
 
     def __init__(self, state=PENDING, value: Serialized | None = None,
                  node_id: str | None = None, name: str = ""):
@@ -20,6 +20,7 @@ class Entry:
         self.error: BaseException | None = None
         self.fetching = False
         self.name = name
+        self.pooled = False
 
     @property
     def local_ready(self) -> bool:
