@@ -146,14 +146,15 @@ def test_resources_filled_from_instance_types(cluster_name):
 
 def test_given_values_are_kept(cluster_name):
     node_types = {
-        HEAD_TYPE: {"node_config": {"InstanceType": "t3.medium", "ImageId": "ami-00000000000000001",
-                                    "SubnetId": "subnet-mine"},
+        HEAD_TYPE: {"node_config": {"InstanceType": "t3.medium",
+                                    "ImageId": "ami-00000000000000001",
+                                    "SubnetId": "subnet-0123456789abcdef0"},
                     "resources": {"CPU": 7}},
         WORKER_TYPE: {"node_config": {"InstanceType": "t3.micro"}, "max_workers": 2}}
     config = AWSProvider.bootstrap(aws_config(cluster_name, node_types=node_types))
     head = config.available_node_types[HEAD_TYPE]
     assert head.node_config["ImageId"] == "ami-00000000000000001"
-    assert head.node_config["SubnetId"] == "subnet-mine" and "SubnetIds" not in head.node_config
+    assert head.node_config["SubnetId"] == "subnet-0123456789abcdef0" and "SubnetIds" not in head.node_config
     assert dict(head.resources) == {"CPU": 7}
 
 

@@ -223,3 +223,32 @@ def test_other_invalid_parameters_are_not_retried(provider, bootstrapped):
     with pytest.raises(ProviderError) as caught:
         provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 1)
     assert len(failed) == 1 and caught.value.cause == "InvalidParameterValue"
+
+
+def test_throttling_beyond_botocore_retries_is_a_rate_limit_error(provider, bootstrapped):
+    from launcher.errors import RateLimitError
+    inject_client_error(provider.clients.ec2, "DescribeInstances", "RequestLimitExceeded")
+    with pytest.raises(RateLimitError) as caught:
+        provider.non_terminated_nodes()
+    assert caught.value.retryable
+
+
+def test_command_runner_addresses_and_key(cluster_name, bootstrapped):
+    provider = AWSProvider(bootstrapped)
+    [node_id] = provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 1)
+    node = provider.node(node_id)
+    runner = provider.command_runner(node)
+    assert runner.host == node.external_ip and runner.user == "ubuntu"
+    inside = AWSProvider(bootstrapped.replace(
+        provider={**bootstrapped.provider, "use_internal_ips": True}))
+    assert inside.command_runner(node).host == node.internal_ip
+    # `corral down`/`exec` load the config without bootstrapping it: the cluster's own key
+    import dataclasses
+    plain = bootstrapped.replace(auth=dataclasses.replace(bootstrapped.auth,
+                                                          ssh_private_key=None))
+    assert AWSProvider(plain).command_runner(node).spec.private_key_path == str(
+        naming.private_key_path(cluster_name))
+    naming.private_key_path(cluster_name).unlink()
+    with pytest.raises(ProviderError) as caught:
+        AWSProvider(plain).command_runner(node)
+    assert caught.value.cause == "NoPrivateKey"

@@ -68,7 +68,8 @@ class AWSProvider(NodeProvider):
         return purge_cluster(config)
 
     # -- listing ---------------------------------------------------------------------
-    def _describe(self, states, extra_filters=()) -> list[dict]:
+    def instances_in_states(self, states, extra_filters=()) -> list[dict]:
+        """EC2's descriptions of the cluster's instances in `states` (all pages)."""
         filters = [{"Name": f"tag:{T.TAG_CLUSTER_NAME}", "Values": [self.cluster_name]},
                    {"Name": "instance-state-name", "Values": list(states)}, *extra_filters]
         instances = []
@@ -85,13 +86,13 @@ class AWSProvider(NodeProvider):
     def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
         """Pending and running nodes of the cluster. Stopped (cached) nodes are not listed:
         they do no work and count toward no limit until create_nodes restarts them."""
-        nodes = [self._node(instance) for instance in self._describe(LIVE_STATES)]
+        nodes = [self._node(instance) for instance in self.instances_in_states(LIVE_STATES)]
         return sorted((node for node in nodes if matches(node.tags, tag_filters)),
                       key=lambda node: node.id)
 
     def stopped_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
         """Stopped or stopping nodes of the cluster (kept when cache_stopped_nodes)."""
-        nodes = [self._node(instance) for instance in self._describe(STOPPED_STATES)]
+        nodes = [self._node(instance) for instance in self.instances_in_states(STOPPED_STATES)]
         return [node for node in nodes if matches(node.tags, tag_filters)]
 
     def _node(self, instance: dict) -> Node:
@@ -166,7 +167,7 @@ class AWSProvider(NodeProvider):
         """Restart up to `count` stopped nodes of the same type (and launch hash)."""
         wanted = {key: node_tags[key] for key in (T.TAG_NODE_TYPE, T.TAG_NODE_KIND,
                                                   T.TAG_LAUNCH_HASH) if key in node_tags}
-        candidates = [instance for instance in self._describe(("stopped",))
+        candidates = [instance for instance in self.instances_in_states(("stopped",))
                       if matches(self._node(instance).tags, wanted)]
         ids = sorted(instance["InstanceId"] for instance in candidates)[:count]
         if ids:
@@ -187,7 +188,7 @@ class AWSProvider(NodeProvider):
         with self._lock:
             unknown = [node_id for node_id in ids if node_id not in self._own_ids]
         if unknown:
-            found = {instance["InstanceId"] for instance in self._describe(
+            found = {instance["InstanceId"] for instance in self.instances_in_states(
                 LIVE_STATES + STOPPED_STATES, [{"Name": "instance-id", "Values": unknown}])}
             missing = sorted(set(unknown) - found)
             if missing:
@@ -200,7 +201,7 @@ class AWSProvider(NodeProvider):
         other ids are ignored. Waits up to terminate_wait_s for EC2 to confirm."""
         if not ids:
             return
-        instances = self._describe(LIVE_STATES + STOPPED_STATES,
+        instances = self.instances_in_states(LIVE_STATES + STOPPED_STATES,
                                    [{"Name": "instance-id", "Values": sorted(set(ids))}])
         if not instances:
             return

@@ -19,12 +19,13 @@ def purge_cluster(config, clients: AWSClients | None = None) -> list[str]:
     provider = AWSProvider(config, clients=clients)
     removed: list[str] = []
     alive = [instance["InstanceId"]
-             for instance in provider._describe(LIVE_STATES + STOPPED_STATES)]
+             for instance in provider.instances_in_states(LIVE_STATES + STOPPED_STATES)]
     if alive:
         with aws_errors(f"terminate {len(alive)} node(s)"):
             clients.ec2.terminate_instances(InstanceIds=alive)
         removed.append(f"{len(alive)} node(s): {', '.join(sorted(alive))}")
-    leaving = [instance["InstanceId"] for instance in provider._describe(("shutting-down",))]
+    leaving = [instance["InstanceId"]
+               for instance in provider.instances_in_states(("shutting-down",))]
     provider.wait_for_states(sorted(set(alive + leaving)), {"terminated"}, PURGE_WAIT_S)
     removed += network.delete_security_group(clients.ec2, config)
     removed += keys.delete_key_pair(clients.ec2, config)
