@@ -176,8 +176,14 @@ def test_purge_removes_the_firewall_rules(fake_gce):
     config = gcp_config(fake_gce, "demo")
     boot(config)
     boot(gcp_config(fake_gce, "other"))
+    provider = GCPProvider(config, client=fast_client(config))
+    [leftover] = provider.create_nodes(WORKER_TYPE, {"machineType": "e2-small"},
+                                       {"corral-node-kind": "worker"}, 1)
     removed = purge_gcp(config, client=fast_client(config))
-    assert sorted(removed) == sorted(naming.firewall_names("demo").values())
+    assert sorted(removed) == sorted(
+        [f"firewall rule {name}" for name in naming.firewall_names("demo").values()]
+        + [f"instance {leftover}", f"ssh key {naming.private_key_path('demo')}"])
+    assert not fake_gce.state.instances
     assert sorted(name for _p, name in fake_gce.state.firewalls) == sorted(
         naming.firewall_names("other").values())
     assert purge_gcp(config, client=fast_client(config)) == []  # idempotent

@@ -101,5 +101,6 @@ def test_up_exec_down_on_fake_gce(gcp_cluster, fake_gce):
     from launcher.config import load_config
     from launcher.providers.gcp import GCPProvider
     removed = GCPProvider.purge(load_config(path))
-    assert sorted(removed) == sorted(naming.firewall_names(document["cluster_name"]).values())
+    assert sorted(removed) == sorted(f"firewall rule {name}" for name in
+                                     naming.firewall_names(document["cluster_name"]).values())
     assert not fake_gce.state.firewalls

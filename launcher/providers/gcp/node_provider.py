@@ -7,7 +7,6 @@ not fit in 64 labels lives in the instance metadata item `corral-tags`.
 """
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,6 @@ from launcher.providers.gcp import naming
 from launcher.providers.gcp.client import GCEClient
 from launcher.providers.gcp.instance_body import instance_body
 
-log = logging.getLogger(__name__)
 
 STATES = {"PROVISIONING": STATE_PENDING, "STAGING": STATE_PENDING, "RUNNING": STATE_RUNNING,
           "STOPPING": STATE_STOPPING, "SUSPENDING": STATE_STOPPING, "REPAIRING": STATE_PENDING,

@@ -190,15 +190,28 @@ def bootstrap_gcp(config, client: GCEClient | None = None):
 
 
 def purge_gcp(config, client: GCEClient | None = None) -> list[str]:
-    """Delete the cluster's firewall rules; returns the names deleted."""
+    """Remove everything corral made for this cluster: any node still there, its firewall
+    rules and the cluster's own SSH key pair (never a key the user named). The
+    project-wide role and head service account stay: other clusters share them.
+    Returns one line per removed thing."""
+    from launcher.providers.gcp.node_provider import GCPProvider
     client = client or GCEClient(config.provider)
     timeout_s = float(config.provider.get("operation_timeout_s", 300))
     removed = []
+    provider = GCPProvider(config, client=client)
+    left = [node.id for node in provider.non_terminated_nodes()]
+    if left:
+        provider.terminate_nodes(left)
+        removed.extend(f"instance {node_id}" for node_id in left)
     for name in naming.firewall_names(config.cluster_name).values():
         operation = client.execute(lambda: client.compute.firewalls().delete(
             project=client.project, firewall=name), what=f"deleting firewall rule {name}",
             not_found_ok=True)
         if operation is not None:
             client.wait_operation(operation, timeout_s=timeout_s, what=f"deleting {name}")
-            removed.append(name)
+            removed.append(f"firewall rule {name}")
+    key_path = naming.private_key_path(config.cluster_name)
+    if key_path.exists():  # the managed key's own path: a user's key lives elsewhere
+        key_path.unlink()
+        removed.append(f"ssh key {key_path}")
     return removed
