@@ -13,6 +13,7 @@ import socket
 import threading
 
 import paramiko
+from paramiko.common import MSG_GLOBAL_REQUEST, cMSG_IGNORE
 
 from launcher.host_keys import HostKeyStore, PinningPolicy
 
@@ -45,6 +46,29 @@ class ConnectionSpec:
         return "".join(out)
 
 
+class _AckingTransport(paramiko.Transport):
+    """Right after authentication OpenSSH's sshd sends a global request that wants no
+    reply (hostkeys-00@openssh.com). sshd does not set TCP_NODELAY on non-interactive
+    sessions, so its answer to our first channel open then waits (Nagle) for our ACK of
+    that request, which the kernel delays by ~40 ms. Answering the first global request
+    with an SSH_MSG_IGNORE carries the ACK at once. (paramiko keeps its handler table per
+    instance for this kind of adjustment.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        original = self._handler_table[MSG_GLOBAL_REQUEST]
+
+        def first_global_request(message):
+            original(message)
+            self._handler_table[MSG_GLOBAL_REQUEST] = original
+            ignore = paramiko.Message()
+            ignore.add_byte(cMSG_IGNORE)
+            ignore.add_string(b"")
+            self._send_message(ignore)
+
+        self._handler_table[MSG_GLOBAL_REQUEST] = first_global_request
+
+
 _keys_lock = threading.Lock()
 _keys: dict[str, paramiko.PKey] = {}
 
@@ -74,7 +98,8 @@ def open_client(spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
         client.connect(spec.host, port=spec.port, username=spec.user,
                        pkey=load_private_key(spec.private_key_path), sock=sock,
                        timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
-                       allow_agent=False, look_for_keys=False)
+                       allow_agent=False, look_for_keys=False,
+                       transport_factory=_AckingTransport)
     except BaseException:
         client.close()
         sock.close()
