@@ -97,3 +97,14 @@ def inject_client_error(client, operation: str, code: str, *, when=lambda params
     client.meta.events.register(f"before-parameter-build.{service}.{operation}", hook)
     return failed
 
+
+
+def record_calls(client, operation: str) -> list[dict]:
+    """The API parameters of every `operation` call `client` makes from now on."""
+    calls: list[dict] = []
+    service = client.meta.service_model.service_name
+
+    def hook(params, **_):
+        calls.append(dict(params))
+    client.meta.events.register(f"before-parameter-build.{service}.{operation}", hook)
+    return calls

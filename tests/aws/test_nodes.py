@@ -10,7 +10,7 @@ from launcher.errors import (CapacityError, NodeNotFoundError, ProviderAuthError
 from launcher.providers.aws import AWSProvider
 from launcher.providers.aws import naming
 from tests.aws.configs import HEAD_TYPE, WORKER_TYPE, aws_config
-from tests.aws.moto_server import REGION, inject_client_error
+from tests.aws.moto_server import REGION, inject_client_error, record_calls
 
 
 def worker_tags(extra=None):
@@ -252,3 +252,11 @@ def test_command_runner_addresses_and_key(cluster_name, bootstrapped):
     with pytest.raises(ProviderError) as caught:
         AWSProvider(plain).command_runner(node)
     assert caught.value.cause == "NoPrivateKey"
+
+
+def test_each_launch_request_carries_its_own_client_token(provider, bootstrapped):
+    calls = record_calls(provider.clients.ec2, "RunInstances")
+    provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 1)
+    provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 1)
+    seen = [call["ClientToken"] for call in calls]
+    assert len(seen) == 2 and len(set(seen)) == 2 and all(len(token) >= 32 for token in seen)

@@ -136,14 +136,17 @@ class AWSProvider(NodeProvider):
                        node_type: str) -> list[str]:
         # All or nothing per zone (MinCount=MaxCount): a zone short of room for them all
         # answers InsufficientInstanceCapacity and the launch moves on to the next zone.
-        call = dict(params, MinCount=count, MaxCount=count, ClientToken=new_launch_token())
+        # One ClientToken per request: botocore's own retries of it reuse the token, so a
+        # request that timed out but succeeded is not launched twice.
+        call = dict(params, MinCount=count, MaxCount=count)
         if subnet:
             call["SubnetId"] = subnet
         with aws_errors(f"launch {count} {node_type} node(s)", node_type=node_type,
                         zone=self._place_name(subnet) if subnet else None):
             for attempt in itertools.count(1):
                 try:
-                    instances = self.clients.ec2.run_instances(**call)["Instances"]
+                    instances = self.clients.ec2.run_instances(
+                        **call, ClientToken=new_launch_token())["Instances"]
                     break
                 except ClientError as error:
                     if not (_profile_not_visible_yet(error)
