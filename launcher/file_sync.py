@@ -28,8 +28,20 @@ import shutil
 import stat
 from typing import Callable, Iterable
 
+from launcher.errors import UsageError
+
 CHUNK_BYTES = 1 << 20
 PREFETCH_ABOVE_BYTES = 256 * 1024
+
+
+class SyncSourceMissingError(UsageError, FileNotFoundError):
+    """The file or directory to copy does not exist (locally or on the host). A
+    ClusterError (exit code 2 in the CLI) that is also a FileNotFoundError."""
+
+    def __init__(self, path: str, where: str = "here"):
+        self.path = path
+        self.where = where
+        super().__init__(f"no such file or directory {where}: {path}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +90,7 @@ def plan_local_source(src: str, dst: str, exclude: Iterable[str] = ()) -> SyncPl
     patterns = list(exclude or [])
     src = os.path.expanduser(src)
     if not os.path.exists(src):
-        raise FileNotFoundError(f"no such file or directory: {src}")
+        raise SyncSourceMissingError(src)
     if not os.path.isdir(src):
         info = os.stat(src)
         root, name = (dst.rstrip("/") or "/", os.path.basename(src)) if dst.endswith("/") \
@@ -265,7 +277,7 @@ def sftp_get(sftp, run_script: RunScript, src: str, dst: str,
     output = run_script(_GET_LISTING_SCRIPT.format(root=shlex.quote(src)), b"")
     header, state = _parse_state(output)
     if not header or header[0] == "MISSING":
-        raise FileNotFoundError(f"no such file or directory on the remote host: {src}")
+        raise SyncSourceMissingError(src, "on the remote host")
     patterns = list(exclude or [])
     if header[0] == "FILE":
         (size, digest, mode), = state.values()

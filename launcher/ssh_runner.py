@@ -39,6 +39,7 @@ CONNECT_ATTEMPT_TIMEOUT_S = 10.0
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 2.0
 LOCAL_TIMEOUT_GRACE_S = 5.0
+SCRIPT_TIMEOUT_S = 600.0  # file sync listings (hashing a large tree takes a while)
 EOF_GRACE_S = 0.5  # after the exit status, how long to wait for output still in flight
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -167,6 +168,7 @@ class SSHRunner(CommandRunner):
     def _run_script(self, script: str, stdin: bytes) -> bytes:
         """Run a bash script with `stdin`; its stdout (bytes). For file sync listings."""
         channel = self._open_channel()
+        channel.settimeout(SCRIPT_TIMEOUT_S)
         try:
             channel.exec_command("exec bash -c " + shlex.quote(script))
             channel.sendall(stdin)
@@ -182,6 +184,9 @@ class SSHRunner(CommandRunner):
                 error = channel.recv_stderr(65536).decode(errors="replace")
                 raise ClusterError(f"file listing on {self.host} failed ({status}): {error}")
             return b"".join(chunks)
+        except socket.timeout as error:
+            raise ClusterError(f"file listing on {self.host} did not finish within "
+                               f"{SCRIPT_TIMEOUT_S:g} s") from error
         finally:
             channel.close()
 

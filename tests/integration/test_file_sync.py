@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from launcher.file_sync import SyncSourceMissingError
 from launcher.ssh_runner import SSHRunner
 
 pytestmark = pytest.mark.netns
@@ -90,7 +91,7 @@ def test_single_files_both_ways_and_missing_remote(test_hosts, tmp_path):
     assert host.run("cat /tmp/corral/into/cluster.yaml").stdout == "cluster_name: x\n"
     assert runner.get("/tmp/corral/into/cluster.yaml", str(tmp_path / "copy.yaml")) == 1
     assert (tmp_path / "copy.yaml").read_text() == "cluster_name: x\n"
-    with pytest.raises(FileNotFoundError, match="/tmp/nothing-here"):
+    with pytest.raises(SyncSourceMissingError, match="remote host: /tmp/nothing-here"):
         runner.get("/tmp/nothing-here", str(tmp_path / "x"))
 
 

@@ -6,8 +6,10 @@ import stat
 
 import pytest
 
-from launcher.file_sync import (SyncEntry, _parse_state, copy_tree_local, is_excluded,
-                                plan_local_source, remote_path, sync_plan)
+from launcher.errors import ClusterError
+from launcher.file_sync import (SyncEntry, SyncSourceMissingError, _parse_state,
+                                copy_tree_local, is_excluded, plan_local_source, remote_path,
+                                sync_plan)
 
 
 def make_tree(root, files: dict[str, str]):
@@ -86,8 +88,10 @@ def test_single_file_to_a_path_or_into_a_directory(tmp_path):
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(SyncSourceMissingError, match="nope") as raised:
         copy_tree_local(str(tmp_path / "nope"), str(tmp_path / "dst"), [])
+    assert isinstance(raised.value, ClusterError) and isinstance(raised.value, FileNotFoundError)
+    assert raised.value.exit_code == 2
 
 
 def test_plan_lists_dirs_and_prunes_excluded_subtrees(tmp_path):
