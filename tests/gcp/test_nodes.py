@@ -228,3 +228,12 @@ def test_node_lookup(fake_gce, provider):
     assert provider.node(node_id).id == node_id
     assert other.node(node_id) is None  # not its cluster's
     assert provider.node("corral-demo-worker-00000000") is None
+
+
+def test_unreachable_api_is_a_provider_error(fake_gce):
+    config = gcp_config(fake_gce, "demo")
+    provider = make_provider(config.replace(provider=dict(
+        config.provider, compute_endpoint="http://127.0.0.1:9/compute/v1/")))
+    provider.client.max_attempts = 2
+    with pytest.raises(ProviderError, match="cannot reach the API"):
+        provider.non_terminated_nodes()

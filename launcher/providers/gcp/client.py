@@ -121,6 +121,7 @@ class GCEClient:
                 not_found_ok: bool = False) -> Any:
         """Run a request, retrying throttling and server errors with bounded, jittered
         back-off. Returns None for a 404 when not_found_ok."""
+        import httplib2
         from google.auth import exceptions as auth_exceptions
         from googleapiclient.errors import HttpError
 
@@ -143,7 +144,7 @@ class GCEClient:
                 raise translated from None
             except auth_exceptions.GoogleAuthError as error:
                 raise ProviderAuthError(f"{what}: {error}") from None
-            except (OSError, ConnectionError) as error:
+            except (OSError, httplib2.HttpLib2Error) as error:
                 if attempt < self.max_attempts:
                     time.sleep(self.backoff_s(attempt))
                     continue
