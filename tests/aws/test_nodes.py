@@ -79,7 +79,7 @@ def test_set_tags_refuses_another_clusters_node(provider, bootstrapped, cluster_
         AWSProvider.purge(other_config)
 
 
-def test_cached_nodes_are_stopped_and_restarted(cluster_name):
+def test_cached_nodes_are_stopped_and_restarted(cluster_name, capsys):
     config = AWSProvider.bootstrap(aws_config(cluster_name,
                                               provider={"cache_stopped_nodes": True}))
     provider = AWSProvider(config)
@@ -87,6 +87,7 @@ def test_cached_nodes_are_stopped_and_restarted(cluster_name):
         tags = worker_tags({T.TAG_LAUNCH_HASH: "h1"})
         first = provider.create_nodes(WORKER_TYPE, worker_config(config), tags, 2)
         provider.terminate_nodes(first)
+        assert "cache_stopped_nodes" in capsys.readouterr().err  # the user is told
         assert provider.non_terminated_nodes() == []
         assert sorted(n.id for n in provider.stopped_nodes()) == sorted(first)
         # another launch hash does not reuse them

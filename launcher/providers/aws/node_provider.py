@@ -20,7 +20,7 @@ from launcher.providers.aws import naming
 from launcher.providers.aws.errors import aws_errors
 from launcher.providers.aws.session import AWSClients
 from launcher.providers.base import Node, NodeProvider, matches
-from launcher.providers.cloud_common import launch_across_places, new_launch_token
+from launcher.providers.cloud_common import launch_across_places, new_launch_token, notice
 
 LIVE_STATES = ("pending", "running")
 STOPPED_STATES = ("stopping", "stopped")
@@ -222,6 +222,9 @@ class AWSProvider(NodeProvider):
         with aws_errors(f"stop {len(stop)} node(s)"):
             if stop:
                 ec2.stop_instances(InstanceIds=stop)
+                notice(f"stopped {len(stop)} node(s) of cluster {self.cluster_name} instead of "
+                       "terminating them (cache_stopped_nodes); the next launch restarts "
+                       "them, and `corral down --purge` removes them")
         self.wait_for_states(terminate, {"terminated"}, self.terminate_wait_s)
         self.wait_for_states(stop, {"stopped", "terminated"}, self.terminate_wait_s)
 
