@@ -70,6 +70,7 @@ class FakeGCEState:
         # (internal IP, external IP) pairs handed to new instances when set (end-to-end
         # tests point them at sshd test hosts); an exhausted pool is a capacity error.
         self.ip_pool: list[tuple[str, str]] = []
+        self.image_families = dict(IMAGE_FAMILIES)
         self.calls: list[tuple[str, str | None]] = []  # (method, zone)
         self._ids = itertools.count(1000)
         self._ips = itertools.count(2)
@@ -313,7 +314,9 @@ class FakeGCEState:
         return dict(MACHINE_TYPES[name], name=name, zone=zone, kind="compute#machineType")
 
     def image_from_family(self, project: str, family: str) -> dict:
-        image = IMAGE_FAMILIES.get((project, family))
+        with self.lock:
+            self._take_injection("images.getFromFamily", None)
+        image = self.image_families.get((project, family))
         if image is None:
             raise FakeHTTPError(404, "notFound", f"family {family} not found in {project}")
         return {"name": image, "family": family,

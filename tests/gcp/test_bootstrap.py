@@ -182,7 +182,8 @@ def test_purge_removes_the_firewall_rules(fake_gce):
     removed = purge_gcp(config, client=fast_client(config))
     assert sorted(removed) == sorted(
         [f"firewall rule {name}" for name in naming.firewall_names("demo").values()]
-        + [f"instance {leftover}", f"ssh key {naming.private_key_path('demo')}"])
+        + [f"instance {leftover}", f"ssh key {naming.private_key_path('demo')}",
+           f"image pin {naming.image_pins_path('demo')}"])
     assert not fake_gce.state.instances
     assert sorted(name for _p, name in fake_gce.state.firewalls) == sorted(
         naming.firewall_names("other").values())
@@ -241,3 +242,18 @@ def test_policy_races_and_young_accounts_are_retried(fake_gce):
     assert [call for call, _ in fake_gce.state.calls].count("projects.setIamPolicy") == 3
     assert fake_gce.state.policies[PROJECT]["bindings"][0]["members"] == [
         f"serviceAccount:{naming.head_account_email(PROJECT)}"]
+
+
+def test_image_is_pinned_per_cluster(fake_gce):
+    config = gcp_config(fake_gce, "demo")
+    first = boot(config)
+    family = ("ubuntu-os-cloud", "ubuntu-2404-lts-amd64")
+    fake_gce.state.image_families[family] = "ubuntu-2404-noble-amd64-v20270101"  # new release
+    fake_gce.state.calls.clear()
+    second = boot(config)
+    assert second.to_dict() == first.to_dict()  # same launch hash: no node replaced
+    assert ("images.getFromFamily", None) not in fake_gce.state.calls
+    purge_gcp(config, client=fast_client(config))
+    third = boot(config)
+    disk = third.available_node_types[WORKER_TYPE].node_config["disks"][0]
+    assert disk["initializeParams"]["sourceImage"].endswith("v20270101")

@@ -11,6 +11,7 @@ from launcher import paths
 from launcher.providers.cloud_common import cluster_resource_name, zone_list
 
 PRIVATE_KEY_FILE = "ssh-key"
+IMAGE_PINS_FILE = "image-pins.json"
 # One custom role and one head service account per project, shared by its clusters.
 ROLE_ID = "corralAutoscaler"
 HEAD_ACCOUNT_ID = "corral-head"
@@ -44,6 +45,10 @@ def instance_name(cluster_name: str, kind: str) -> str:
 
 def private_key_path(cluster_name: str) -> Path:
     return paths.cluster_dir(cluster_name) / PRIVATE_KEY_FILE
+
+
+def image_pins_path(cluster_name: str) -> Path:
+    return paths.cluster_dir(cluster_name) / IMAGE_PINS_FILE
 
 
 def zones(provider: Mapping[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ the default boot image resolved from its family, and node resources from machine
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, Mapping
 
 from launcher import paths
@@ -93,14 +94,28 @@ def ensure_firewalls(client: GCEClient, config, timeout_s: float) -> None:
         client.wait_operation(operation, timeout_s=timeout_s, what=f"firewall rule {name}")
 
 
-def resolve_image(client: GCEClient, image: str) -> str:
-    """A family URL -> the current image of that family (pinned for this `up`)."""
+def resolve_image(client: GCEClient, image: str, cluster_name: str) -> str:
+    """A family URL -> an image of that family, pinned per cluster.
+
+    The first `up` asks images.getFromFamily for the family's current image and records it
+    in ~/.corral/clusters/<name>/image-pins.json; later ups reuse it, so a new release in
+    the family neither changes the launch hash (which would replace every node) nor mixes
+    images inside one cluster. `down --purge` forgets the pin."""
     if FAMILY_MARK not in image:
         return image
+    pins_path = naming.image_pins_path(cluster_name)
+    try:
+        pins = json.loads(pins_path.read_text())
+    except (FileNotFoundError, ValueError):
+        pins = {}
+    if isinstance(pins, dict) and isinstance(pins.get(image), str):
+        return pins[image]
     project = image.split("projects/", 1)[1].split("/", 1)[0]
     family = image.rsplit("/", 1)[1]
     found = client.execute(lambda: client.compute.images().getFromFamily(
         project=project, family=family), what=f"looking up image family {family}")
+    pins = {**(pins if isinstance(pins, dict) else {}), image: found["selfLink"]}
+    paths.write_private(pins_path, json.dumps(pins, indent=2, sort_keys=True) + "\n")
     return found["selfLink"]
 
 
@@ -170,7 +185,8 @@ def bootstrap_gcp(config, client: GCEClient | None = None):
         client, provider["project_id"])
     need_image = any(not node_type.node_config.get("disks")
                      for node_type in config.available_node_types.values())
-    image = resolve_image(client, str(provider.get("image") or DEFAULT_IMAGE)) if need_image else None
+    image = (resolve_image(client, str(provider.get("image") or DEFAULT_IMAGE), config.cluster_name)
+             if need_image else None)
     node_types = {}
     for name, node_type in config.available_node_types.items():
         node_config = thaw(node_type.node_config)
@@ -214,4 +230,8 @@ def purge_gcp(config, client: GCEClient | None = None) -> list[str]:
     if key_path.exists():  # the managed key's own path: a user's key lives elsewhere
         key_path.unlink()
         removed.append(f"ssh key {key_path}")
+    pins_path = naming.image_pins_path(config.cluster_name)
+    if pins_path.exists():
+        pins_path.unlink()
+        removed.append(f"image pin {pins_path}")
     return removed
