@@ -117,7 +117,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         head_ip = node_ip or (os.environ.get("CORRAL_HEAD_IP") if secure else None) or \
             ("127.0.0.1" if not secure else _own_ip())
         address = f"{head_ip}:{port}"
-        control = f"127.0.0.1:{port}"
+        control = f"{node_ip or '127.0.0.1'}:{port}"  # the control binds node_ip if given
     else:
         if not address:
             host, head_port = os.environ.get("CORRAL_HEAD_IP"), os.environ.get(
