@@ -68,6 +68,8 @@ def moto_server(region: str = REGION, tmp_dir: str | None = None):
             else:
                 os.environ[name] = value
         server.stop()
+        if server._server is not None:  # stop() leaves the listening socket open
+            server._server.server_close()
 
 
 def seed_public_parameter(name: str, value: str, region: str = REGION) -> None:

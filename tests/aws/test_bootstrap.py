@@ -210,3 +210,39 @@ def test_default_image_is_current_ubuntu_from_ssm(cluster_name):
     publish_ubuntu_image("ami-0000000000000abcd")  # AWS moved the parameter on
     config = AWSProvider.bootstrap(aws_config(cluster_name))
     assert config.available_node_types[HEAD_TYPE].node_config["ImageId"] == "ami-0000000000000abcd"
+
+
+def test_without_zones_every_default_subnet_is_used_in_zone_order(cluster_name, ec2):
+    from launcher.config import normalize
+    from tests.aws.configs import aws_document
+    document = aws_document(cluster_name)
+    del document["provider"]["availability_zone"]
+    config = AWSProvider.bootstrap(normalize(document))
+    subnets = {s["SubnetId"]: s["AvailabilityZone"] for s in ec2.describe_subnets()["Subnets"]}
+    chosen = config.available_node_types[WORKER_TYPE].node_config["SubnetIds"]
+    zones = [subnets[subnet] for subnet in chosen]
+    assert zones == sorted(zones) and len(zones) >= 3
+
+
+def test_a_named_vpc_is_used(cluster_name, ec2):
+    vpc = ec2.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.77.1.0/24",
+                               AvailabilityZone="us-west-2b")["Subnet"]["SubnetId"]
+    config = AWSProvider.bootstrap(aws_config(cluster_name, provider={"vpc_id": vpc}))
+    worker = config.available_node_types[WORKER_TYPE].node_config
+    assert list(worker["SubnetIds"]) == [subnet]
+    [group] = cluster_groups(ec2, cluster_name)
+    assert group["VpcId"] == vpc and list(worker["SecurityGroupIds"]) == [group["GroupId"]]
+    provider = AWSProvider(config)
+    [node_id] = provider.create_nodes(WORKER_TYPE, worker, {}, 1)
+    described = ec2.describe_instances(InstanceIds=[node_id])["Reservations"][0]["Instances"][0]
+    assert described["SubnetId"] == subnet
+    AWSProvider.purge(config)
+    assert cluster_groups(ec2, cluster_name) == []
+
+
+def test_a_zone_without_subnets_is_a_config_error(cluster_name):
+    with pytest.raises(ConfigError) as caught:
+        AWSProvider.bootstrap(aws_config(cluster_name,
+                                         provider={"availability_zone": "us-west-2z"}))
+    assert caught.value.path == "provider.availability_zone"
