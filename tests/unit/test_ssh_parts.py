@@ -9,7 +9,7 @@ import paramiko
 import pytest
 
 from launcher import paths
-from launcher.errors import HostKeyMismatchError
+from launcher.errors import HostKeyMismatchError, SSHUnreachableError
 from launcher.host_keys import HostKeyStore, PinningPolicy, fingerprint, host_entry_name
 from launcher.ssh_pool import ConnectionSpec
 from launcher.ssh_runner import SSHRunner, env_prefix
@@ -103,4 +103,15 @@ def test_remote_command_exports_environment_and_wraps_timeout():
     assert timed.endswith("exec timeout -k 5 2.500 bash -c 'sleep 1'")
     with pytest.raises(ValueError):
         env_prefix({"1BAD": "x"})
+    runner.close()
+
+
+@pytest.mark.timeout(30)
+def test_failing_proxy_command_is_unreachable_naming_the_host(tmp_path, keys):
+    key_path = tmp_path / "key0"  # written by the keys fixture
+    runner = SSHRunner("10.4.0.7", user="u", private_key_path=str(key_path),
+                       cluster_name="proxy", proxy_command="sh -c 'exit 1' %h %p")
+    with pytest.raises(SSHUnreachableError) as raised:
+        runner.wait_ready(0.5)
+    assert raised.value.host == "10.4.0.7" and "10.4.0.7" in str(raised.value)
     runner.close()
