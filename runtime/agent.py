@@ -26,6 +26,7 @@ from runtime.protocol import INLINE_LIMIT_BYTES, Packer, unpack_value
 
 log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
+FETCH_WAIT_S = 10.0      # how long a fetch of a not-yet-arrived object waits
 
 
 class WorkerProcess:
@@ -68,6 +69,7 @@ class NodeAgent:
         self.peers: dict[str, zmq.Socket] = {}
         self.peer_addresses: dict[str, str] = {}
         self.fetches: dict[int, tuple] = {}
+        self.deferred_fetches: dict[bytes, list] = {}
         self.fetch_ids = itertools.count()
         self.max_task_workers = max(2, int(2 * self.total.get("CPU", 1)))
         self.idle_since_s: float | None = time.time()
@@ -100,6 +102,7 @@ class NodeAgent:
             self._flush()
             if time.monotonic() >= self.next_heartbeat:
                 self._heartbeat()
+                self._expire_fetches()
         self._shutdown()
 
     def _dispatch(self, sock, identity, kind, header, frames) -> None:
@@ -261,8 +264,16 @@ class NodeAgent:
             self._send_to_actor(task)
 
     def _on_fetch(self, sock, identity, header, frames) -> None:
+        self._answer_fetch(sock, identity, header, defer=True)
+
+    def _answer_fetch(self, sock, identity, header, defer: bool) -> None:
         request_id, object_id = header
         value = self.store.get(object_id)
+        if value is None and defer:
+            # a put may still be on its way from its driver: answer when it lands
+            self.deferred_fetches.setdefault(object_id, []).append(
+                (time.monotonic() + FETCH_WAIT_S, sock, identity, header))
+            return
         packer = Packer()
         packed = packer.value(value) if value is not None else None
         self._send(sock, identity, b"object", (request_id, value is not None, packed),
@@ -271,6 +282,16 @@ class NodeAgent:
     def _on_put(self, sock, identity, header, frames) -> None:
         object_id, packed, owner = header
         self.store.put(object_id, unpack_value(packed, frames), owner)
+        for _, fetch_sock, fetch_identity, fetch in self.deferred_fetches.pop(object_id, ()):
+            self._answer_fetch(fetch_sock, fetch_identity, fetch, defer=False)
+
+    def _expire_fetches(self) -> None:
+        now = time.monotonic()
+        for object_id, waiting in list(self.deferred_fetches.items()):
+            if waiting[0][0] <= now:
+                del self.deferred_fetches[object_id]
+                for _, fetch_sock, fetch_identity, fetch in waiting:
+                    self._answer_fetch(fetch_sock, fetch_identity, fetch, defer=False)
 
     def _on_free(self, sock, identity, object_ids, frames) -> None:
         for object_id in object_ids:
