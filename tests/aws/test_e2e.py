@@ -104,3 +104,18 @@ def test_up_exec_down_on_moto_with_real_ssh(aws_cluster):
     assert "nothing of cluster" in down.stdout
     # (Terminating a moto instance cannot power off the test host it was mapped to, so
     # the hosts' processes are not checked here; the test_hosts fixture clears them.)
+
+
+def test_up_without_ssh_networks_is_a_config_error(tmp_path, cluster_name):
+    document = {
+        "cluster_name": cluster_name,
+        "provider": {"type": "aws", "region": REGION},
+        "available_node_types": {"head": {"node_config": {"InstanceType": "t3.micro"}}},
+        "head_node_type": "head",
+    }
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(document))
+    up = corral("up", str(path))
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert "provider.ssh_ingress_cidrs" in up.stderr and "Traceback" not in up.stderr
+    assert instances(cluster_name) == []
