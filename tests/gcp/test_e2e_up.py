@@ -101,6 +101,8 @@ def test_up_exec_down_on_fake_gce(gcp_cluster, fake_gce):
     from launcher.config import load_config
     from launcher.providers.gcp import GCPProvider
     removed = GCPProvider.purge(load_config(path))
-    assert sorted(removed) == sorted(f"firewall rule {name}" for name in
-                                     naming.firewall_names(document["cluster_name"]).values())
+    name = document["cluster_name"]
+    assert sorted(removed) == sorted(
+        [f"firewall rule {rule}" for rule in naming.firewall_names(name).values()]
+        + [f"image pin {naming.image_pins_path(name)}"])  # the user's own SSH key stays
     assert not fake_gce.state.firewalls
