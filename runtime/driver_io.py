@@ -258,6 +258,11 @@ class DriverIO:
         if record is None:
             if status == "stored":
                 self.frees[item[2]].append(task_id)
+            elif status == "actor_died":   # an actor that had been created died
+                actor = core.actors.get(item[2])
+                if actor is not None and actor.create is not None and \
+                        actor.create.task_id == task_id and actor.state != "dead":
+                    self._actor_failed(actor, item[3])
             return
         if record.kind == "task":
             core.inflight[record.node_id] -= 1

@@ -142,3 +142,37 @@ def test_driver_exit_cleans_up_its_actors(local_cluster, tmp_path):
     local_cluster.connect()
     with pytest.raises(ValueError):
         runtime.get_actor("kept")
+
+
+def test_actor_worker_killed_is_restarted_then_dies(one_node):
+    @runtime.remote(max_restarts=1)
+    class Stateful:
+        def __init__(self):
+            self.calls = 0
+
+        def pid(self):
+            self.calls += 1
+            return os.getpid(), self.calls
+
+    actor = Stateful.remote()
+    first_pid, _ = runtime.get(actor.pid.remote())
+    runtime.get(actor.pid.remote())
+    os.kill(first_pid, signal.SIGKILL)
+
+    def restarted():
+        try:
+            pid, calls = runtime.get(actor.pid.remote(), timeout=30)
+        except runtime.ActorDiedError:
+            return None          # a call that raced with the death
+        return (pid, calls) if pid != first_pid else None
+    second_pid, calls = wait_until(restarted)
+    assert calls == 1                      # a fresh instance: state starts over
+    os.kill(second_pid, signal.SIGKILL)    # no restarts left
+
+    def dead():
+        try:
+            runtime.get(actor.pid.remote(), timeout=30)
+        except runtime.ActorDiedError:
+            return True
+        return False
+    wait_until(dead)
