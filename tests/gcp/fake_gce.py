@@ -26,6 +26,7 @@ C = "/compute/v1/projects/" + P
 ROUTES = [
     ("POST", C + "/zones/" + Z + "/instances", "insert_instance"),
     ("GET", C + "/zones/" + Z + "/instances", "list_instances"),
+    ("GET", C + "/aggregated/instances", "aggregated_instances"),
     ("GET", C + "/zones/" + Z + "/instances/" + N, "get_instance"),
     ("DELETE", C + "/zones/" + Z + "/instances/" + N, "delete_instance"),
     ("POST", C + "/zones/" + Z + "/instances/" + N + "/setLabels", "set_labels"),
@@ -116,6 +117,11 @@ class _Api:
         max_results = int(query["maxResults"]) if "maxResults" in query else None
         return self.state.list_instances(project, zone, query.get("filter"), max_results,
                                          query.get("pageToken"))
+
+    def aggregated_instances(self, project, query, body):
+        max_results = int(query["maxResults"]) if "maxResults" in query else None
+        return self.state.aggregated_instances(project, query.get("filter"), max_results,
+                                               query.get("pageToken"))
 
     def get_instance(self, project, zone, name, query, body):
         return self.state.get_instance(project, zone, name)

@@ -223,6 +223,27 @@ class FakeGCEState:
                 del result["items"]
             return result
 
+    def aggregated_instances(self, project: str, filter_text: str | None,
+                             max_results: int | None, page_token: str | None) -> dict:
+        """instances.aggregatedList: every zone's matching instances, paged across zones."""
+        with self.lock:
+            self._advance()
+            self._take_injection("instances.aggregatedList", None)
+            terms = parse_filter(filter_text or "")
+            keys = sorted((zone, name) for (p, zone, name) in self.instances if p == project)
+            matching = [(zone, self.instances[(project, zone, name)]) for zone, name in keys
+                        if all(term(self.instances[(project, zone, name)]) for term in terms)]
+            size = min(max_results or 500, self.max_page_size)
+            start = int(page_token or 0)
+            items: dict[str, dict] = {}
+            for zone, instance in matching[start:start + size]:
+                items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(
+                    json.loads(json.dumps(instance)))
+            result = {"kind": "compute#instanceAggregatedList", "items": items}
+            if start + size < len(matching):
+                result["nextPageToken"] = str(start + size)
+            return result
+
     def delete_instance(self, project: str, zone: str, name: str) -> dict:
         with self.lock:
             injection = self._take_injection("instances.delete", zone)

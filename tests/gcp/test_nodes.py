@@ -34,7 +34,7 @@ def test_listing_follows_pages(fake_gce, provider):
     fake_gce.state.calls.clear()
     listed = provider.non_terminated_nodes()
     assert sorted(node.id for node in listed) == sorted(ids)
-    list_calls = [call for call in fake_gce.state.calls if call == ("instances.list", ZONES[0])]
+    list_calls = [call for call in fake_gce.state.calls if call[0] == "instances.aggregatedList"]
     assert len(list_calls) == 3  # 2 + 2 + 1
 
 
@@ -99,10 +99,10 @@ def test_quota_in_operation(fake_gce, provider):
 
 
 def test_rate_limit_is_retried_then_reported(fake_gce, provider):
-    fake_gce.state.inject(method="instances.list", status=429, reason="rateLimitExceeded", times=2)
+    fake_gce.state.inject(method="instances.aggregatedList", status=429, reason="rateLimitExceeded", times=2)
     assert provider.non_terminated_nodes() == []  # two throttled answers, then success
     fake_gce.state.calls.clear()
-    fake_gce.state.inject(method="instances.list", status=403, reason="rateLimitExceeded",
+    fake_gce.state.inject(method="instances.aggregatedList", status=403, reason="rateLimitExceeded",
                           times=1000)
     with pytest.raises(RateLimitError) as caught:
         provider.non_terminated_nodes()
@@ -112,7 +112,7 @@ def test_rate_limit_is_retried_then_reported(fake_gce, provider):
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_refused_credentials(fake_gce, provider, status):
-    fake_gce.state.inject(method="instances.list", status=status, reason="forbidden",
+    fake_gce.state.inject(method="instances.aggregatedList", status=status, reason="forbidden",
                           message="Required 'compute.instances.list' permission")
     with pytest.raises(ProviderAuthError) as caught:
         provider.non_terminated_nodes()
@@ -237,3 +237,14 @@ def test_unreachable_api_is_a_provider_error(fake_gce):
     provider.client.max_attempts = 2
     with pytest.raises(ProviderError, match="cannot reach the API"):
         provider.non_terminated_nodes()
+
+
+def test_nodes_in_a_zone_no_longer_configured_are_still_found(fake_gce, provider):
+    wide = make_provider(gcp_config(fake_gce, "demo", availability_zone="us-central1-f"))
+    [stray] = wide.create_nodes(WORKER_TYPE, CONFIG, WORKER, 1)
+    assert [node.id for node in provider.non_terminated_nodes()] == [stray]
+    fresh = make_provider(gcp_config(fake_gce, "demo"))  # has never seen it
+    assert fresh.node(stray).id == stray
+    fresh.set_node_tags(stray, {"color": "red"})
+    provider.terminate_nodes([stray])
+    assert not fake_gce.state.instances

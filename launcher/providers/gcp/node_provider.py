@@ -7,6 +7,7 @@ not fit in 64 labels lives in the instance metadata item `corral-tags`.
 """
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -73,29 +74,32 @@ class GCPProvider(NodeProvider):
                 terms.append(f'(labels.{label_codec.encode_key(str(key))} = "{encoded}")')
         return " AND ".join(terms)
 
-    def _list_zone(self, zone: str, filter_text: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
+    def _list_all_zones(self, filter_text: str) -> list[tuple[str, dict[str, Any]]]:
+        """(zone, instance) of every matching instance of the project, in any zone (one
+        paginated aggregatedList), so nodes left in a zone no longer configured are still
+        found and `down` removes them."""
+        found: list[tuple[str, dict[str, Any]]] = []
         page_token = None
         while True:
             page = self.client.execute(
-                lambda: self.client.compute.instances().list(
-                    project=self.project, zone=zone, filter=filter_text,
-                    maxResults=PAGE_SIZE, pageToken=page_token),
-                what=f"listing instances in {zone}", zone=zone)
-            items.extend(page.get("items") or [])
+                lambda: self.client.compute.instances().aggregatedList(
+                    project=self.project, filter=filter_text, maxResults=PAGE_SIZE,
+                    pageToken=page_token),
+                what="listing the cluster's instances")
+            for scope, scoped in (page.get("items") or {}).items():
+                zone = scope.rsplit("/", 1)[-1]
+                found.extend((zone, instance) for instance in scoped.get("instances") or [])
             page_token = page.get("nextPageToken")
             if not page_token:
-                return items
+                return found
 
     def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
-        filter_text = self._filter(dict(tag_filters or {}))
         nodes = []
-        for zone in self.zones:
-            for instance in self._list_zone(zone, filter_text):
-                node = self._to_node(instance, zone)
-                if node.tags.get(T.TAG_CLUSTER_NAME) == self.cluster_name and matches(
-                        node.tags, tag_filters):
-                    nodes.append(node)
+        for zone, instance in self._list_all_zones(self._filter(dict(tag_filters or {}))):
+            node = self._to_node(instance, zone)
+            if node.tags.get(T.TAG_CLUSTER_NAME) == self.cluster_name and matches(
+                    node.tags, tag_filters):
+                nodes.append(node)
         return nodes
 
     def _to_node(self, instance: Mapping[str, Any], zone: str) -> Node:
@@ -122,20 +126,21 @@ class GCPProvider(NodeProvider):
     def _get_own(self, node_id: NodeId) -> tuple[str, dict[str, Any]]:
         """(zone, instance) of one of our instances; NodeNotFoundError otherwise."""
         zone = self._zone_of.get(node_id)
-        candidates = [zone] if zone else self.zones
-        for candidate in candidates:
+        if zone:
             instance = self.client.execute(
                 lambda: self.client.compute.instances().get(
-                    project=self.project, zone=candidate, instance=node_id),
-                what=f"reading instance {node_id}", zone=candidate, not_found_ok=True)
-            if instance is not None:
-                tags = label_codec.instance_tags(instance)
-                if tags.get(T.TAG_CLUSTER_NAME) != self.cluster_name:
-                    break
-                with self._lock:
-                    self._zone_of[node_id] = candidate
-                return candidate, instance
-        raise NodeNotFoundError(f"no node {node_id} in cluster {self.cluster_name}")
+                    project=self.project, zone=zone, instance=node_id),
+                what=f"reading instance {node_id}", zone=zone, not_found_ok=True)
+        else:  # never seen: find its zone (names are [a-z0-9-], safe to quote)
+            found = self._list_all_zones(f'(name = "{node_id}")') if re.fullmatch(
+                r"[a-z0-9-]+", node_id) else []
+            zone, instance = found[0] if found else (None, None)
+        if instance is None or label_codec.instance_tags(instance).get(
+                T.TAG_CLUSTER_NAME) != self.cluster_name:
+            raise NodeNotFoundError(f"no node {node_id} in cluster {self.cluster_name}")
+        with self._lock:
+            self._zone_of[node_id] = zone
+        return zone, instance
 
     # -- creating -----------------------------------------------------------------------
     def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
