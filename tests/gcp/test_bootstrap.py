@@ -257,3 +257,23 @@ def test_image_is_pinned_per_cluster(fake_gce):
     third = boot(config)
     disk = third.available_node_types[WORKER_TYPE].node_config["disks"][0]
     assert disk["initializeParams"]["sourceImage"].endswith("v20270101")
+
+
+def test_missing_iam_rights_suggest_a_service_account(fake_gce):
+    from launcher.errors import ProviderAuthError
+    fake_gce.state.inject(method="roles.get", status=403, reason="forbidden",
+                          message="Permission 'iam.roles.get' denied")
+    with pytest.raises(ProviderAuthError, match="provider.service_account") as caught:
+        boot(gcp_config(fake_gce, "demo"))
+    assert "iam.roles.get" in str(caught.value)
+
+
+def test_head_node_config_service_accounts_are_kept(fake_gce):
+    node_types = {HEAD_TYPE: NodeTypeConfig(name=HEAD_TYPE, node_config={
+        "machineType": "e2-small",
+        "serviceAccounts": [{"email": "ops@corral-test-1.iam.gserviceaccount.com", "scopes": []}]},
+        resources={})}
+    config = boot(gcp_config(fake_gce, "demo", node_types=node_types))
+    head = config.available_node_types[HEAD_TYPE].node_config
+    assert head["serviceAccounts"][0]["email"] == "ops@corral-test-1.iam.gserviceaccount.com"
+    assert not fake_gce.state.roles and not fake_gce.state.service_accounts

@@ -14,7 +14,7 @@ import json
 from typing import Any, Callable, Mapping
 
 from launcher import paths
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, ProviderAuthError
 from launcher.frozen import thaw
 from launcher.providers import cloud_common
 from launcher.providers.gcp import iam_setup, naming
@@ -168,6 +168,18 @@ def fill_resources(client: GCEClient, config):
                                             machine_type_key="machineType")
 
 
+def _head_identity(client: GCEClient, project: str) -> str:
+    try:
+        return iam_setup.ensure_head_identity(client, project)
+    except ProviderAuthError as error:
+        raise ProviderAuthError(
+            f"{error}\nCreating the head's least-privilege service account needs IAM rights "
+            "(roles/iam.roleAdmin, roles/iam.serviceAccountAdmin and "
+            "resourcemanager.projects.setIamPolicy). Without them, set "
+            "provider.service_account to an existing account the head may use.",
+            cause=error.cause) from None
+
+
 def bootstrap_gcp(config, client: GCEClient | None = None):
     provider = config.provider
     if not provider.get("use_internal_ips") and not provider.get("ssh_ingress_cidrs"):
@@ -181,8 +193,10 @@ def bootstrap_gcp(config, client: GCEClient | None = None):
     ensure_firewalls(client, config, timeout_s)
     cloud_common.ssh_open_notice(provider.get("ssh_ingress_cidrs") or [],
                                  f"cluster {config.cluster_name}")
-    head_account = provider.get("service_account") or iam_setup.ensure_head_identity(
-        client, provider["project_id"])
+    head_config = config.available_node_types[config.head_node_type].node_config
+    head_account = provider.get("service_account")
+    if not head_account and "serviceAccounts" not in head_config:
+        head_account = _head_identity(client, provider["project_id"])
     need_image = any(not node_type.node_config.get("disks")
                      for node_type in config.available_node_types.values())
     image = (resolve_image(client, str(provider.get("image") or DEFAULT_IMAGE), config.cluster_name)
@@ -193,7 +207,7 @@ def bootstrap_gcp(config, client: GCEClient | None = None):
         _with_ssh_key(node_config, ssh_user, public_key, config.cluster_name)
         if not node_config.get("disks"):
             node_config["disks"] = default_disks(image)
-        if name == config.head_node_type:
+        if name == config.head_node_type and head_account:
             node_config.setdefault("serviceAccounts",
                                    [{"email": head_account, "scopes": list(SCOPES)}])
         else:
