@@ -58,10 +58,15 @@ def test_nodes_carry_our_tags_merged_with_the_users(provider, bootstrapped, ec2)
 
 def test_listing_pages_through_many_nodes(provider, bootstrapped):
     provider.page_size = 5
+    provider.ids_per_filter = 4  # as EC2's 200-values-per-filter limit, made small
+    provider.ids_per_call = 5
     ids = provider.create_nodes(WORKER_TYPE, worker_config(bootstrapped), worker_tags(), 12)
     listed = [node.id for node in provider.non_terminated_nodes()]
     assert sorted(listed) == sorted(ids) and len(set(listed)) == 12
+    calls = record_calls(provider.clients.ec2, "TerminateInstances")
     provider.terminate_nodes(ids)
+    assert sorted(i for call in calls for i in call["InstanceIds"]) == sorted(ids)
+    assert max(len(call["InstanceIds"]) for call in calls) == 5
     assert provider.non_terminated_nodes() == []
 
 

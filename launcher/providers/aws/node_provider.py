@@ -34,6 +34,8 @@ class AWSProvider(NodeProvider):
     page_size = 500  # describe_instances results per page (tests make it small)
     # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually
     # consistent): RunInstances is retried meanwhile.
+    ids_per_filter = 199  # EC2 takes at most 200 values per filter
+    ids_per_call = 500  # instance ids per Terminate/StopInstances call
     iam_propagation_attempts = 8
     iam_propagation_delay_s = 2.5
 
@@ -68,17 +70,23 @@ class AWSProvider(NodeProvider):
         return purge_cluster(config)
 
     # -- listing ---------------------------------------------------------------------
-    def instances_in_states(self, states, extra_filters=()) -> list[dict]:
-        """EC2's descriptions of the cluster's instances in `states` (all pages)."""
-        filters = [{"Name": f"tag:{T.TAG_CLUSTER_NAME}", "Values": [self.cluster_name]},
-                   {"Name": "instance-state-name", "Values": list(states)}, *extra_filters]
+    def instances_in_states(self, states, ids=None) -> list[dict]:
+        """EC2's descriptions of the cluster's instances in `states` (None: any state),
+        optionally only those among `ids`; all pages, ids asked for in chunks."""
+        filters = [{"Name": f"tag:{T.TAG_CLUSTER_NAME}", "Values": [self.cluster_name]}]
+        if states is not None:
+            filters.append({"Name": "instance-state-name", "Values": list(states)})
+        id_chunks = [None] if ids is None else _chunks(sorted(set(ids)), self.ids_per_filter)
         instances = []
         with aws_errors("describe instances"):
             paginator = self.clients.ec2.get_paginator("describe_instances")
-            for page in paginator.paginate(Filters=filters,
-                                           PaginationConfig={"PageSize": self.page_size}):
-                for reservation in page["Reservations"]:
-                    instances.extend(reservation["Instances"])
+            for chunk in id_chunks:
+                chunk_filters = filters + ([{"Name": "instance-id", "Values": chunk}]
+                                           if chunk is not None else [])
+                for page in paginator.paginate(Filters=chunk_filters,
+                                               PaginationConfig={"PageSize": self.page_size}):
+                    for reservation in page["Reservations"]:
+                        instances.extend(reservation["Instances"])
         with self._lock:
             self._own_ids.update(instance["InstanceId"] for instance in instances)
         return instances
@@ -192,7 +200,7 @@ class AWSProvider(NodeProvider):
             unknown = [node_id for node_id in ids if node_id not in self._own_ids]
         if unknown:
             found = {instance["InstanceId"] for instance in self.instances_in_states(
-                LIVE_STATES + STOPPED_STATES, [{"Name": "instance-id", "Values": unknown}])}
+                LIVE_STATES + STOPPED_STATES, ids=unknown)}
             missing = sorted(set(unknown) - found)
             if missing:
                 raise NodeNotFoundError(f"no node {', '.join(missing)} in cluster "
@@ -204,8 +212,7 @@ class AWSProvider(NodeProvider):
         other ids are ignored. Waits up to terminate_wait_s for EC2 to confirm."""
         if not ids:
             return
-        instances = self.instances_in_states(LIVE_STATES + STOPPED_STATES,
-                                   [{"Name": "instance-id", "Values": sorted(set(ids))}])
+        instances = self.instances_in_states(LIVE_STATES + STOPPED_STATES, ids=ids)
         if not instances:
             return
         stop, terminate = [], []
@@ -217,11 +224,12 @@ class AWSProvider(NodeProvider):
                 terminate.append(instance["InstanceId"])
         ec2 = self.clients.ec2
         with aws_errors(f"terminate {len(terminate)} node(s)"):
-            if terminate:
-                ec2.terminate_instances(InstanceIds=terminate)
+            for chunk in _chunks(terminate, self.ids_per_call):
+                ec2.terminate_instances(InstanceIds=chunk)
         with aws_errors(f"stop {len(stop)} node(s)"):
+            for chunk in _chunks(stop, self.ids_per_call):
+                ec2.stop_instances(InstanceIds=chunk)
             if stop:
-                ec2.stop_instances(InstanceIds=stop)
                 notice(f"stopped {len(stop)} node(s) of cluster {self.cluster_name} instead of "
                        "terminating them (cache_stopped_nodes); the next launch restarts "
                        "them, and `corral down --purge` removes them")
@@ -234,14 +242,9 @@ class AWSProvider(NodeProvider):
             return True
         deadline = time.monotonic() + timeout_s
         while True:
-            with aws_errors("describe instances"):
-                paginator = self.clients.ec2.get_paginator("describe_instances")
-                pending = [instance["InstanceId"]
-                           for page in paginator.paginate(
-                               Filters=[{"Name": "instance-id", "Values": list(ids)}])
-                           for reservation in page["Reservations"]
-                           for instance in reservation["Instances"]
-                           if instance["State"]["Name"] not in states]
+            pending = [instance["InstanceId"] for instance in
+                       self.instances_in_states(None, ids=ids)
+                       if instance["State"]["Name"] not in states]
             if not pending:
                 return True
             if time.monotonic() >= deadline:
@@ -273,6 +276,10 @@ class AWSProvider(NodeProvider):
         raise ProviderError(f"no SSH private key for cluster {self.cluster_name}: set "
                             "auth.ssh_private_key, or run `corral up` to create the "
                             "cluster's key pair", cause="NoPrivateKey")
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _profile_not_visible_yet(error: ClientError) -> bool:
