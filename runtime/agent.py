@@ -379,9 +379,10 @@ class NodeAgent:
     # ------------------------------------------------------------------ workers
     def _spawn_worker(self, actor_id: bytes | None) -> WorkerProcess:
         worker_id = uuid.uuid4().hex[:12]
+        argv = [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
+                "--worker-id", worker_id]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
-             "--worker-id", worker_id], stdin=subprocess.DEVNULL,
+            argv + (["--direct"] if actor_id is not None else []), stdin=subprocess.DEVNULL,
             env=dict(os.environ, CORRAL_NODE_ID=self.node_id))
         worker = WorkerProcess(worker_id, proc, actor_id)
         self.workers[worker.identity] = worker
@@ -431,6 +432,11 @@ class NodeAgent:
                 + (f"(signal {-code})" if code < 0 else f"(exit code {code})"))
             if worker.actor_id is not None:
                 self.actors.pop(worker.actor_id, None)
+                try:  # the direct endpoint the dead actor worker left behind
+                    os.unlink(protocol.ipc_path(protocol.ipc_endpoint(
+                        f"actor-{worker.worker_id}")))
+                except OSError:
+                    pass
                 info = self.actor_info.pop(worker.actor_id, None)
                 if info:
                     scheduling.release(self.available, info["shape"])

@@ -107,7 +107,14 @@ class DriverIO:
         if not self._deps_ready(record):
             return
         if record.kind == "actor_call":
-            self._send(record, core.actors[record.actor_id].node_id)
+            actor = core.actors[record.actor_id]
+            if actor.direct is not None and actor.via_agent == 0 and self._all_local(record):
+                record.direct, record.node_id = True, actor.node_id
+                core.tasks[record.task_id] = record
+                core.outgoing[("actor", actor.actor_id)].append(record)
+            else:
+                actor.via_agent += 1
+                self._send(record, actor.node_id)
             return
         node_id = self._choose(record.shape, limit=record.kind == "task")
         if node_id is None:
@@ -127,6 +134,40 @@ class DriverIO:
             calls, actor.waiting_calls = actor.waiting_calls, []
             for call in calls:
                 self.place(call)
+
+    def _all_local(self, record: TaskRecord) -> bool:
+        for ref in record.refs():
+            entry = self.core.objects.get(ref.id)
+            if entry is None or entry.value is None:
+                return False
+        return True
+
+    def _connect_direct(self, actor, value: Serialized) -> None:
+        """An actor on this host accepts calls straight from this driver."""
+        try:
+            info = value.value()
+        except Exception:  # an older worker without a direct endpoint
+            return
+        if not isinstance(info, dict) or info.get("hostname") != self.core.hostname:
+            return
+        if not os.path.exists(protocol.ipc_path(info["direct"])):
+            return
+        sock = protocol.connect_dealer(self.core.ctx, info["direct"], None,
+                                       self.core.identity)
+        self.core.poller.register(sock, zmq.POLLIN)
+        actor.direct = sock
+
+    def _close_direct(self, actor) -> None:
+        if actor.direct is not None:
+            self.core.poller.unregister(actor.direct)
+            actor.direct.close(0)
+            actor.direct = None
+        actor.via_agent = 0
+        error = ActorDiedError(actor.actor_id.hex(), "the actor's worker died")
+        for record in [r for r in self.core.tasks.values()
+                       if r.kind == "actor_call" and r.actor_id == actor.actor_id]:
+            del self.core.tasks[record.task_id]
+            self._fail(record, error)
 
     def _deps_ready(self, record: TaskRecord) -> bool:
         core = self.core
@@ -180,6 +221,15 @@ class DriverIO:
     def flush(self) -> None:
         core = self.core
         for node_id, records in core.outgoing.items():
+            if isinstance(node_id, tuple):   # ("actor", id): straight to its worker
+                actor = core.actors.get(node_id[1])
+                if actor is not None and actor.direct is not None and records:
+                    packer = Packer()
+                    for record in records:
+                        protocol.send(actor.direct, b"task",
+                                      self._direct_spec(record, packer), packer.frames)
+                        packer = Packer()
+                continue
             sock = core.agents.get(node_id)
             if sock is None or not records:
                 continue
@@ -200,6 +250,15 @@ class DriverIO:
                 "actor_id": record.actor_id, "detached": record.detached,
                 "args": [self._arg(a, packer, node_id) for a in record.args],
                 "kwargs": {k: self._arg(v, packer, node_id) for k, v in record.kwargs.items()}}
+
+    def _direct_spec(self, record: TaskRecord, packer: Packer) -> dict:
+        def value(arg):
+            kind, item = arg
+            return packer.value(item if kind == "v" else self.core.objects[item.id].value)
+        return {"task_id": record.task_id, "driver": self.core.driver_id,
+                "kind": record.kind, "fn": None, "fn_id": None, "method": record.method,
+                "args": [value(a) for a in record.args],
+                "kwargs": {k: value(v) for k, v in record.kwargs.items()}}
 
     def _arg(self, arg, packer: Packer, node_id: str):
         kind, item = arg
@@ -266,6 +325,10 @@ class DriverIO:
             return
         if record.kind == "task":
             core.inflight[record.node_id] -= 1
+        elif record.kind == "actor_call" and not record.direct:
+            actor = core.actors.get(record.actor_id)
+            if actor is not None and actor.via_agent > 0:
+                actor.via_agent -= 1
         if status in ("ok", "error"):
             data, _, count = item[2]
             base = item[3] if len(item) > 3 else 0
@@ -276,6 +339,7 @@ class DriverIO:
                 actor = core.actors.get(record.actor_id)
                 if actor is not None and actor.create is record:
                     actor.state = "alive"
+                    self._connect_direct(actor, value)
             else:
                 self._complete(task_id, value=value)
         elif status == "stored":
@@ -355,6 +419,7 @@ class DriverIO:
     # ------------------------------------------------------------ actors
     def _actor_failed(self, actor, cause: str) -> None:
         core = self.core
+        self._close_direct(actor)
         if actor.state != "killed" and actor.restarts_left > 0 and actor.create is not None:
             actor.restarts_left -= 1
             old = actor.create
@@ -367,6 +432,7 @@ class DriverIO:
         self._actor_dead(actor, ActorDiedError(actor.actor_id.hex(), cause))
 
     def _actor_dead(self, actor, error: BaseException) -> None:
+        self._close_direct(actor)
         if actor.state != "killed":
             actor.state = "dead"
         actor.error = error

@@ -37,7 +37,7 @@ class TaskRecord:
 
     __slots__ = ("task_id", "kind", "name", "fn", "fn_id", "method", "args", "kwargs",
                  "shape", "actor_id", "detached", "retries_left", "node_id", "deps",
-                 "last_cause")
+                 "last_cause", "direct")
 
     def __init__(self, task_id: bytes, kind: str, name: str, fn: bytes | None,
                  fn_id: bytes | None, args: list, kwargs: dict, shape: dict,
@@ -58,6 +58,7 @@ class TaskRecord:
         self.node_id: str | None = None
         self.deps: set = set()
         self.last_cause = ""
+        self.direct = False         # an actor call sent straight to the actor's worker
 
     def refs(self):
         for kind, item in list(self.args) + list(self.kwargs.values()):
@@ -67,7 +68,8 @@ class TaskRecord:
 
 class ActorRecord:
     __slots__ = ("actor_id", "name", "create", "node_id", "state", "restarts_left",
-                 "waiting_calls", "owned", "error", "class_name")
+                 "waiting_calls", "owned", "error", "class_name", "direct",
+                 "via_agent")
 
     def __init__(self, actor_id: bytes, create: TaskRecord | None, restarts_left: int,
                  name: str | None, owned: bool, class_name: str):
@@ -81,6 +83,8 @@ class ActorRecord:
         self.owned = owned
         self.error: BaseException | None = None
         self.class_name = class_name
+        self.direct = None          # DEALER to the actor's worker (same host only)
+        self.via_agent = 0          # calls in flight through the agent
 
 
 def user_error(function_name: str, value: Serialized) -> BaseException:

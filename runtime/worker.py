@@ -7,6 +7,7 @@ import ctypes
 import io
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -51,8 +52,13 @@ class DriverOutput(io.TextIOBase):
 
 
 class Worker:
-    def __init__(self, endpoint: str, worker_id: str):
+    def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
         self.ctx = zmq.Context()
+        self.direct = None
+        self.direct_endpoint = None
+        if direct:  # an actor: local drivers may call it without the agent in between
+            self.direct_endpoint = protocol.ipc_endpoint(f"actor-{worker_id}")
+            self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
         self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
                                             b"W" + worker_id.encode())
         self.lock = threading.Lock()
@@ -67,19 +73,58 @@ class Worker:
     def run(self) -> None:
         with self.lock:
             protocol.send(self.sock, b"ready", os.getpid())
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.direct is not None:
+            poller.register(self.direct, zmq.POLLIN)
         while True:
-            _, kind, task, frames = protocol.recv(self.sock, routed=False)
-            if kind == b"exit":
-                return
-            self.driver = task["driver"]
-            ok, result = self._execute(task, frames)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            packer = Packer()
-            payload = packer.value(result)
+            for sock, _ in poller.poll():
+                if sock is self.sock:
+                    _, kind, task, frames = protocol.recv(self.sock, routed=False)
+                    if kind == b"exit":
+                        self._close()
+                        return
+                    ok, result = self._run_task(task, frames)
+                    packer = Packer()
+                    payload = packer.value(result)
+                    with self.lock:
+                        protocol.send(self.sock, b"done", (task["task_id"], ok, payload),
+                                      packer.frames)
+                else:
+                    self._serve_direct()
+
+    def _close(self) -> None:
+        if self.direct_endpoint:
+            try:
+                os.unlink(protocol.ipc_path(self.direct_endpoint))
+            except OSError:
+                pass
+
+    def _serve_direct(self) -> None:
+        """Actor calls sent straight here by a driver on this node: run every call
+        already queued, then answer them in one b"results" message."""
+        replies: dict[bytes, tuple[list, Packer]] = {}
+        while self.direct.poll(0):
+            identity, _, task, frames = protocol.recv(self.direct, routed=True)
+            ok, result = self._run_task(task, frames)
+            entries, packer = replies.setdefault(identity, ([], Packer()))
+            base = len(packer.frames)
+            packed = packer.value(result)
+            entries.append((task["task_id"], "ok" if ok else "error", packed, base))
+        for identity, (entries, packer) in replies.items():
             with self.lock:
-                protocol.send(self.sock, b"done", (task["task_id"], ok, payload),
-                              packer.frames)
+                protocol.send(self.direct, b"results", entries, packer.frames,
+                              identity=identity)
+
+    def _run_task(self, task: dict, frames: list):
+        self.driver = task["driver"]
+        ok, result = self._execute(task, frames)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if ok and task["kind"] == "actor_create" and self.direct is not None:
+            result = serialize({"direct": self.direct_endpoint,
+                                "hostname": socket.gethostname()})
+        return ok, result
 
     def _execute(self, task: dict, frames: list):
         try:
@@ -110,10 +155,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="runtime.worker")
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--direct", action="store_true",
+                        help="actor worker: also accept calls from local drivers")
     args = parser.parse_args(argv)
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    worker = Worker(args.endpoint, args.worker_id)
+    worker = Worker(args.endpoint, args.worker_id, args.direct)
     sys.stdout = DriverOutput(worker, "stdout")
     sys.stderr = DriverOutput(worker, "stderr")
     worker.run()
