@@ -111,6 +111,22 @@ def test_cached_nodes_are_stopped_and_restarted(cluster_name, capsys):
     assert provider.stopped_nodes() == [] and provider.non_terminated_nodes() == []
 
 
+def test_stopped_nodes_without_room_to_restart_are_replaced_by_new_ones(cluster_name):
+    config = AWSProvider.bootstrap(aws_config(cluster_name,
+                                              provider={"cache_stopped_nodes": True}))
+    provider = AWSProvider(config)
+    try:
+        [stopped] = provider.create_nodes(WORKER_TYPE, worker_config(config), worker_tags(), 1)
+        provider.terminate_nodes([stopped])
+        inject_client_error(provider.clients.ec2, "StartInstances",
+                            "InsufficientInstanceCapacity")
+        [fresh] = provider.create_nodes(WORKER_TYPE, worker_config(config), worker_tags(), 1)
+        assert fresh != stopped
+        assert [node.id for node in provider.stopped_nodes()] == [stopped]
+    finally:
+        AWSProvider.purge(config)
+
+
 def test_capacity_error_moves_to_the_next_zone(provider, bootstrapped, ec2):
     ec2_client = provider.clients.ec2
     first_subnet = worker_config(bootstrapped)["SubnetIds"][0]

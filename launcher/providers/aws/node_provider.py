@@ -181,10 +181,20 @@ class AWSProvider(NodeProvider):
         candidates = [instance for instance in self.instances_in_states(("stopped",))
                       if matches(self._node(instance).tags, wanted)]
         ids = sorted(instance["InstanceId"] for instance in candidates)[:count]
-        if ids:
+        if not ids:
+            return []
+        try:
             with aws_errors(f"restart {len(ids)} stopped node(s)"):
                 self.clients.ec2.start_instances(InstanceIds=ids)
-                self.clients.ec2.create_tags(Resources=ids, Tags=_tag_list(node_tags))
+        except ProviderError as error:
+            if not error.try_elsewhere:
+                raise
+            # their zone has no room now: launch new nodes (elsewhere) instead
+            notice(f"could not restart stopped nodes {', '.join(ids)}: {error.cause}; "
+                   "launching new ones")
+            return []
+        with aws_errors(f"tag {len(ids)} restarted node(s)"):
+            self.clients.ec2.create_tags(Resources=ids, Tags=_tag_list(node_tags))
         return ids
 
     # -- tags ------------------------------------------------------------------------
