@@ -18,6 +18,7 @@ a pattern starting with "/" is anchored at the source root.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
@@ -26,7 +27,7 @@ import posixpath
 import shlex
 import shutil
 import stat
-from typing import Callable, Iterable
+from typing import Callable, ContextManager, Iterable
 
 from launcher.errors import UsageError
 
@@ -187,6 +188,8 @@ def _apply_locally(plan: SyncPlan, fetch: Callable[[SyncEntry, str], None] | Non
 
 RunScript = Callable[[str, bytes], bytes]
 """Runs a bash script on the remote host with the given stdin; returns its stdout."""
+OpenSFTP = Callable[[], ContextManager]
+"""Returns a context manager giving a paramiko SFTPClient (closed on exit)."""
 
 _PUT_STATE_SCRIPT = r"""
 mkdir -p -- {root} && cd -- {root} || exit 3
@@ -250,27 +253,32 @@ def _parse_state(output: bytes) -> tuple[list[str], dict[str, tuple[int, str, in
     return header, state
 
 
-def sftp_put(sftp, run_script: RunScript, src: str, dst: str,
+def sftp_put(open_sftp: OpenSFTP, run_script: RunScript, src: str, dst: str,
              exclude: list[str] | None = None) -> int:
-    """Copy local `src` to remote `dst` over SFTP; returns the number of files copied."""
+    """Copy local `src` to remote `dst` over SFTP; returns the number of files copied.
+    SFTP is opened only when something is to be copied (an unchanged tree costs one
+    round trip)."""
     plan = plan_local_source(src, remote_path(dst), exclude or [])
     listing = b"".join(b"d/" + rel.encode() + b"\0" for rel in plan.dirs)
     listing += b"".join(b"f/" + entry.rel.encode() + b"\0" for entry in plan.files)
     output = run_script(_PUT_STATE_SCRIPT.format(root=shlex.quote(plan.root)), listing)
     _, state = _parse_state(output)
     to_copy, to_chmod = sync_plan(plan.files, state, _entry_digest)
-    for entry in to_copy:
-        target = posixpath.join(plan.root, entry.rel)
-        partial = target + ".corral-partial"
-        sftp.put(entry.source, partial, confirm=False)
-        sftp.chmod(partial, entry.mode)
-        sftp.posix_rename(partial, target)
-    for entry in to_chmod:
-        sftp.chmod(posixpath.join(plan.root, entry.rel), entry.mode)
+    if not to_copy and not to_chmod:
+        return 0
+    with open_sftp() as sftp:
+        for entry in to_copy:
+            target = posixpath.join(plan.root, entry.rel)
+            partial = target + ".corral-partial"
+            sftp.put(entry.source, partial, confirm=False)
+            sftp.chmod(partial, entry.mode)
+            sftp.posix_rename(partial, target)
+        for entry in to_chmod:
+            sftp.chmod(posixpath.join(plan.root, entry.rel), entry.mode)
     return len(to_copy)
 
 
-def sftp_get(sftp, run_script: RunScript, src: str, dst: str,
+def sftp_get(open_sftp: OpenSFTP, run_script: RunScript, src: str, dst: str,
              exclude: list[str] | None = None) -> int:
     """Copy remote `src` (file or tree) to local `dst`; returns the number of files copied."""
     src = remote_path(src)
@@ -291,7 +299,15 @@ def sftp_get(sftp, run_script: RunScript, src: str, dst: str,
                  for rel, (size, digest, mode) in sorted(state.items())
                  if not _under_excluded(rel, False, patterns)]
         plan = SyncPlan(dst.rstrip("/") or "/", dirs, files)
-    return _apply_locally(plan, lambda entry, path: _sftp_fetch(sftp, entry, path))
+    with contextlib.ExitStack() as stack:
+        sftp_once: list = []
+
+        def fetch(entry: SyncEntry, path: str) -> None:
+            if not sftp_once:  # opened on the first file that needs copying
+                sftp_once.append(stack.enter_context(open_sftp()))
+            _sftp_fetch(sftp_once[0], entry, path)
+
+        return _apply_locally(plan, fetch)
 
 
 def _sftp_fetch(sftp, entry: SyncEntry, local_path: str) -> None:

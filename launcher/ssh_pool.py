@@ -18,6 +18,10 @@ from paramiko.common import MSG_GLOBAL_REQUEST, cMSG_IGNORE
 from launcher.host_keys import HostKeyStore, PinningPolicy
 
 KEEPALIVE_INTERVAL_S = 15
+# Channels open at once on one connection. OpenSSH's sshd allows MaxSessions (default 10)
+# and, past it, refusing a new session can take running sessions down with it (seen with
+# OpenSSH 9.2), so we never ask for more: extra commands wait for a free slot.
+MAX_SESSIONS_PER_CONNECTION = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +118,13 @@ class ConnectionPool:
         self._clients: dict[ConnectionSpec, paramiko.SSHClient] = {}
         self._connect_locks: dict[ConnectionSpec, threading.Lock] = {}
         self._holders: dict[ConnectionSpec, int] = {}
+        self._session_slots: dict[ConnectionSpec, threading.BoundedSemaphore] = {}
+
+    def session_slot(self, spec: ConnectionSpec) -> threading.BoundedSemaphore:
+        """Hold this (`with`) while a channel to `spec` is open."""
+        with self._lock:
+            return self._session_slots.setdefault(
+                spec, threading.BoundedSemaphore(MAX_SESSIONS_PER_CONNECTION))
 
     def hold(self, spec: ConnectionSpec) -> None:
         """A runner for `spec` exists; its connection stays until every holder releases."""

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -39,6 +40,7 @@ CONNECT_ATTEMPT_TIMEOUT_S = 10.0
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 2.0
 LOCAL_TIMEOUT_GRACE_S = 5.0
+CHANNEL_WAIT_S = 120.0  # how long a command waits for the server to allow a new session
 SCRIPT_TIMEOUT_S = 600.0  # file sync listings (hashing a large tree takes a while)
 EOF_GRACE_S = 0.5  # after the exit status, how long to wait for output still in flight
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -110,18 +112,47 @@ class SSHRunner(CommandRunner):
             delay_s = min(delay_s * 2, BACKOFF_CAP_S)
 
     def _open_channel(self) -> paramiko.Channel:
-        """A new session channel on the pooled transport; one reconnect if the pooled
-        transport turns out to be dead (e.g. the host was restarted)."""
-        for attempt in (1, 2):
+        """A new session channel on the pooled transport (call with a session slot held).
+
+        A refusal on a live connection (sshd's MaxSessions momentarily reached while it
+        frees a session we just closed) is retried with backoff; the connection is kept,
+        since closing it would kill every command running on it. A dead or unresponsive
+        transport (the host was restarted) is replaced once."""
+        deadline = time.monotonic() + CHANNEL_WAIT_S
+        delay_s, reconnected = BACKOFF_START_S / 4, False
+        while True:
             client = self._client()
+            transport = client.get_transport()
             try:
-                return client.get_transport().open_session(timeout=CONNECT_ATTEMPT_TIMEOUT_S)
+                return transport.open_session(timeout=CONNECT_ATTEMPT_TIMEOUT_S)
             except (OSError, EOFError, paramiko.SSHException) as error:
+                # paramiko keeps one "last exception" per transport, so under concurrency
+                # a refusal may surface as a plain SSHException rather than a
+                # ChannelException: judge by the transport, not by the exception type.
+                refused = (isinstance(error, paramiko.SSHException) and transport.is_active()
+                           and "Timeout" not in str(error))
+                if refused:
+                    if time.monotonic() > deadline:
+                        raise SSHUnreachableError(self.host, CHANNEL_WAIT_S,
+                                                  f"no new session allowed: {error}") from error
+                    time.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 1.0)
+                    continue
                 ssh_pool.POOL.discard(self.spec, client)
-                if attempt == 2:
+                if reconnected:
                     raise SSHUnreachableError(self.host, CONNECT_ATTEMPT_TIMEOUT_S,
                                               _describe(error)) from error
-        raise AssertionError("unreachable")
+                reconnected = True
+
+    @contextlib.contextmanager
+    def _session(self):
+        """An open session channel, within the connection's session limit."""
+        with ssh_pool.POOL.session_slot(self.spec):
+            channel = self._open_channel()
+            try:
+                yield channel
+            finally:
+                channel.close()
 
     def close(self) -> None:
         """Release this runner's hold on the pooled connection (closed with the last)."""
@@ -141,22 +172,21 @@ class SSHRunner(CommandRunner):
     def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None):
         log_path = log_path or self.log_path
         started = time.monotonic()
-        channel = self._open_channel()
-        log = _open_log(log_path, cmd) if log_path else None
         out: list[bytes] = []
         err: list[bytes] = []
-        try:
-            exit_code = _drive(channel, self.remote_command(cmd, env, timeout_s), timeout_s,
-                               log, out, err)
-        except (OSError, EOFError, paramiko.SSHException) as error:
-            # Like ssh(1): a connection lost mid-command is exit code 255, with the reason.
-            ssh_pool.POOL.discard(self.spec)
-            exit_code = 255
-            note = f"\nconnection to {self.host} lost while the command ran: {_describe(error)}\n"
-            err.append(note.encode())
-            _log_write(log, note.encode())
-        finally:
-            channel.close()
+        with self._session() as channel:
+            log = _open_log(log_path, cmd) if log_path else None
+            try:
+                exit_code = _drive(channel, self.remote_command(cmd, env, timeout_s),
+                                   timeout_s, log, out, err)
+            except (OSError, EOFError, paramiko.SSHException) as error:
+                # Like ssh(1): a connection lost mid-command is exit code 255, with why.
+                ssh_pool.POOL.discard(self.spec)
+                exit_code = 255
+                note = (f"\nconnection to {self.host} lost while the command ran: "
+                        f"{_describe(error)}\n")
+                err.append(note.encode())
+                _log_write(log, note.encode())
         duration_s = time.monotonic() - started
         if log is not None:
             _close_log(log, exit_code, duration_s)
@@ -167,58 +197,50 @@ class SSHRunner(CommandRunner):
 
     def _run_script(self, script: str, stdin: bytes) -> bytes:
         """Run a bash script with `stdin`; its stdout (bytes). For file sync listings."""
-        channel = self._open_channel()
-        channel.settimeout(SCRIPT_TIMEOUT_S)
-        try:
-            channel.exec_command("exec bash -c " + shlex.quote(script))
-            channel.sendall(stdin)
-            channel.shutdown_write()
-            chunks = []
-            while True:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-            status = channel.recv_exit_status()
+        with self._session() as channel:
+            channel.settimeout(SCRIPT_TIMEOUT_S)
+            try:
+                channel.exec_command("exec bash -c " + shlex.quote(script))
+                channel.sendall(stdin)
+                channel.shutdown_write()
+                chunks = []
+                while True:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+                status = channel.recv_exit_status()
+            except socket.timeout as error:
+                raise ClusterError(f"file listing on {self.host} did not finish within "
+                                   f"{SCRIPT_TIMEOUT_S:g} s") from error
             if status != 0:
                 error = channel.recv_stderr(65536).decode(errors="replace")
                 raise ClusterError(f"file listing on {self.host} failed ({status}): {error}")
             return b"".join(chunks)
-        except socket.timeout as error:
-            raise ClusterError(f"file listing on {self.host} did not finish within "
-                               f"{SCRIPT_TIMEOUT_S:g} s") from error
-        finally:
-            channel.close()
 
     # -- files ---------------------------------------------------------------------------
-    def _sftp(self) -> paramiko.SFTPClient:
-        for attempt in (1, 2):
-            client = self._client()
+    @contextlib.contextmanager
+    def _sftp(self):
+        """An SFTP client on its own channel (within the session limit)."""
+        with self._session() as channel:
+            channel.invoke_subsystem("sftp")
+            sftp = paramiko.SFTPClient(channel)
             try:
-                return client.open_sftp()
-            except (OSError, EOFError, paramiko.SSHException) as error:
-                ssh_pool.POOL.discard(self.spec, client)
-                if attempt == 2:
-                    raise SSHUnreachableError(self.host, CONNECT_ATTEMPT_TIMEOUT_S,
-                                              _describe(error)) from error
-        raise AssertionError("unreachable")
+                yield sftp
+            finally:
+                sftp.close()
 
     def put(self, local, remote, *, exclude=None):
-        with self._sftp() as sftp:
-            return file_sync.sftp_put(sftp, self._run_script, local, remote, exclude)
+        return file_sync.sftp_put(self._sftp, self._run_script, local, remote, exclude)
 
     def get(self, remote, local, *, exclude=None):
-        with self._sftp() as sftp:
-            return file_sync.sftp_get(sftp, self._run_script, remote, local, exclude)
+        return file_sync.sftp_get(self._sftp, self._run_script, remote, local, exclude)
 
     # -- interactive ---------------------------------------------------------------------
     def interactive_shell(self, cmd=None):
-        channel = self._open_channel()
-        try:
-            command = cmd if cmd is not None else 'exec "${SHELL:-bash}" -l'
+        command = cmd if cmd is not None else 'exec "${SHELL:-bash}" -l'
+        with self._session() as channel:
             return _attach_terminal(channel, env_prefix(self.base_env) + command)
-        finally:
-            channel.close()
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:

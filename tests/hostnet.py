@@ -121,6 +121,7 @@ class TestHost:
     directory: Path
     launcher_pid: int = 0  # `unshare` in the root PID namespace
     init_pid: int = 0      # sshd: PID 1 of the host's PID namespace (root-namespace pid)
+    sshd_options: dict | None = None  # non-default sshd_config options, until a reset
 
     @property
     def sshd_log(self) -> Path:
@@ -248,7 +249,8 @@ class HostNetwork:
                      ("ip", "link", "set", "eth0", "up")):
             _sh("ip", "netns", "exec", host.netns, *argv)
 
-    def _write_sshd_config(self, host: TestHost, new_host_key: bool) -> None:
+    def _write_sshd_config(self, host: TestHost, new_host_key: bool,
+                           sshd_options: dict[str, str] | None = None) -> None:
         host.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = host.directory / "ssh_host_ed25519_key"
         if new_host_key:
@@ -259,7 +261,8 @@ class HostNetwork:
         shutil.copyfile(f"{self.ssh_private_key}.pub", authorized)
         python_bin = os.path.dirname(sys.executable)
         path = f"{python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        (host.directory / "sshd_config").write_text("\n".join([
+        options = [f"{key} {value}" for key, value in (sshd_options or {}).items()]
+        (host.directory / "sshd_config").write_text("\n".join(options + [  # first one wins
             "Port 22", f"ListenAddress {host.ip}", f"HostKey {key}",
             f"PidFile {host.directory / 'sshd.pid'}",
             f"AuthorizedKeysFile {authorized}",
@@ -328,11 +331,15 @@ class HostNetwork:
         for pid in _netns_pids(host.netns):
             _kill(pid)
 
-    def restart_host(self, host: TestHost, new_host_key: bool = False) -> None:
+    def restart_host(self, host: TestHost, new_host_key: bool = False,
+                     sshd_options: dict[str, str] | None = None) -> None:
         """Stop the host (all its processes, its /tmp) and start it again, optionally with a
-        new host key — like a machine rebooted or re-created at the same address."""
+        new host key — like a machine rebooted or re-created at the same address.
+        `sshd_options` (e.g. {"MaxSessions": "2"}) override sshd_config until the next
+        restart."""
         self.stop_host(host)
-        self._write_sshd_config(host, new_host_key=new_host_key)
+        host.sshd_options = sshd_options
+        self._write_sshd_config(host, new_host_key=new_host_key, sshd_options=sshd_options)
         self._start_sshd(host)
         self._wait_sshd(host)
 
@@ -342,8 +349,8 @@ class HostNetwork:
             from launcher import ssh_pool
             ssh_pool.close_all()
         for host in self.all_hosts:
-            if _pid_ns_inode(host.init_pid) is None:
-                self.restart_host(host)  # a test killed it: bring it back
+            if _pid_ns_inode(host.init_pid) is None or host.sshd_options:
+                self.restart_host(host)  # a test killed or reconfigured it: start afresh
                 continue
             host.kill_processes()
             host.wipe_tmp()

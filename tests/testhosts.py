@@ -50,8 +50,9 @@ class TestHosts:
             self.network.add_hosts(count - have)
         return self.network.all_hosts[self._base_count:self._base_count + count]
 
-    def restart_host(self, host: TestHost, new_host_key: bool = False) -> None:
-        self.network.restart_host(host, new_host_key=new_host_key)
+    def restart_host(self, host: TestHost, new_host_key: bool = False,
+                     sshd_options: dict[str, str] | None = None) -> None:
+        self.network.restart_host(host, new_host_key=new_host_key, sshd_options=sshd_options)
 
 
 _SESSION: dict[str, HostNetwork] = {}

@@ -402,3 +402,26 @@ def test_leftovers_of_a_dead_session_are_cleaned_by_the_next():
         network._closed = False
         network._lock_fd = os.open("/dev/null", os.O_RDONLY)
         network.close()  # idempotent when the cleanup above already ran
+
+
+@pytest.mark.timeout(90)
+def test_concurrent_commands_beyond_sshd_max_sessions_wait_their_turn(test_hosts):
+    host = test_hosts.hosts[3]
+    test_hosts.restart_host(host, sshd_options={"MaxSessions": "3"})  # below our own cap
+    runner = make_runner(test_hosts, host)
+    runner.wait_ready(10)
+    source = Path(test_hosts.network.directory)  # any small local tree will do
+
+    def job(index: int):
+        if index % 5 == 0:
+            return runner.put(str(source / "client_ed25519.pub"), f"/tmp/put{index}")
+        return runner.run(f"sleep 0.2; echo {index}")
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        results = list(pool.map(job, range(25)))
+    for index, result in enumerate(results):
+        if index % 5 == 0:
+            assert result == 1
+        else:
+            assert (result.exit_code, result.stdout) == (0, f"{index}\n"), result.stderr
+    assert len(ssh_pool.POOL) == 1  # one connection throughout, never dropped
