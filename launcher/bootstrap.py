@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import threading
 import time
 from typing import Callable, Mapping
 
@@ -28,6 +29,7 @@ from launcher.errors import BootstrapError, ClusterError
 from launcher.hashing import (TAG_CONFIG_HASH, config_hash, file_mounts_digest,
                               launch_hash, runtime_hash, tree_digest)
 from launcher.providers.base import Node, NodeProvider
+from launcher.tag_writer import TagWriter
 from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_STARTING,
                            STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
                            STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_HEAD_PORT, TAG_LAUNCH_HASH,
@@ -154,18 +156,42 @@ class ClusterContext:
 
 
 def known_node_dir(runner) -> str | None:
-    """The node dir of a node on THIS machine (the process provider's LocalRunner carries
-    it in its environment); None for remote nodes, whose node dir is resolved there."""
-    from launcher.command_runner import LocalRunner
-    if not isinstance(runner, LocalRunner):
-        return None
-    return runner.base_env.get("CORRAL_NODE_DIR")
+    """The node dir when the runner's own environment names it (the process provider's
+    LocalRunner and the local provider's SSHRunner do); None when it must be asked."""
+    base_env = getattr(runner, "base_env", None)
+    if isinstance(base_env, Mapping):
+        return base_env.get("CORRAL_NODE_DIR") or None
+    return None
+
+
+# Run first in every stage script: the node dir exists, private, with keys/ and session/.
+NODE_DIR_PRELUDE = ('mkdir -p "$CORRAL_NODE_DIR/keys" "$CORRAL_NODE_DIR/session" && '
+                    'chmod 700 "$CORRAL_NODE_DIR" "$CORRAL_NODE_DIR/keys"')
 
 
 def resolve_node_dir_command() -> str:
     """One round trip: find the node dir, create it (0700) and print it."""
     return (f'd="${{CORRAL_NODE_DIR:-{DEFAULT_NODE_DIR}}}"; '
             'mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" && echo "$d"')
+
+
+class _Background:
+    """Run `action` in a thread; wait() returns the error it raised, if any."""
+
+    def __init__(self, action):
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(action,), daemon=True)
+        self._thread.start()
+
+    def _run(self, action) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - thread boundary: wait() reports it
+            self.error = error
+
+    def wait(self) -> BaseException | None:
+        self._thread.join()
+        return self.error
 
 
 class _StageFailed(Exception):
@@ -193,12 +219,14 @@ class NodeBootstrap:
         self.log_path = str(paths.node_log_path(self.config.cluster_name, node.id))
         self.stage = STATUS_WAITING_FOR_SSH
         self.runner = None
+        self._private_sync: _Background | None = None
         self.node_dir = ""
         self.env: dict[str, str] = {}
 
     def run(self) -> BootstrapOutcome:
         started = time.monotonic()
         error = None
+        self.tags = TagWriter(self.provider, self.node.id)
         try:
             self._run_stages()
             status = STATUS_UP_TO_DATE
@@ -206,6 +234,10 @@ class NodeBootstrap:
             status = STATUS_UPDATE_FAILED
             error = BootstrapError(self.node.id, self.stage, failed.message, self.log_path)
             self._record_failure(failed.tag_text)
+        finally:
+            if self._private_sync is not None:  # a failed stage: let the copy end first
+                self._private_sync.wait()
+            self.tags.finish()  # idempotent after a final write; never leaves a thread
         self._notify(status, str(error) if error else "")
         return BootstrapOutcome(self.node.id, self.node.kind, self.node.node_type,
                                 node_ip(self.node), status, time.monotonic() - started,
@@ -228,6 +260,7 @@ class NodeBootstrap:
         if self.steps.run_setup:
             self._enter(STATUS_SETTING_UP)
             self._run_commands(self._setup_commands())
+        self._await_private_files()
         if self.steps.run_start:
             self._enter(STATUS_STARTING)
             self._run_commands(self._start_commands())
@@ -236,13 +269,13 @@ class NodeBootstrap:
                 TAG_LAUNCH_HASH: self.hashes.launch, TAG_RUNTIME_HASH: self.hashes.runtime}
         if self.hashes.config:
             tags[TAG_CONFIG_HASH] = self.hashes.config
-        self._guard(lambda: self.provider.set_node_tags(self.node.id, tags))
+        self._guard(lambda: self.tags.finish(tags))
 
     def _prepare_node_dir(self) -> str:
+        """The node dir: known from the runner's environment (process and local providers
+        set it; every stage script creates it) or asked once from the node."""
         known = known_node_dir(self.runner)
         if known:
-            os.makedirs(os.path.join(known, "keys"), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(known, "session"), mode=0o700, exist_ok=True)
             return known
         result = self.runner.run(resolve_node_dir_command(), timeout_s=60,
                                  log_path=self.log_path)
@@ -254,29 +287,47 @@ class NodeBootstrap:
 
     def _sync_files(self) -> None:
         exclude = list(self.config.rsync_exclude)
-        put = self.runner.put
-        private = []  # files that must end up 0600 on the node
         if not self.steps.config_only:
             for remote, local in self.config.file_mounts.items():
-                put(os.path.expanduser(local), remote, exclude=exclude)
-            if self.context.keys_dir:
-                put(self.context.keys_dir, f"{self.node_dir}/keys")
-                private.append("keys/*")
-        if self.is_head:
-            document = self.context.head_document(self.node_dir)
-            with tempfile.TemporaryDirectory(prefix="corral-head-") as staging:
-                config_path = os.path.join(staging, "cluster.yaml")
-                paths.write_private(config_path, yaml.safe_dump(document, sort_keys=False))
-                put(config_path, f"{self.node_dir}/cluster.yaml")
-            private.append("cluster.yaml")
-            key_path = self.config.auth.ssh_private_key
-            if key_path and document["auth"].get("ssh_private_key") != key_path:
-                put(os.path.expanduser(key_path), f"{self.node_dir}/ssh_key")
-                private.append("ssh_key")
-        if private:
-            # Files arrive with their local modes; nothing secret may be readable by others.
-            self.runner.run(f'cd "{self.node_dir}" && chmod 700 keys && chmod 600 '
-                            + " ".join(private), timeout_s=60, check=True, env=self.env)
+                self.runner.put(os.path.expanduser(local), remote, exclude=exclude)
+        # Our own files (keys, the head's config) are needed only by the start commands:
+        # they travel in the background while setup runs (see _await_private_files).
+        self._private_sync = _Background(self._put_private_files)
+
+    def _put_private_files(self) -> None:
+        """Keys, and for the head its config and SSH key, in one transfer from a private
+        (0700) staging directory, already 0600 (modes are kept on the node)."""
+        with tempfile.TemporaryDirectory(prefix="corral-node-") as staging:
+            if self.context.keys_dir and not self.steps.config_only:
+                for name in sorted(os.listdir(self.context.keys_dir)):
+                    with open(os.path.join(self.context.keys_dir, name), "rb") as handle:
+                        paths.write_private(os.path.join(staging, "keys", name), handle.read())
+            if self.is_head:
+                document = self.context.head_document(self.node_dir)
+                paths.write_private(os.path.join(staging, "cluster.yaml"),
+                                    yaml.safe_dump(document, sort_keys=False))
+                key_path = self.config.auth.ssh_private_key
+                if key_path and document["auth"].get("ssh_private_key") != key_path:
+                    with open(os.path.expanduser(key_path), "rb") as handle:
+                        paths.write_private(os.path.join(staging, "ssh_key"), handle.read())
+            if os.listdir(staging):
+                try:
+                    self.runner.put(staging, self.node_dir)
+                except (ClusterError, OSError):
+                    # Idempotent (unchanged files are skipped): one more try rides out a
+                    # dropped connection, which the runner re-opens.
+                    self.runner.put(staging, self.node_dir)
+
+    def _await_private_files(self) -> None:
+        background, self._private_sync = self._private_sync, None
+        if background is None:
+            return
+        error = background.wait()
+        if error is not None:
+            self.stage = STATUS_SYNCING_FILES
+            text = str(error) or type(error).__name__
+            raise _StageFailed(f"copying the cluster keys/config failed: {text}",
+                               f"{STATUS_SYNCING_FILES}: {text}") from error
 
     def _setup_commands(self) -> list[str]:
         kind_setup = (self.config.head_setup_commands if self.is_head
@@ -291,7 +342,8 @@ class NodeBootstrap:
     def _run_commands(self, commands: list[str]) -> None:
         failure = self._guard(lambda: run_batch(self.runner, commands, env=self.env,
                                                 log_path=self.log_path,
-                                                timeout_s=self.command_timeout_s))
+                                                timeout_s=self.command_timeout_s,
+                                                prelude=NODE_DIR_PRELUDE))
         if failure is None:
             return
         message = f"`{failure.command}` exited {failure.exit_code}"
@@ -310,8 +362,7 @@ class NodeBootstrap:
     def _enter(self, stage: str) -> None:
         self.stage = stage
         self._notify(stage, "")
-        self._guard(lambda: self.provider.set_node_tags(self.node.id,
-                                                        {TAG_NODE_STATUS: stage}))
+        self.tags.set({TAG_NODE_STATUS: stage})
 
     def _notify(self, stage: str, detail: str) -> None:
         if self.on_stage is not None:
@@ -322,8 +373,7 @@ class NodeBootstrap:
         if len(text) > FAILURE_TAG_MAX_CHARS:
             text = text[:FAILURE_TAG_MAX_CHARS - 3] + "..."
         try:
-            self.provider.set_node_tags(self.node.id, {TAG_NODE_STATUS: STATUS_UPDATE_FAILED,
-                                                       TAG_FAILURE: text})
+            self.tags.finish({TAG_NODE_STATUS: STATUS_UPDATE_FAILED, TAG_FAILURE: text})
         except (ClusterError, OSError) as error:
             # The node may be unreachable for tags too; the outcome still carries the error.
             self._notify(STATUS_UPDATE_FAILED, f"could not record the failure: {error}")

@@ -210,9 +210,14 @@ def apply_up(config, provider: NodeProvider, plan: UpPlan, *,
             if kind == KIND_HEAD:
                 return UpResult(plan, [], [], launch_errors, time.monotonic() - started)
         created_ids += ids
-    created = _wait_for_addresses(provider, created_ids)
-    nodes_now = {node.id: node for node in provider.non_terminated_nodes()}
-    head = next((node for node in nodes_now.values() if node.kind == KIND_HEAD), None)
+    if created_ids:
+        nodes_now = _wait_for_addresses(provider, created_ids)
+    else:  # nothing new: the plan's listing is fresh enough (ids, kinds, addresses)
+        nodes_now = {action.node.id: action.node for action in plan.actions
+                     if action.node is not None}
+    created = [nodes_now[node_id] for node_id in created_ids]
+    head = next((node for node in nodes_now.values() if node.kind == KIND_HEAD
+                 and node.id not in replaced), None)
     if head is None:
         return UpResult(plan, [], [], launch_errors + ["the head node disappeared"],
                         time.monotonic() - started)
@@ -253,20 +258,18 @@ def _create(config, provider, kind, type_name, count) -> tuple[list[str], str | 
         return [], message
 
 
-def _wait_for_addresses(provider: NodeProvider, ids: list[str]) -> list[Node]:
-    """The created nodes once each has an address (clouds take a moment to assign one)."""
-    if not ids:
-        return []
+def _wait_for_addresses(provider: NodeProvider, ids: list[str]) -> dict[str, Node]:
+    """Every node of the cluster, once each created node has an address (clouds take a
+    moment to assign one; the process and local providers have it at once)."""
     deadline = time.monotonic() + NODE_IP_TIMEOUT_S
     delay_s = 0.2
     while True:
-        found = {node.id: node for node in provider.non_terminated_nodes() if node.id in ids}
-        ready = [found[node_id] for node_id in ids
-                 if node_id in found and node_ip(found[node_id])]
-        if len(ready) == len(ids):
-            return ready
+        listing = {node.id: node for node in provider.non_terminated_nodes()}
+        missing = [node_id for node_id in ids
+                   if node_id not in listing or not node_ip(listing[node_id])]
+        if not missing:
+            return listing
         if time.monotonic() > deadline:
-            missing = [node_id for node_id in ids if node_id not in {n.id for n in ready}]
             raise ClusterError(f"nodes {', '.join(missing)} got no address within "
                                f"{NODE_IP_TIMEOUT_S:g} s")
         time.sleep(delay_s)

@@ -28,8 +28,10 @@ class BatchFailure:
     output_tail: str
 
 
-def batch_script(commands: Sequence[str], nonce: str) -> str:
+def batch_script(commands: Sequence[str], nonce: str, prelude: str = "") -> str:
     lines = []
+    if prelude:  # not a step: its failure is reported as the first command's
+        lines.append(f"{{ {prelude}\n}} || exit $?")
     for index, command in enumerate(commands):
         marker = f"@@corral-{nonce}@@ step {index}"
         lines.append(f"printf '\\n%s %s\\n' '{marker}' \"$EPOCHREALTIME\"")
@@ -73,13 +75,14 @@ def _split(text: str, nonce: str) -> tuple[dict[int, str], dict[int, float], tup
 
 def run_batch(runner: CommandRunner, commands: Sequence[str], *,
               env: Mapping[str, str], log_path: str | None = None,
-              timeout_s: float | None = None) -> BatchFailure | None:
-    """Run `commands` in order in one shell; None when all succeeded."""
+              timeout_s: float | None = None, prelude: str = "") -> BatchFailure | None:
+    """Run `commands` in order in one shell (after `prelude`, a preparation that is not
+    a step of its own); None when all succeeded."""
     if not commands:
         return None
     nonce = secrets.token_hex(6)
     begun = time.monotonic()
-    result = runner.run(batch_script(commands, nonce), timeout_s=timeout_s, env=env)
+    result = runner.run(batch_script(commands, nonce, prelude), timeout_s=timeout_s, env=env)
     elapsed_s = time.monotonic() - begun
     stdout, started, _, done_at = _split(result.stdout or "", nonce)
     stderr, _, failure, _ = _split(result.stderr or "", nonce)
