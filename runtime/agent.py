@@ -43,12 +43,13 @@ class WorkerProcess:
 
 class NodeAgent:
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
-                 keys, resources: dict, advertise_ip: str, bind_ip: str):
+                 keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str):
         self.node_id = node_id
         self.node_type = node_type
         self.keys = keys
         self.ctx = zmq.Context()
-        self.local_endpoint = protocol.ipc_endpoint(f"agent-{node_id[:24]}-{os.getpid()}")
+        self.ipc_dir = ipc_dir
+        self.local_endpoint = protocol.ipc_endpoint(ipc_dir, "agent")
         self.local = protocol.bind_router(self.ctx, self.local_endpoint, None)
         self.remote = protocol.bind_router(self.ctx, f"tcp://{bind_ip}:0", keys)
         port = int(self.remote.last_endpoint.decode().rsplit(":", 1)[1])
@@ -434,7 +435,7 @@ class NodeAgent:
                 self.actors.pop(worker.actor_id, None)
                 try:  # the direct endpoint the dead actor worker left behind
                     os.unlink(protocol.ipc_path(protocol.ipc_endpoint(
-                        f"actor-{worker.worker_id}")))
+                        self.ipc_dir, f"actor-{worker.worker_id}")))
                 except OSError:
                     pass
                 info = self.actor_info.pop(worker.actor_id, None)

@@ -10,7 +10,7 @@ import socket
 
 from runtime.agent import NodeAgent
 from runtime.keys import has_cluster_keys, load_cluster_keys
-from runtime.session import address_file, write_json_atomic
+from runtime.session import address_file, ipc_dir, write_json_atomic
 from pathlib import Path
 
 
@@ -51,7 +51,8 @@ def main(argv=None) -> None:
     else:
         bind_ip = args.node_ip or "0.0.0.0"
     agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
-                      json.loads(args.resources), node_ip, bind_ip)
+                      json.loads(args.resources), node_ip, bind_ip,
+                      ipc_dir(Path(args.session)))
     def write_address(registered: bool) -> None:
         write_json_atomic(address_file(Path(args.session)), {
             "address": args.head_address, "node_id": args.node_id,

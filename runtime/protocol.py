@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import threading
 
 import cloudpickle
@@ -191,11 +190,8 @@ def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Even
         sock.send_multipart([version, request_id, status[0], status[1], b"", b""])
 
 
-def ipc_endpoint(name: str) -> str:
-    """A short ipc endpoint in a private (0700) per-user directory."""
-    directory = os.path.join(tempfile.gettempdir(), f"corral-ipc-{os.getuid()}")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
+def ipc_endpoint(directory: str, name: str) -> str:
+    """An ipc endpoint in a node's private (0700) socket directory."""
     return f"ipc://{directory}/{name}.sock"
 
 

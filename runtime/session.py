@@ -7,7 +7,10 @@ address.json (written by every node's agent once it is up; read by init("auto"))
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import tempfile
 import os
 import signal
 import subprocess
@@ -31,6 +34,16 @@ def session_dir(base: Path | None = None) -> Path:
 
 def keys_dir(base: Path | None = None) -> Path:
     return (base or node_dir()) / "keys"
+
+
+def ipc_dir(session: Path) -> str:
+    """The node's directory of ipc sockets (agent, actor workers): short, so socket
+    paths fit the 107-byte limit, private (0700), removed by stop_session."""
+    digest = hashlib.sha1(str(Path(session).resolve()).encode()).hexdigest()[:12]
+    path = os.path.join(tempfile.gettempdir(), f"corral-ipc-{os.getuid()}", digest)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(os.path.dirname(path), 0o700)
+    return path
 
 
 def address_file(session: Path) -> Path:
@@ -152,4 +165,5 @@ def stop_session(session: Path) -> list[int]:
     for path in session.glob("*.pid"):
         path.unlink(missing_ok=True)
     address_file(session).unlink(missing_ok=True)
+    shutil.rmtree(ipc_dir(session), ignore_errors=True)
     return pids

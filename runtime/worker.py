@@ -57,7 +57,8 @@ class Worker:
         self.direct = None
         self.direct_endpoint = None
         if direct:  # an actor: local drivers may call it without the agent in between
-            self.direct_endpoint = protocol.ipc_endpoint(f"actor-{worker_id}")
+            directory = os.path.dirname(protocol.ipc_path(endpoint))
+            self.direct_endpoint = protocol.ipc_endpoint(directory, f"actor-{worker_id}")
             self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
         self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
                                             b"W" + worker_id.encode())
