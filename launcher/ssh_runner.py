@@ -42,7 +42,7 @@ BACKOFF_CAP_S = 2.0
 LOCAL_TIMEOUT_GRACE_S = 5.0
 CHANNEL_WAIT_S = 120.0  # how long a command waits for the server to allow a new session
 SCRIPT_TIMEOUT_S = 600.0  # file sync listings (hashing a large tree takes a while)
-EOF_GRACE_S = 0.5  # after the exit status, how long to wait for output still in flight
+EOF_GRACE_S = 0.3  # after the exit status, how long to wait for output still in flight
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -325,7 +325,9 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log
             _log_write(log, note)
             err.append(note)
             return 124
-        wait_s = 0.5 if exited_at is None else 0.05
+        # The exit status alone does not wake select (only output, EOF and close do), so
+        # poll at 10 Hz for it: a background process may keep the output open.
+        wait_s = 0.1 if exited_at is None else 0.05
         if deadline is not None:
             wait_s = min(wait_s, max(0.0, deadline - now))
         if channel.eof_received:  # output done; the exit status is on its way
