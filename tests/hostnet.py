@@ -72,8 +72,18 @@ def missing_requirements() -> str | None:
     return None
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A set-up command failed; the message carries its stderr."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.cmd)} failed ({self.returncode}): {(self.stderr or '').strip()}"
+
+
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
+    result = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise CommandFailed(result.returncode, list(argv), result.stdout, result.stderr)
+    return result
 
 
 def _pid_ns_inode(pid: int) -> int | None:
