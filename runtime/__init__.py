@@ -1,5 +1,42 @@
-"""corral's task runtime, Ray-shaped: `import runtime; runtime.init();
-@runtime.remote ...; runtime.get(...)`."""
+"""corral's task runtime: ZeroMQ + cloudpickle, with a Ray-shaped API.
+
+    import runtime
+    runtime.init()                       # or init(address="auto") / init("HOST:PORT")
+
+    @runtime.remote(num_cpus=1, max_retries=3)
+    def square(x):
+        return x * x
+
+    @runtime.remote(max_restarts=1)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    refs = [square.remote(i) for i in range(10)]
+    print(runtime.get(refs))
+    counter = Counter.options(name="counter").remote()
+    runtime.get(counter.add.remote(runtime.put(5)))
+
+Processes (see DESIGN.md "Runtime"): runtime.control (one per cluster, on the head:
+node table, resource view, named actors, KV, drivers, aggregated pending demand — the
+load structure is documented in runtime.control), runtime.node/runtime.agent (one per
+node: worker pool, resources, local object store, heartbeats), runtime.worker, and
+drivers (runtime.driver + runtime.driver_io). Wire format and authentication:
+runtime.protocol. `corral start`/`corral stop`: runtime.cli and runtime.startup (which
+also documents the autoscaler-monitor hook). Tools read the load with runtime.state.
+
+`init()` without an address connects to this node's runtime when one runs
+($CORRAL_NODE_DIR/session/address.json), else starts an embedded one-node runtime
+(loopback only) that stops when the program exits.
+
+Limits: ObjectRefs are resolved when passed as top-level task arguments (positional or
+keyword); refs nested inside containers are refused (TypeError). Results of actor calls
+made directly (driver on the actor's host) come back inline whatever their size. An
+object on a node that died is lost (ObjectLostError), not reconstructed.
+"""
 from runtime.api import (ObjectRef, available_resources, cluster_resources, get, init,
                          is_initialized, nodes, put, request_resources, shutdown, wait)
 from runtime.errors import (ActorDiedError, GetTimeoutError, NodeDiedError,

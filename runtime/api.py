@@ -17,7 +17,7 @@ from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostErro
                             RuntimeConnectionError, RuntimeSystemError)
 from runtime.keys import has_cluster_keys, load_cluster_keys
 from runtime.objects import BUFFER_POOL
-from runtime.protocol import INLINE_LIMIT_BYTES, Serialized, serialize
+from runtime.protocol import Serialized, serialize
 
 _lock = threading.Lock()
 _core: DriverCore | None = None
@@ -293,4 +293,4 @@ def make_shape(options: dict, default_cpus: float) -> dict:
 
 
 __all__ = ["init", "shutdown", "put", "get", "wait", "nodes", "cluster_resources",
-           "available_resources", "request_resources", "ObjectRef", "INLINE_LIMIT_BYTES"]
+           "available_resources", "request_resources", "ObjectRef"]

@@ -7,9 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -17,11 +15,10 @@ from concurrent.futures import Future
 
 import zmq
 
-from runtime import protocol, scheduling
-from runtime.driver_state import ActorRecord, Entry, TaskRecord, error_for
+from runtime import protocol
+from runtime.driver_state import ActorRecord, Entry, TaskRecord
 from runtime.errors import RuntimeConnectionError
 from runtime.objects import BUFFER_POOL
-from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized, unpack_value
 
 log = logging.getLogger("corral.driver")
 HEARTBEAT_INTERVAL_S = 0.5

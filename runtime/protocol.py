@@ -17,7 +17,6 @@ peers (workers, drivers on the same node) use ipc sockets in a 0700 directory.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 

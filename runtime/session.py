@@ -93,7 +93,7 @@ def _is_our_process(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(part.startswith(b"runtime.") for part in cmdline)
+    return any(part.startswith((b"runtime.", b"autoscaler.")) for part in cmdline)
 
 
 def is_alive(pid: int) -> bool:
