@@ -243,6 +243,11 @@ class SSHRunner(CommandRunner):
             return _attach_terminal(channel, env_prefix(self.base_env) + command)
 
 
+def close_all() -> None:
+    """Close every pooled SSH connection of this process."""
+    ssh_pool.close_all()
+
+
 def _terminal_size(fd: int) -> tuple[int, int]:
     try:
         size = os.get_terminal_size(fd)

@@ -132,6 +132,23 @@ def test_wait_ready_on_ready_host_and_run_after_it(test_hosts):
     assert runner.run("echo ok").stdout == "ok\n"
 
 
+@pytest.mark.timeout(60)
+def test_wait_ready_retries_until_the_host_comes_up(test_hosts):
+    host = test_hosts.hosts[1]
+    test_hosts.network.stop_host(host)  # sshd down: connections are refused
+    runner = make_runner(test_hosts, host)
+    with pytest.raises(SSHUnreachableError) as raised:
+        runner.wait_ready(0.3)
+    assert "refused" in raised.value.last_error.lower()
+    starter = threading.Timer(0.5, lambda: test_hosts.restart_host(host))
+    starter.start()
+    try:
+        runner.wait_ready(30)
+    finally:
+        starter.join()
+    assert runner.run("hostname").stdout.strip() == host.name
+
+
 PROXY_SOURCE = """
 import socket, sys, threading
 marker, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
