@@ -120,7 +120,44 @@ def test_cluster_state(one_node):
     assert [n["node_id"] for n in nodes] == ["head"] and nodes[0]["alive"]
     assert runtime.available_resources()["CPU"] <= 2.0
     runtime.request_resources(num_cpus=3, bundles=[{"GPU": 1}])
-    load = runtime.state.get_load() if hasattr(runtime, "state") else None
     from runtime import state
     load = state.get_load()
     assert load["request_resources"] == [{"CPU": 1.0}] * 3 + [{"GPU": 1}]
+
+
+EMBEDDED = """
+import os, runtime
+info = runtime.init(num_cpus=1)
+@runtime.remote
+def pid():
+    return os.getpid()
+print(runtime.get(pid.remote()))
+print(runtime.cluster_resources())
+"""
+
+
+def test_init_without_cluster_starts_an_embedded_runtime_torn_down_at_exit(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    from runtime import session
+    script = tmp_path / "embedded.py"
+    script.write_text(EMBEDDED)
+    env = dict(os.environ, CORRAL_NODE_DIR=str(tmp_path / "no-node"),
+               PYTHONPATH=str(Path(runtime.__file__).resolve().parent.parent))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    worker_pid, resources = out.stdout.strip().splitlines()[-2:]
+    assert resources == "{'CPU': 1.0}"
+    assert not session.is_alive(int(worker_pid))     # the embedded runtime is gone
+
+
+def test_node_types_from_cluster_yaml(tmp_path):
+    from runtime.control import node_types_from_config
+    config = tmp_path / "cluster.yaml"
+    config.write_text("available_node_types:\n  head: {resources: {CPU: 1}}\n"
+                      "  gpu: {resources: {CPU: 4, GPU: 1}, max_workers: 2}\n")
+    assert node_types_from_config(str(config)) == {"head": {"CPU": 1.0},
+                                                   "gpu": {"CPU": 4.0, "GPU": 1.0}}
+    assert node_types_from_config(str(tmp_path / "missing.yaml")) == {}
