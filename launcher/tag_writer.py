@@ -2,18 +2,23 @@
 
 A tag write can cost as much as a stage (on the `local` provider it is two SSH commands;
 on a cloud, an API call). `TagWriter` writes in the background, in order, one write at a
-time; tags set while a write is in flight are merged (latest value wins) into the next
-write. So the tags always move forward through the stages and end at the final state,
-and a stage shorter than one tag write may be skipped in the tags, never reordered.
+time. A change waits up to DEBOUNCE_S for the next one, and changes made meanwhile (or
+while a write is in flight) are merged, latest value wins. So the tags always move
+forward through the stages, lag the truth by about DEBOUNCE_S plus one write, end at
+the final state, and a stage shorter than that may be skipped in the tags, never
+reordered. A stage that lasts (a real setup, a cloud VM booting) always shows.
 `finish(final_tags)` queues the final tags, waits until everything is written, and raises
 if the last write (the one carrying the final tags) failed.
 """
 from __future__ import annotations
 
 import threading
+import time
 from typing import Mapping
 
 from launcher.errors import ClusterError
+
+DEBOUNCE_S = 0.25
 
 
 class TagWriter:
@@ -25,12 +30,15 @@ class TagWriter:
         self._condition = threading.Condition()
         self.errors: list[str] = []  # failed background writes (the final write decides)
         self._last_error: BaseException | None = None
+        self._pending_since = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"tags-{node_id}",
                                         daemon=True)
         self._thread.start()
 
     def set(self, tags: Mapping[str, str]) -> None:
         with self._condition:
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.update(tags)
             self._condition.notify()
 
@@ -41,6 +49,9 @@ class TagWriter:
                     self._condition.wait()
                 if not self._pending:
                     return
+                deadline = self._pending_since + DEBOUNCE_S
+                while not self._closed and time.monotonic() < deadline:
+                    self._condition.wait(deadline - time.monotonic())
                 tags, self._pending = self._pending, {}
             try:
                 self.provider.set_node_tags(self.node_id, tags)

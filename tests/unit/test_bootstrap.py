@@ -152,10 +152,12 @@ def test_unreachable_node_fails_in_waiting_for_ssh_naming_the_host(tmp_path, key
     assert sum(1 for o in result.outcomes if o.ok) == 2
 
 
-def test_every_stage_that_lasts_shows_in_the_tags(tmp_path, keys_dir):
-    config = make_config(tmp_path, setup_commands=("sleep 0.3",),
-                         head_start_commands=("sleep 0.3",),
-                         worker_start_commands=("sleep 0.3",))
+def test_every_stage_that_lasts_shows_in_the_tags(tmp_path, keys_dir, monkeypatch):
+    from launcher import tag_writer
+    monkeypatch.setattr(tag_writer, "DEBOUNCE_S", 0.02)
+    config = make_config(tmp_path, setup_commands=("sleep 0.5",),
+                         head_start_commands=("sleep 0.5",),
+                         worker_start_commands=("sleep 0.5",))
     provider = FakeProvider(config, str(tmp_path / "nodes"))
     _, result = up(config, provider, keys_dir)
     assert result.ok
