@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import os
 import socket
 import threading
 
@@ -180,6 +181,15 @@ class ConnectionPool:
         if current is not None:
             current.close()
 
+    def forget_all_after_fork(self) -> None:
+        """In a forked child: the parent's transports (and their threads) are not ours;
+        drop them without closing (closing would talk over the parent's sockets)."""
+        self._lock = threading.Lock()
+        self._clients = {}
+        self._connect_locks = {}
+        self._holders = {}
+        self._session_slots = {}
+
     def close_all(self) -> None:
         with self._lock:
             clients = list(self._clients.values())
@@ -194,6 +204,7 @@ class ConnectionPool:
 
 POOL = ConnectionPool()
 atexit.register(POOL.close_all)  # end proxy-command processes and sessions cleanly
+os.register_at_fork(after_in_child=POOL.forget_all_after_fork)
 
 
 def close_all() -> None:

@@ -442,3 +442,27 @@ def test_concurrent_commands_beyond_sshd_max_sessions_wait_their_turn(test_hosts
         else:
             assert (result.exit_code, result.stdout) == (0, f"{index}\n"), result.stderr
     assert len(ssh_pool.POOL) == 1  # one connection throughout, never dropped
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_gets_its_own_connections(test_hosts):
+    host = test_hosts.hosts[0]
+    runner = make_runner(test_hosts, host)
+    assert runner.run("true").ok
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pooled transport must not be used here
+        code = 1
+        try:
+            code = 0 if (len(ssh_pool.POOL) == 0
+                         and runner.run("echo child").stdout == "child\n") else 3
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(0)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 1) == b"\x00"
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert runner.run("echo parent").stdout == "parent\n"
