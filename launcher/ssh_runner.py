@@ -10,7 +10,11 @@
   cannot be relied on. With a timeout the remote side runs the command under coreutils
   `timeout` (which kills the command's whole process group), and the local side gives up
   a few seconds later; either way the result has exit code 124.
-- Output is appended to `log_path` (0600) as it arrives.
+- Output is appended to `log_path` (0600) as it arrives. A command that leaves a
+  background process holding its output open returns once it exits (after a 0.3 s grace
+  for output in flight). A connection lost mid-command gives exit code 255, like ssh(1).
+- At most 8 channels are open at once per connection (sshd's MaxSessions is 10 by
+  default); more concurrent commands wait their turn.
 """
 from __future__ import annotations
 
