@@ -27,10 +27,21 @@ class NoClusterError(ClusterError):
                          f"(start it with: {hint})")
 
 
-def load_cluster_config(config_path: str):
-    """load_config, printing the loader's notices (aliases read, ...) on stderr."""
+HEAD_CONFIG_NAME = "cluster.yaml"
+
+
+def load_cluster_config(config_path: str | None):
+    """load_config, printing the loader's notices (aliases read, ...) on stderr. Without
+    a path, on a head node: the config `corral up` left there ($CORRAL_NODE_DIR)."""
     import click
-    from launcher.config import load_config_with_notices
+    from launcher.config import load_config_with_notices, load_normalised_config
+    if config_path is None:
+        node_dir = os.environ.get("CORRAL_NODE_DIR")
+        candidate = os.path.join(node_dir, HEAD_CONFIG_NAME) if node_dir else None
+        if not candidate or not os.path.isfile(candidate):
+            raise UsageError("CONFIG is required (it may be left out only on a head node, "
+                             "where $CORRAL_NODE_DIR/cluster.yaml names the cluster)")
+        return load_normalised_config(candidate)
     config, notices = load_config_with_notices(config_path)
     for notice in notices:
         click.secho(f"note: {notice}", err=True, fg="yellow")
@@ -38,7 +49,7 @@ def load_cluster_config(config_path: str):
 
 
 @contextlib.contextmanager
-def open_cluster(config_path: str) -> Iterator[tuple[object, NodeProvider]]:
+def open_cluster(config_path: str | None) -> Iterator[tuple[object, NodeProvider]]:
     """(config, provider) for a cluster YAML; the provider is closed on exit."""
     config = load_cluster_config(config_path)
     provider = make_provider(config)
@@ -67,14 +78,6 @@ def pick_node(provider: NodeProvider, config, node_id: str) -> Node:
     known = ", ".join(node.id for node in nodes) or "none"
     raise UsageError(f"cluster {config.cluster_name!r} has no node {node_id!r} "
                      f"(nodes: {known})")
-
-
-def cluster_context(provider: NodeProvider, config, head: Node) -> ClusterContext:
-    """The shared bootstrap context of a running cluster (no checksums of big mounts are
-    needed for exec, but they are cheap enough to keep one code path)."""
-    from launcher import paths
-    return ClusterContext.build(config, node_ip(head) or "", head_port_of(provider, head),
-                                str(paths.keys_dir(config.cluster_name)))
 
 
 def command_env(provider: NodeProvider, config, node: Node, head: Node,

@@ -18,17 +18,18 @@ _INTERNAL = click.option("--internal", is_flag=True,
 
 
 @click.command(name="get-head-ip")
-@click.argument("config_path", metavar="CONFIG")
+@click.argument("config_path", metavar="[CONFIG]", required=False)
 @_INTERNAL
 def get_head_ip(config_path: str, internal: bool) -> None:
-    """Print the IP of CONFIG's head node (exit 1 if the cluster has no head)."""
+    """Print the IP of CONFIG's head node (exit 1 if the cluster has no head). On a head
+    node CONFIG may be left out."""
     with open_cluster(config_path) as (config, provider):
         head = find_head(provider, config)
     click.echo(_address(head, internal))
 
 
 @click.command(name="get-worker-ips")
-@click.argument("config_path", metavar="CONFIG")
+@click.argument("config_path", metavar="[CONFIG]", required=False)
 @_INTERNAL
 def get_worker_ips(config_path: str, internal: bool) -> None:
     """Print the IPs of CONFIG's workers, one per line (exit 1 if the cluster has no

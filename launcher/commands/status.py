@@ -23,18 +23,18 @@ def status_rows(nodes) -> list[tuple]:
 
 
 @click.command(name="status")
-@click.argument("config_path", metavar="CONFIG")
-def status(config_path: str) -> None:
+@click.argument("config_path", metavar="[CONFIG]", required=False)
+def status(config_path: str | None) -> None:
     """Show the nodes of CONFIG's cluster: id, kind, type, IP, bootstrap stage and last
     failure, read from the provider's tags (the same truth the head sees).
-    Exit code 1 when the cluster has no head."""
+    Exit code 1 when the cluster has no head. On a head node CONFIG may be left out."""
     with open_cluster(config_path) as (config, provider):
         nodes = provider.non_terminated_nodes()
         unreachable = dict(getattr(provider, "unreachable", None) or {})
         if not any(node.kind == KIND_HEAD for node in nodes):
             detail = f" ({len(nodes)} worker(s) without a head)" if nodes else ""
             raise ClusterError(f"cluster {config.cluster_name!r} has no head node{detail}; "
-                               f"start it with: corral up {config_path}")
+                               f"start it with: corral up {config_path or 'CONFIG'}")
         print_table(STATUS_HEADERS, status_rows(nodes),
                     title=f"Cluster {config.cluster_name!r} ({config.provider_type}): "
                           f"{len(nodes)} node(s)")
