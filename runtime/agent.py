@@ -37,6 +37,7 @@ class WorkerProcess:
         self.actor_id = actor_id
         self.ready = False
         self.task: dict | None = None          # running task (task workers)
+        self.next: dict | None = None          # prefetched task, same shape
         self.backlog: list = []                # messages waiting for `ready`
         self.killed_reason: str | None = None
 
@@ -202,7 +203,8 @@ class NodeAgent(ObjectService):
         for worker in list(self.workers.values()):
             info = self.actor_info.get(worker.actor_id) if worker.actor_id else None
             owned = (info and info["driver"] == driver and not info.get("detached")) or \
-                (worker.task and worker.task["driver"] == driver)
+                (worker.task and worker.task["driver"] == driver) or \
+                (worker.next and worker.next["driver"] == driver)
             if owned:
                 worker.killed_reason = "driver exited"
                 worker.proc.kill()
@@ -242,9 +244,23 @@ class NodeAgent(ObjectService):
         waiting = collections.deque()
         while self.queue:
             task = self.queue.popleft()
-            if task["missing"] or not self._start(task):
+            if task["missing"] or not (self._start(task) or self._prefetch(task)):
                 waiting.append(task)
         self.queue = waiting
+
+    def _prefetch(self, task: dict) -> bool:
+        """Queue a task at a busy worker whose running task has the same shape, so
+        the worker starts it the moment the running one ends. It takes its resources
+        only then (exactly the ones the finished task gives back)."""
+        if task["kind"] != "task":
+            return False
+        for worker in self.workers.values():
+            if worker.task is not None and worker.next is None and \
+                    worker.task["shape"] == task["shape"]:
+                worker.next = task
+                self._send_to_worker(worker, task)
+                return True
+        return False
 
     def _start(self, task: dict) -> bool:
         if self._fail_lost(task):
@@ -333,9 +349,11 @@ class NodeAgent(ObjectService):
             if worker.actor_id is not None:
                 task = worker.pending.pop(task_id, None)
             else:
-                task, worker.task = worker.task, None
+                task, worker.task, worker.next = worker.task, worker.next, None
                 if task:
                     scheduling.release(self.available, task["shape"])
+                if worker.task:   # the prefetched task starts now
+                    scheduling.acquire(self.available, worker.task["shape"])
             if task is None:
                 return
             value = unpack_value(packed, frames)
@@ -376,6 +394,9 @@ class NodeAgent(ObjectService):
                 scheduling.release(self.available, worker.task["shape"])
                 self._to_driver(worker.task["driver"], (worker.task["task_id"],
                                                         "worker_died", cause))
+                if worker.next is not None and worker.next["driver"] in self.routes:
+                    # never started: run it on another worker
+                    self.queue.appendleft(worker.next)
 
     def _shutdown(self) -> None:
         for worker in self.workers.values():
