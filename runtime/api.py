@@ -88,12 +88,12 @@ def init(address: str | None = None, num_cpus: float | None = None,
             raise RuntimeSystemError("runtime.init() was already called; call "
                                      "runtime.shutdown() first")
         home = None
-        info = session.read_json(session.address_file(session.session_dir()))
+        info = session.read_json(session.address_file(session.session_dir(create=False)))
         if address == "auto" or (address is None and info and
-                                 session.running_pids(session.session_dir())):
+                                 session.running_pids(session.session_dir(create=False))):
             if not info:
                 raise RuntimeConnectionError("auto", "no runtime runs on this node "
-                                             f"({session.session_dir()} has no address)")
+                                             f"({session.session_dir(create=False)} has no address)")
             address, home = info["address"], info.get("node_id")
             keys_dir = keys_dir or info.get("keys_dir")
         elif address is None:

@@ -65,7 +65,7 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
 @click.command(help="Stop this node's runtime processes (by the pids in "
                "$CORRAL_NODE_DIR/session). Does nothing if none run.")
 def stop():
-    stopped = session.stop_session(session.session_dir())
+    stopped = session.stop_session(session.session_dir(create=False))
     if stopped:
         click.echo(f"corral runtime stopped (pids {', '.join(map(str, stopped))})")
     else:

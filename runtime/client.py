@@ -16,10 +16,10 @@ def resolve_address(address: str | None) -> tuple[str, str | None]:
     """-> (HOST:PORT, keys dir or None). None/"auto": this node's address.json."""
     keys_dir = str(session.keys_dir())
     if address in (None, "auto"):
-        data = session.read_json(session.address_file(session.session_dir()))
+        data = session.read_json(session.address_file(session.session_dir(create=False)))
         if not data:
             raise RuntimeConnectionError(
-                "auto", f"no runtime address file in {session.session_dir()} "
+                "auto", f"no runtime address file in {session.session_dir(create=False)} "
                 "(is `corral start` running on this node?)")
         return data["address"], data.get("keys_dir") or keys_dir
     return address, keys_dir

@@ -26,9 +26,10 @@ def node_dir() -> Path:
     return Path(os.environ.get("CORRAL_NODE_DIR") or DEFAULT_NODE_DIR)
 
 
-def session_dir(base: Path | None = None) -> Path:
+def session_dir(base: Path | None = None, create: bool = True) -> Path:
     path = (base or node_dir()) / "session"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 
@@ -159,6 +160,8 @@ def _reap(pids: list[int]) -> None:
 
 def stop_session(session: Path) -> list[int]:
     """Stop exactly this node's runtime processes (by the pids in the session dir)."""
+    if not session.is_dir():
+        return []
     found = running_pids(session)
     pids = [found[name] for name in sorted(found, key=lambda n: n != "agent")]
     stop_pids(pids)
