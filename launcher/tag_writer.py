@@ -18,7 +18,7 @@ from typing import Mapping
 
 from launcher.errors import ClusterError
 
-DEBOUNCE_S = 0.25
+DEBOUNCE_S = 0.5
 
 
 class TagWriter:

@@ -115,6 +115,9 @@ def test_lifecycle_up_exec_rsync_reup_down(cluster, tmp_path):
     assert everywhere.stdout.count("] kind=") == WORKERS + 1  # prefixed per node
     assert cluster.run("exec", "exit 7").returncode == 7
     assert cluster.run("exec", "--all-nodes", "test $CORRAL_NODE_KIND = head").returncode == 1
+    on_the_head = cluster.run("exec", "corral status")  # CONFIG comes from the head itself
+    assert on_the_head.returncode == 0, on_the_head.stderr
+    assert on_the_head.stdout.count("up-to-date") == WORKERS + 1
     assert cluster.run("get-head-ip").stdout.strip() == "127.0.0.1"
     assert cluster.run("get-worker-ips").stdout.splitlines() == ["127.0.0.1"] * WORKERS
 
