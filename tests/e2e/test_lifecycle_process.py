@@ -215,3 +215,8 @@ def test_replacing_needs_confirmation_without_a_terminal(cluster):
     assert "head2" in status and status.count("up-to-date") == 2
     down = cluster.run("down")
     assert down.returncode == 2 and "-y" in down.stderr
+    workers_gone = cluster.run("down", "--workers-only", "-y")
+    assert workers_gone.returncode == 0, workers_gone.stdout + workers_gone.stderr
+    status = cluster.run("status")
+    assert status.returncode == 0 and " worker " not in status.stdout
+    assert status.stdout.count("up-to-date") == 1 and len(cluster.node_dirs()) == 1

@@ -258,3 +258,31 @@ def test_batch_knows_which_command_failed_and_isolates_commands(tmp_path):
     assert str(tmp_path / "node") in text  # the second command ran in the original cwd
     assert "never" not in text.replace("$ echo never", "")
     assert run_batch(runner, ["true", "echo ok # a comment with )"], env={}) is None
+
+
+def test_tag_writer_keeps_order_merges_while_busy_and_ends_at_the_final_tags(tmp_path,
+                                                                             monkeypatch):
+    import threading
+    from launcher import tag_writer
+    monkeypatch.setattr(tag_writer, "DEBOUNCE_S", 0.0)
+    config = make_config(tmp_path)
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    [node_id] = provider.create_nodes("w", {}, {"corral-node-kind": "worker"}, 1)
+    release = threading.Event()
+    original = provider.set_node_tags
+
+    def slow_first_write(node, tags):
+        release.wait(5)  # hold the first write until every later stage has been set
+        original(node, tags)
+    provider.set_node_tags = slow_first_write
+    writer = tag_writer.TagWriter(provider, node_id)
+    for stage in STAGES[:4]:
+        writer.set({TAG_NODE_STATUS: stage})
+    release.set()
+    writer.finish({TAG_NODE_STATUS: STATUS_UP_TO_DATE, "corral-runtime-hash": "abc"})
+    written = provider.statuses(node_id)
+    assert_stages(written, STATUS_UP_TO_DATE)
+    assert len(written) <= 3  # the stages set during the slow write were merged
+    assert provider.nodes[node_id].tags["corral-runtime-hash"] == "abc"
+    writer.finish({TAG_FAILURE: "late"})  # after finishing, writes go straight through
+    assert provider.nodes[node_id].tags[TAG_FAILURE] == "late"
