@@ -193,7 +193,12 @@ class NodeAgent(ObjectService):
 
     def _learn_nodes(self, nodes) -> None:
         for node in nodes:
-            self.peer_addresses[node["node_id"]] = node["address"]
+            node_id, address = node["node_id"], node["address"]
+            if self.peer_addresses.get(node_id, address) != address and node_id in self.peers:
+                sock = self.peers.pop(node_id)   # that node restarted elsewhere
+                self.poller.unregister(sock)
+                sock.close(0)
+            self.peer_addresses[node_id] = address
 
     def _driver_dead(self, driver: str) -> None:
         log.info("driver %s is gone: dropping its work", driver)

@@ -30,6 +30,9 @@ class DriverIO:
         for node in table:
             node_id = node["node_id"]
             old = core.nodes.get(node_id)
+            if old is not None and old["alive"] and node["alive"] and \
+                    (old["address"], old.get("ipc")) != (node["address"], node.get("ipc")):
+                self._node_died(node_id)     # the same node id came back as a new agent
             core.nodes[node_id] = node
             if node["alive"] and node_id not in core.agents:
                 core.agents[node_id] = self._connect(node)

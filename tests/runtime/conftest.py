@@ -34,7 +34,7 @@ class LocalCluster:
 
     def add_node(self, node_id: str, num_cpus=1, resources=None, wait=True):
         node_dir = self.base / node_id
-        shutil.copytree(self.keys_dir, node_dir / "keys")
+        shutil.copytree(self.keys_dir, node_dir / "keys", dirs_exist_ok=True)
         started = start_node(head=False, address=self.head.address, num_cpus=num_cpus,
                              resources=resources, node_id=node_id, node_dir=node_dir,
                              node_ip="127.0.0.1", wait_registered=wait)

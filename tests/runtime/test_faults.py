@@ -176,3 +176,19 @@ def test_actor_worker_killed_is_restarted_then_dies(one_node):
             return True
         return False
     wait_until(dead)
+
+
+def test_node_restarted_with_the_same_id_is_used_again(local_cluster):
+    local_cluster.start_head(num_cpus=1)
+    local_cluster.add_node("phoenix", num_cpus=1, resources={"phoenix": 1})
+    local_cluster.connect()
+
+    @runtime.remote(resources={"phoenix": 1})
+    def agent_pid():
+        return os.getppid()
+    first = runtime.get(agent_pid.remote(), timeout=60)
+    assert first == local_cluster.nodes["phoenix"].pids["agent"]
+    os.kill(first, signal.SIGKILL)
+    local_cluster.add_node("phoenix", num_cpus=1, resources={"phoenix": 1})
+    second = runtime.get(agent_pid.remote(), timeout=60)
+    assert second == local_cluster.nodes["phoenix"].pids["agent"] != first
