@@ -93,6 +93,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import runtime
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (figures drop under load)")
     print(f"corral runtime (embedded, {args.num_cpus} CPUs):")
     runtime.init(num_cpus=args.num_cpus, log_to_driver=False)
     try:
