@@ -72,7 +72,7 @@ class DriverCore:
         try:
             reply = self.call_control("register_driver", timeout_s=connect_timeout_s,
                                       driver_id=self.driver_id)
-        except TimeoutError:
+        except RuntimeConnectionError:
             self.close(notify=False)
             raise RuntimeConnectionError(control_address, "no answer (not running, or "
                                          "the cluster key was refused)") from None
@@ -103,7 +103,8 @@ class DriverCore:
         try:
             ok, result = future.result(timeout_s)
         except TimeoutError:
-            raise TimeoutError(f"control service did not answer {method}") from None
+            raise RuntimeConnectionError(self.control_address, f"no answer to {method} "
+                                         f"within {timeout_s} s") from None
         if not ok:
             raise RuntimeConnectionError(self.control_address, f"{method}: {result}")
         return result
@@ -192,8 +193,8 @@ class DriverCore:
         if notify and self.running:
             try:
                 self.call_control("driver_exit", timeout_s=2.0, driver_id=self.driver_id)
-            except (TimeoutError, RuntimeConnectionError):
-                pass
+            except RuntimeConnectionError:
+                pass  # the control service is gone: it drops this driver by itself
         self.running = False
         self._wake()
         self.thread.join(5)
