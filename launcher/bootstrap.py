@@ -14,29 +14,27 @@ costs one round trip however many commands it has.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable
 
 import yaml
 
 from launcher import paths
 from launcher.command_batch import run_batch
 from launcher.errors import BootstrapError, ClusterError
-from launcher.hashing import (TAG_CONFIG_HASH, config_hash, file_mounts_digest,
-                              launch_hash, runtime_hash, tree_digest)
+from launcher.hashing import TAG_CONFIG_HASH
+# ClusterContext is part of this module's interface (the autoscaler builds one).
+from launcher.node_context import DEFAULT_NODE_DIR, ClusterContext, known_node_dir, node_ip
 from launcher.providers.base import Node, NodeProvider
 from launcher.tag_writer import TagWriter
 from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_STARTING,
                            STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
-                           STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_HEAD_PORT, TAG_LAUNCH_HASH,
+                           STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_LAUNCH_HASH,
                            TAG_NODE_STATUS, TAG_RUNTIME_HASH)
 
-DEFAULT_NODE_DIR = "/tmp/corral"
-DEFAULT_HEAD_PORT = 6390
 FAILURE_TAG_MAX_CHARS = 200
 
 # Called as on_stage(node_id, stage, detail) whenever a node enters a stage.
@@ -67,13 +65,6 @@ CONFIG_ONLY = BootstrapSteps(sync_files=False, run_setup=False, run_start=False,
 
 
 @dataclasses.dataclass(frozen=True)
-class NodeHashes:
-    launch: str
-    runtime: str
-    config: str | None  # head only
-
-
-@dataclasses.dataclass(frozen=True)
 class BootstrapOutcome:
     node_id: str
     node_kind: str
@@ -88,80 +79,6 @@ class BootstrapOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def head_port_of(provider: NodeProvider, head: Node | None) -> int:
-    """The head's runtime port: the provider's choice (tag or attribute), else 6390."""
-    if head is not None and head.tags.get(TAG_HEAD_PORT):
-        return int(head.tags[TAG_HEAD_PORT])
-    port = getattr(provider, "head_port", None)
-    port = port() if callable(port) else port
-    return int(port) if port else DEFAULT_HEAD_PORT
-
-
-def node_ip(node: Node) -> str | None:
-    return node.internal_ip or node.external_ip
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterContext:
-    """What the bootstraps of one cluster share, computed once (checksums included)."""
-    config: object  # ClusterConfig
-    head_ip: str
-    head_port: int
-    keys_dir: str | None
-    mounts_digest: Mapping[str, str]
-    keys_digest: str | None
-
-    @classmethod
-    def build(cls, config, head_ip: str, head_port: int,
-              keys_dir: str | None = None) -> "ClusterContext":
-        has_keys = bool(keys_dir and os.path.isdir(keys_dir) and os.listdir(keys_dir))
-        return cls(config=config, head_ip=head_ip, head_port=int(head_port),
-                   keys_dir=keys_dir if has_keys else None,
-                   mounts_digest=file_mounts_digest(config),
-                   keys_digest=tree_digest(keys_dir) if has_keys else None)
-
-    def hashes(self, node_kind: str, node_type: str) -> NodeHashes:
-        config = self.config
-        return NodeHashes(
-            launch=launch_hash(config, node_type),
-            runtime=runtime_hash(config, node_kind, node_type, head_ip=self.head_ip,
-                                 head_port=self.head_port, mounts_digest=self.mounts_digest,
-                                 keys_digest=self.keys_digest),
-            config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None)
-
-    def node_env(self, node: Node, node_dir: str) -> dict[str, str]:
-        """The environment every command on `node` gets (the common contract)."""
-        node_type = self.config.available_node_types.get(node.node_type)
-        resources = dict(node_type.resources) if node_type else {}
-        return {
-            "CORRAL_CLUSTER_NAME": self.config.cluster_name,
-            "CORRAL_NODE_ID": node.id,
-            "CORRAL_NODE_TYPE": node.node_type,
-            "CORRAL_NODE_KIND": node.kind,
-            "CORRAL_HEAD_IP": self.head_ip,
-            "CORRAL_HEAD_PORT": str(self.head_port),
-            "CORRAL_NODE_RESOURCES": json.dumps(resources, sort_keys=True),
-            "CORRAL_NODE_DIR": node_dir,
-        }
-
-    def head_document(self, node_dir: str) -> dict:
-        """The normalised config as the head reads it. On SSH providers the head needs
-        the SSH key to reach new workers: it travels with the config, 0600."""
-        document = self.config.to_dict()
-        if self.config.provider_type != "process" and document["auth"].get("ssh_private_key"):
-            document["auth"]["ssh_private_key"] = f"{node_dir}/ssh_key"
-        return document
-
-
-def known_node_dir(runner) -> str | None:
-    """The node dir when the runner's own environment names it (the process provider's
-    LocalRunner and the local provider's SSHRunner do); None when it must be asked."""
-    base_env = getattr(runner, "base_env", None)
-    if isinstance(base_env, Mapping):
-        return base_env.get("CORRAL_NODE_DIR") or None
-    return None
 
 
 # Run first in every stage script: the node dir exists, private, with keys/ and session/.
@@ -290,6 +207,9 @@ class NodeBootstrap:
         if not self.steps.config_only:
             for remote, local in self.config.file_mounts.items():
                 self.runner.put(os.path.expanduser(local), remote, exclude=exclude)
+            if self.is_head:
+                for source, copy in self.context.head_copies(self.node_dir).values():
+                    self.runner.put(source, copy, exclude=exclude)
         # Our own files (keys, the head's config) are needed only by the start commands:
         # they travel in the background while setup runs (see _await_private_files).
         self._private_sync = _Background(self._put_private_files)

@@ -9,9 +9,9 @@ import contextlib
 import os
 from typing import Iterator
 
-from launcher.bootstrap import (DEFAULT_NODE_DIR, ClusterContext, head_port_of,
-                                known_node_dir, node_ip)
 from launcher.errors import ClusterError, UsageError
+from launcher.node_context import (DEFAULT_NODE_DIR, ClusterContext, head_port_of,
+                                   known_node_dir, node_ip)
 from launcher.providers import make_provider
 from launcher.providers.base import Node, NodeProvider
 from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND

@@ -19,8 +19,9 @@ from typing import Callable
 
 from launcher import paths
 from launcher.bootstrap import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ONLY,
-                                BootstrapOutcome, BootstrapSteps, ClusterContext,
-                                StageCallback, bootstrap_node, head_port_of, node_ip)
+                                BootstrapOutcome, BootstrapSteps, StageCallback,
+                                bootstrap_node)
+from launcher.node_context import ClusterContext, head_port_of, node_ip
 from launcher.errors import BootstrapError, ClusterError, ProviderError
 from launcher.hashing import TAG_CONFIG_HASH, launch_hash
 from launcher.providers.base import Node, NodeProvider

@@ -13,6 +13,7 @@ from launcher.cluster_up import (CREATE, KEEP, REPLACE, UPDATE, UpOptions, apply
                                  plan_up)
 from launcher.command_batch import run_batch
 from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.hashing import tree_digest
 from launcher.tags import (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
                            TAG_NODE_STATUS)
 from tests.unit.fakes import FakeProvider, FakeRunner
@@ -97,6 +98,11 @@ def test_fresh_up_runs_every_stage_in_order_with_the_contract_env(tmp_path, keys
     head = provider.non_terminated_nodes({"corral-node-kind": "head"})[0]
     uploaded = yaml.safe_load(open(node_file(provider, head.id, "cluster.yaml")))
     assert uploaded["cluster_name"] == "unit"
+    # The head keeps its own copy of every file mount for the autoscaler's new workers,
+    # with the same checksum, so workers it bootstraps carry the same runtime hash.
+    assert uploaded["file_mounts"] == {"/app": "/tmp/corral/mounts/0"}
+    copy = provider.runners[head.id].local_path("/tmp/corral/mounts/0")
+    assert tree_digest(copy) == tree_digest(str(tmp_path / "mount"))
     assert stat.S_IMODE(os.stat(node_file(provider, head.id, "cluster.yaml")).st_mode) == 0o600
     worker = provider.non_terminated_nodes({"corral-node-kind": "worker"})[0]
     env = dict(line.split("=", 1) for line in read_lines(node_file(provider, worker.id,

@@ -1,0 +1,116 @@
+"""What the bootstraps of one cluster share: where the head is, the environment every
+command on a node gets (the common contract), the hashes a node should carry, and the
+config and file-mount copies the head keeps for its autoscaler."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Mapping
+
+from launcher.hashing import (config_hash, file_mounts_digest, launch_hash, runtime_hash,
+                              tree_digest)
+from launcher.providers.base import Node, NodeProvider
+from launcher.tags import KIND_HEAD, TAG_HEAD_PORT
+
+DEFAULT_NODE_DIR = "/tmp/corral"
+DEFAULT_HEAD_PORT = 6390
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeHashes:
+    launch: str
+    runtime: str
+    config: str | None  # head only
+
+
+def head_port_of(provider: NodeProvider, head: Node | None) -> int:
+    """The head's runtime port: the provider's choice (tag or attribute), else 6390."""
+    if head is not None and head.tags.get(TAG_HEAD_PORT):
+        return int(head.tags[TAG_HEAD_PORT])
+    port = getattr(provider, "head_port", None)
+    port = port() if callable(port) else port
+    return int(port) if port else DEFAULT_HEAD_PORT
+
+
+def node_ip(node: Node) -> str | None:
+    return node.internal_ip or node.external_ip
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterContext:
+    """What the bootstraps of one cluster share, computed once (checksums included)."""
+    config: object  # ClusterConfig
+    head_ip: str
+    head_port: int
+    keys_dir: str | None
+    mounts_digest: Mapping[str, str]
+    keys_digest: str | None
+
+    @classmethod
+    def build(cls, config, head_ip: str, head_port: int,
+              keys_dir: str | None = None) -> "ClusterContext":
+        has_keys = bool(keys_dir and os.path.isdir(keys_dir) and os.listdir(keys_dir))
+        return cls(config=config, head_ip=head_ip, head_port=int(head_port),
+                   keys_dir=keys_dir if has_keys else None,
+                   mounts_digest=file_mounts_digest(config),
+                   keys_digest=tree_digest(keys_dir) if has_keys else None)
+
+    def hashes(self, node_kind: str, node_type: str) -> NodeHashes:
+        config = self.config
+        return NodeHashes(
+            launch=launch_hash(config, node_type),
+            runtime=runtime_hash(config, node_kind, node_type, head_ip=self.head_ip,
+                                 head_port=self.head_port, mounts_digest=self.mounts_digest,
+                                 keys_digest=self.keys_digest),
+            config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None)
+
+    def node_env(self, node: Node, node_dir: str) -> dict[str, str]:
+        """The environment every command on `node` gets (the common contract)."""
+        node_type = self.config.available_node_types.get(node.node_type)
+        resources = dict(node_type.resources) if node_type else {}
+        return {
+            "CORRAL_CLUSTER_NAME": self.config.cluster_name,
+            "CORRAL_NODE_ID": node.id,
+            "CORRAL_NODE_TYPE": node.node_type,
+            "CORRAL_NODE_KIND": node.kind,
+            "CORRAL_HEAD_IP": self.head_ip,
+            "CORRAL_HEAD_PORT": str(self.head_port),
+            "CORRAL_NODE_RESOURCES": json.dumps(resources, sort_keys=True),
+            "CORRAL_NODE_DIR": node_dir,
+        }
+
+    def head_copies(self, node_dir: str) -> dict[str, tuple[str, str]]:
+        """{remote path: (local source, its copy on the head)} for every file mount. The
+        head's autoscaler bootstraps new workers from these copies (the laptop's paths do
+        not exist there). None are needed when the head runs on this machine (process)."""
+        if self.config.provider_type == "process":
+            return {}
+        copies = {}
+        for index, (remote, local) in enumerate(sorted(self.config.file_mounts.items())):
+            source = os.path.expanduser(local)
+            copy = f"{node_dir}/mounts/{index}"
+            if os.path.isfile(source):
+                copy += "/" + os.path.basename(source.rstrip("/"))
+            copies[remote] = (source, copy)
+        return copies
+
+    def head_document(self, node_dir: str) -> dict:
+        """The normalised config as the head reads it. On SSH providers the head needs
+        the SSH key to reach new workers (it travels with the config, 0600) and reads the
+        file mounts from its own copies."""
+        document = self.config.to_dict()
+        if self.config.provider_type != "process" and document["auth"].get("ssh_private_key"):
+            document["auth"]["ssh_private_key"] = f"{node_dir}/ssh_key"
+        for remote, (_, copy) in self.head_copies(node_dir).items():
+            document["file_mounts"][remote] = copy
+        return document
+
+
+def known_node_dir(runner) -> str | None:
+    """The node dir when the runner's own environment names it (the process provider's
+    LocalRunner and the local provider's SSHRunner do); None when it must be asked."""
+    base_env = getattr(runner, "base_env", None)
+    if isinstance(base_env, Mapping):
+        return base_env.get("CORRAL_NODE_DIR") or None
+    return None
