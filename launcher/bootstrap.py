@@ -25,7 +25,7 @@ import yaml
 from launcher import paths
 from launcher.command_batch import run_batch
 from launcher.errors import BootstrapError, ClusterError
-from launcher.hashing import TAG_CONFIG_HASH
+from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS
 # ClusterContext is part of this module's interface (the autoscaler builds one).
 from launcher.node_context import DEFAULT_NODE_DIR, ClusterContext, known_node_dir, node_ip
 from launcher.providers.base import Node, NodeProvider
@@ -183,7 +183,8 @@ class NodeBootstrap:
             self._run_commands(self._start_commands())
         self.stage = STATUS_UP_TO_DATE
         tags = {TAG_NODE_STATUS: STATUS_UP_TO_DATE, TAG_FAILURE: "",
-                TAG_LAUNCH_HASH: self.hashes.launch, TAG_RUNTIME_HASH: self.hashes.runtime}
+                TAG_LAUNCH_HASH: self.hashes.launch, TAG_RUNTIME_HASH: self.hashes.runtime,
+                TAG_RUNTIME_PARTS: self.hashes.runtime_parts}
         if self.hashes.config:
             tags[TAG_CONFIG_HASH] = self.hashes.config
         self._guard(lambda: self.tags.finish(tags))

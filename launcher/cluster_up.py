@@ -23,7 +23,7 @@ from launcher.bootstrap import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ONLY,
                                 bootstrap_node)
 from launcher.node_context import ClusterContext, head_port_of, node_ip
 from launcher.errors import BootstrapError, ClusterError, ProviderError
-from launcher.hashing import TAG_CONFIG_HASH, launch_hash
+from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS, changed_parts, launch_hash
 from launcher.providers.base import Node, NodeProvider
 from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
                            STATUS_UPDATE_FAILED, TAG_LAUNCH_HASH, TAG_NODE_KIND,
@@ -125,7 +125,10 @@ def _decide(config, node: Node, context: ClusterContext | None, options: UpOptio
         return update(FULL, "the head is new")
     hashes = context.hashes(node.kind, node.node_type)
     if tags.get(TAG_RUNTIME_HASH) != hashes.runtime:
-        return update(FULL, "commands, file mounts, keys or resources changed")
+        changed = changed_parts(tags.get(TAG_RUNTIME_PARTS),
+                                context.runtime_parts(node.kind, node.node_type))
+        return update(FULL, (" and ".join(changed) if changed else
+                             "commands, file mounts, keys or resources") + " changed")
     if hashes.config and tags.get(TAG_CONFIG_HASH) != hashes.config:
         return NodeAction(UPDATE, node.kind, node.node_type, node, CONFIG_ONLY,
                           "cluster config changed (no command or file changed)")

@@ -68,6 +68,34 @@ def file_mounts_digest(config) -> dict[str, str]:
             for remote, local in sorted(config.file_mounts.items())}
 
 
+# The parts of the runtime hash, stored too (TAG_RUNTIME_PARTS) so `up` can say which
+# part changed: {part: what it means to a user}.
+TAG_RUNTIME_PARTS = "corral-runtime-parts"
+RUNTIME_PARTS = {"setup": "setup commands", "start": "start commands",
+                 "files": "file mount contents", "keys": "cluster keys",
+                 "resources": "node resources", "head": "head address"}
+_PART_LENGTH = 8
+
+
+def runtime_parts(config, node_kind: str, node_type: str, *, head_ip: str | None,
+                  head_port: int | str | None, mounts_digest: Mapping[str, str] | None = None,
+                  keys_digest: str | None = None) -> dict[str, str]:
+    """A short checksum per part of what runs on a node (see runtime_hash)."""
+    is_head = node_kind == KIND_HEAD
+    parts = {
+        "setup": [config.cluster_name, node_kind, config.initialization_commands,
+                  config.setup_commands,
+                  config.head_setup_commands if is_head else config.worker_setup_commands],
+        "start": config.head_start_commands if is_head else config.worker_start_commands,
+        "files": [dict(mounts_digest if mounts_digest is not None
+                       else file_mounts_digest(config)), config.rsync_exclude],
+        "keys": keys_digest,
+        "resources": config.available_node_types[node_type].resources,
+        "head": [head_ip, str(head_port)],
+    }
+    return {name: _digest(value)[:_PART_LENGTH] for name, value in parts.items()}
+
+
 def runtime_hash(config, node_kind: str, node_type: str, *, head_ip: str | None,
                  head_port: int | str | None, mounts_digest: Mapping[str, str] | None = None,
                  keys_digest: str | None = None) -> str:
@@ -75,24 +103,28 @@ def runtime_hash(config, node_kind: str, node_type: str, *, head_ip: str | None,
 
     Includes where the head is (CORRAL_HEAD_IP/PORT are part of every command's
     environment), so a replaced head restarts its workers."""
-    is_head = node_kind == KIND_HEAD
-    commands = {
-        "initialization": config.initialization_commands,
-        "setup": config.setup_commands,
-        "kind_setup": config.head_setup_commands if is_head else config.worker_setup_commands,
-        "start": config.head_start_commands if is_head else config.worker_start_commands,
-    }
-    return _digest({
-        "cluster": config.cluster_name,
-        "kind": node_kind,
-        "commands": commands,
-        "file_mounts": dict(mounts_digest if mounts_digest is not None
-                            else file_mounts_digest(config)),
-        "rsync_exclude": config.rsync_exclude,
-        "keys": keys_digest,
-        "resources": config.available_node_types[node_type].resources,
-        "head": [head_ip, str(head_port)],
-    })
+    return hash_of_parts(runtime_parts(config, node_kind, node_type, head_ip=head_ip,
+                                       head_port=head_port, mounts_digest=mounts_digest,
+                                       keys_digest=keys_digest))
+
+
+def hash_of_parts(parts: Mapping[str, str]) -> str:
+    """The runtime hash from its parts (runtime_parts)."""
+    return _digest(parts)
+
+
+def encode_parts(parts: Mapping[str, str]) -> str:
+    return ",".join(f"{name}={value}" for name, value in parts.items())
+
+
+def changed_parts(stored: str | None, parts: Mapping[str, str]) -> list[str]:
+    """What changed, in words, between a stored TAG_RUNTIME_PARTS value and `parts`
+    (empty when nothing was stored, e.g. a node bootstrapped by an older corral)."""
+    if not stored:
+        return []
+    old = dict(item.split("=", 1) for item in stored.split(",") if "=" in item)
+    return [RUNTIME_PARTS.get(name, name) for name, value in parts.items()
+            if old.get(name) != value]
 
 
 def config_hash(config_document: Mapping[str, Any]) -> str:

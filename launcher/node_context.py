@@ -8,12 +8,13 @@ import json
 import os
 from typing import Mapping
 
-from launcher.hashing import (config_hash, file_mounts_digest, launch_hash, runtime_hash,
-                              tree_digest)
+from launcher.hashing import (config_hash, encode_parts, file_mounts_digest, hash_of_parts,
+                              launch_hash, runtime_parts, tree_digest)
 from launcher.providers.base import Node, NodeProvider
 from launcher.tags import KIND_HEAD, TAG_HEAD_PORT
 
 DEFAULT_NODE_DIR = "/tmp/corral"
+
 DEFAULT_HEAD_PORT = 6390
 
 
@@ -22,6 +23,7 @@ class NodeHashes:
     launch: str
     runtime: str
     config: str | None  # head only
+    runtime_parts: str = ""  # TAG_RUNTIME_PARTS: says which part of `runtime` changed
 
 
 def head_port_of(provider: NodeProvider, head: Node | None) -> int:
@@ -56,14 +58,19 @@ class ClusterContext:
                    mounts_digest=file_mounts_digest(config),
                    keys_digest=tree_digest(keys_dir) if has_keys else None)
 
+    def runtime_parts(self, node_kind: str, node_type: str) -> dict[str, str]:
+        return runtime_parts(self.config, node_kind, node_type, head_ip=self.head_ip,
+                             head_port=self.head_port, mounts_digest=self.mounts_digest,
+                             keys_digest=self.keys_digest)
+
     def hashes(self, node_kind: str, node_type: str) -> NodeHashes:
         config = self.config
+        parts = self.runtime_parts(node_kind, node_type)
         return NodeHashes(
             launch=launch_hash(config, node_type),
-            runtime=runtime_hash(config, node_kind, node_type, head_ip=self.head_ip,
-                                 head_port=self.head_port, mounts_digest=self.mounts_digest,
-                                 keys_digest=self.keys_digest),
-            config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None)
+            runtime=hash_of_parts(parts),
+            config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None,
+            runtime_parts=encode_parts(parts))
 
     def node_env(self, node: Node, node_dir: str) -> dict[str, str]:
         """The environment every command on `node` gets (the common contract)."""

@@ -185,6 +185,8 @@ def test_hash_decisions(tmp_path, keys_dir):
     changed = make_config(tmp_path, setup_commands=("echo v2",))
     assert actions_by_kind(plan_up(changed, provider, UpOptions(), keys_dir)) == \
         [("head", UPDATE, FULL), ("worker", UPDATE, FULL), ("worker", UPDATE, FULL)]
+    assert {a.reason for a in plan_up(changed, provider, UpOptions(), keys_dir).actions} \
+        == {"setup commands changed"}
     assert {a.steps for a in plan_up(changed, provider, UpOptions(no_restart=True),
                                      keys_dir).actions} == {NO_RESTART}
     assert {a.steps for a in plan_up(config, provider, UpOptions(restart_only=True),
@@ -196,8 +198,9 @@ def test_hash_decisions(tmp_path, keys_dir):
     assert actions_by_kind(plan_up(bounds, provider, UpOptions(), keys_dir)) == \
         [("head", UPDATE, CONFIG_ONLY), ("worker", KEEP, None), ("worker", KEEP, None)]
     (tmp_path / "mount" / "app.py").write_text("print('v2')\n")
-    assert all(a.action == UPDATE for a in plan_up(config, provider, UpOptions(),
-                                                   keys_dir).actions)
+    mounts_changed = plan_up(config, provider, UpOptions(), keys_dir).actions
+    assert all(a.action == UPDATE for a in mounts_changed)
+    assert {a.reason for a in mounts_changed} == {"file mount contents changed"}
     bigger = make_config(tmp_path, available_node_types={
         **config.available_node_types,
         "w": NodeTypeConfig("w", {"size": "xl"}, {"CPU": 2}, min_workers=2, max_workers=4)})
