@@ -121,6 +121,9 @@ def bind_router(ctx: zmq.Context, address: str, keys: ClusterKeys | None) -> zmq
     sock = ctx.socket(zmq.ROUTER)
     _tune(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # a peer that reconnects (new socket, same identity) takes its identity over at
+    # once, instead of being refused while the old connection is not yet noticed dead
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if address.startswith("tcp://") and keys is not None:
         ensure_zap_handler(ctx, keys)
         sock.curve_server = True
