@@ -34,7 +34,7 @@ class Actuator:
     def __init__(self, config, provider: NodeProvider, state: MonitorState, events: EventLog,
                  bootstrap: BootstrapFn, launch_hashes: Mapping[str, str | None],
                  max_parallel_bootstraps: int = 16, on_change: Callable[[], None] | None = None,
-                 executor=None):
+                 executor=None, adopt_after_s: float = 30.0):
         self.config = config
         self.provider = provider
         self.state = state
@@ -46,6 +46,9 @@ class Actuator:
         self.pool = executor or ThreadPoolExecutor(max_workers=max_parallel_bootstraps,
                                                    thread_name_prefix="bootstrap")
         self.bootstrapping: dict[str, Future] = {}
+        self.created: set[str] = set()  # nodes this actuator launched (bootstrapped at once)
+        self.adopt_after_s = adopt_after_s
+        self._stage_seen: dict[str, tuple[str | None, float]] = {}  # id -> (stage, since)
 
     # -- create ---------------------------------------------------------------------------
     def create(self, now_s: float, node_type: str, count: int) -> list[str]:
@@ -73,6 +76,7 @@ class Actuator:
                               count=count)
             return []
         self.state.launch_succeeded(node_type)
+        self.created.update(ids)
         self.events.write(now_s, ev.LAUNCHED, f"launched {len(ids)} x {node_type}: "
                           f"{', '.join(ids)}", node_type=node_type, count=len(ids))
         return ids
@@ -109,21 +113,33 @@ class Actuator:
         return ids
 
     # -- bootstrap ----------------------------------------------------------------------------
-    def needs_bootstrap(self, node: Node) -> bool:
-        """A worker this autoscaler launched, not yet up to date or failed, with an
-        address, and no bootstrap of ours running for it."""
+    def needs_bootstrap(self, now_s: float, node: Node) -> bool:
+        """A worker an autoscaler launched, not yet up to date or failed, with an address,
+        and no bootstrap of ours running for it. Nodes a previous monitor launched are
+        adopted only once their stage has not moved for adopt_after_s: a bootstrap that
+        monitor started may still be running its commands."""
         if node.kind != KIND_WORKER or node.id in self.bootstrapping:
             return False
         if node.tags.get(TAG_LAUNCHED_BY) != LAUNCHED_BY_AUTOSCALER:
             return False
         if node.status in (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED):
+            self._stage_seen.pop(node.id, None)
             return False
-        return bool(node.internal_ip or node.external_ip)
+        if not (node.internal_ip or node.external_ip):
+            return False
+        if node.id in self.created:
+            return True
+        stage, since_s = self._stage_seen.get(node.id, (None, None))
+        if since_s is None or stage != node.status:
+            self._stage_seen[node.id] = (node.status, now_s)
+            return self.adopt_after_s <= 0
+        return now_s - since_s >= self.adopt_after_s
 
     def start_bootstraps(self, now_s: float, nodes: list[Node]) -> int:
         started = 0
         for node in nodes:
-            if self.needs_bootstrap(node):
+            if self.needs_bootstrap(now_s, node):
+                self.created.add(node.id)  # ours from now on: never adopted twice
                 self.bootstrapping[node.id] = self.pool.submit(self._bootstrap_one, node)
                 started += 1
         return started

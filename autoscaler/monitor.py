@@ -33,6 +33,7 @@ from autoscaler.observe import (DEFAULT_JOIN_TIMEOUT_S, LoadSource, RuntimeLoadS
                                 build_snapshot, demand_version)
 from autoscaler.planner import plan as make_plan
 from autoscaler.policy import Policy, policy_from_config
+from autoscaler.snapshot import NODE_RUNNING
 from autoscaler.tracker import MonitorState
 from launcher.errors import ClusterError
 from launcher.providers.base import NodeProvider
@@ -58,14 +59,17 @@ class MonitorOptions:
     poll_s: float = 0.2  # how often the runtime's load is read
     provider_refresh_s: float = 5.0  # re-list provider nodes at least this often
     join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
+    adopt_after_s: float = 30.0  # adopt a predecessor's unfinished bootstraps after this
 
 
 class Monitor:
     def __init__(self, config, provider: NodeProvider, load_source: LoadSource, *,
                  events: EventLog, state: MonitorState, bootstrap: BootstrapFn,
                  clock: Clock | None = None, options: MonitorOptions | None = None,
-                 policy: Policy | None = None, executor=None):
+                 policy: Policy | None = None, executor=None,
+                 head_node_id: str | None = None):
         self.config = config
+        self.head_node_id = head_node_id  # when set: act only while this head exists
         self.provider = provider
         self.load_source = load_source
         self.events = events
@@ -77,7 +81,8 @@ class Monitor:
         self.actuator = Actuator(
             config, provider, state, events, bootstrap,
             {name: spec.launch_hash for name, spec in self.policy.node_types.items()},
-            on_change=self._changed, executor=executor)
+            on_change=self._changed, executor=executor,
+            adopt_after_s=self.options.adopt_after_s)
         self._nodes = None
         self._nodes_at_s = float("-inf")
         self._stale = True
@@ -114,6 +119,12 @@ class Monitor:
                 return None
             self._nodes_at_s = now_s
             self._stale = False
+        if self.head_node_id and not any(node.id == self.head_node_id
+                                         for node in self._nodes):
+            self._stale = True
+            self._problem(now_s, f"head node {self.head_node_id} is not among the cluster's "
+                                 "nodes (being taken down?); not acting")
+            return None
         self._last_version = version
         self._last_problem = None
         return build_snapshot(now_s, self._nodes, load, self.state,
@@ -131,7 +142,7 @@ class Monitor:
         self.events.record_plan(now_s, plan)
         self._write_status(now_s, plan, snapshot)
         self.last_plan = plan
-        self.act(now_s, plan)
+        self.act(now_s, plan, snapshot)
         return plan
 
     def _write_status(self, now_s: float, plan: Plan, snapshot) -> None:
@@ -146,9 +157,30 @@ class Monitor:
             self.events.write_status(now_s, plan, extra)
             self._status_content, self._status_at_s = content, now_s
 
-    def act(self, now_s: float, plan: Plan) -> None:
-        if plan.to_terminate:
-            self.actuator.terminate(now_s, list(plan.to_terminate))
+    def _drained(self, now_s: float, plan: Plan, snapshot) -> list[tuple[str, str]]:
+        """The terminations to do now: running nodes only once the runtime confirms
+        them drained and idle (when it can drain), so no work lands on a node going away."""
+        running = {record.id for record in snapshot.nodes if record.status == NODE_RUNNING}
+        asked = [node_id for node_id, _ in plan.to_terminate if node_id in running]
+        confirmed = set(asked)
+        if asked:
+            answer = self.load_source.drain(asked)
+            if answer is not None:
+                confirmed = set(answer)
+        decisions = []
+        for node_id, why in plan.to_terminate:
+            if node_id in running and node_id not in confirmed:
+                self.events.write(now_s, ev.DRAIN_REFUSED, f"kept {node_id} for now: the "
+                                  "runtime did not confirm it drained and idle",
+                                  node_id=node_id)
+                continue
+            decisions.append((node_id, why))
+        return decisions
+
+    def act(self, now_s: float, plan: Plan, snapshot) -> None:
+        decisions = self._drained(now_s, plan, snapshot) if plan.to_terminate else []
+        if decisions:
+            self.actuator.terminate(now_s, decisions)
             self._stale = True
         for node_type, count in sorted(plan.to_launch.items()):
             self.actuator.create(now_s, node_type, count)
@@ -208,7 +240,8 @@ def build_monitor(config_path: str, address: str, keys_dir: str | None,
     state = MonitorState.load(session / STATE_FILE, config_hash(config.to_dict()))
     return Monitor(config, provider, RuntimeLoadSource(address, keys_dir),
                    events=EventLog(session / ev.EVENTS_FILE), state=state,
-                   bootstrap=bootstrap, options=options)
+                   bootstrap=bootstrap, options=options,
+                   head_node_id=os.environ.get("CORRAL_NODE_ID"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys-dir", help="cluster keys (default $CORRAL_NODE_DIR/keys)")
     parser.add_argument("--node-dir", help="node state root (default $CORRAL_NODE_DIR)")
     parser.add_argument("--poll-s", type=float, default=MonitorOptions.poll_s)
+    parser.add_argument("--adopt-after-s", type=float, default=MonitorOptions.adopt_after_s,
+                        help="restart a previous monitor's unfinished bootstrap once its "
+                             "stage has not moved for this long")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -226,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     keys_dir = args.keys_dir or os.path.join(node_dir, "keys")
     try:
         monitor = build_monitor(args.config, args.address, keys_dir, node_dir,
-                                MonitorOptions(poll_s=args.poll_s))
+                                MonitorOptions(poll_s=args.poll_s,
+                                               adopt_after_s=args.adopt_after_s))
     except ClusterError as error:
         log.error("autoscaler monitor cannot start: %s", error)
         return 2

@@ -26,6 +26,12 @@ class LoadSource(abc.ABC):
     def get_load(self) -> dict:
         """The control service's load report (runtime.control: get_load)."""
 
+    def drain(self, node_ids: list[str]) -> list[str] | None:
+        """Ask the runtime to place no more work on these nodes. Returns the ids that are
+        drained and idle (safe to terminate), or None when the runtime cannot drain (the
+        monitor then goes by the idle times it saw)."""
+        return None
+
     def close(self) -> None:
         """Release connections."""
 
@@ -39,6 +45,22 @@ class RuntimeLoadSource(LoadSource):
         self.keys_dir = keys_dir
         self.timeout_s = timeout_s
         self._client = None
+        self._can_drain = True
+
+    def drain(self, node_ids: list[str]) -> list[str] | None:
+        """The control service's `drain_nodes(node_ids) -> [drained and idle ids]`, when
+        it has one; a runtime without it answers 'unknown control method'."""
+        from runtime.errors import RuntimeSystemError
+        if not self._can_drain:
+            return None
+        try:
+            self.get_load()  # (re)connects
+            return list(self._client.call("drain_nodes", node_ids=list(node_ids)))
+        except RuntimeSystemError as error:
+            if "unknown control method" in str(error):
+                self._can_drain = False
+                return None
+            return []  # could not ask: terminate nothing this round
 
     def get_load(self) -> dict:
         from runtime.client import ControlClient

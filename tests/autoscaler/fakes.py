@@ -91,6 +91,8 @@ class FakeRuntime:
         self.pending: list[dict] = []
         self.bundles: list[dict] = []
         self.error: Exception | None = None
+        self.can_drain = False
+        self.drained: list[str] = []
 
     def join(self, node_id: str, node_type: str, resources: Mapping[str, float]) -> None:
         self.nodes[node_id] = {"node_id": node_id, "node_type": node_type, "alive": True,
@@ -115,6 +117,15 @@ class FakeRuntime:
                                                       self.nodes.values()],
                 "pending_demand": list(self.pending), "infeasible": [],
                 "request_resources": list(self.bundles), "node_types": {}}
+
+    def drain(self, node_ids):
+        """Like a runtime with drain_nodes: confirms only nodes with nothing running."""
+        if not self.can_drain:
+            return None
+        idle = [node_id for node_id in node_ids
+                if self.nodes.get(node_id, {}).get("idle_since_s") is not None]
+        self.drained.extend(idle)
+        return idle
 
     def close(self) -> None:
         pass

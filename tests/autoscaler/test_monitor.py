@@ -162,7 +162,17 @@ def test_restart_mid_scale_up_launches_nothing_twice_and_adopts_bootstraps(tmp_p
     plan = h.step()
     assert dict(plan.target_launch) == {}
     assert len(h.provider.create_calls) == 1 and len(h.workers()) == 3
+    # The dead monitor's bootstrap commands may still run: wait until the stage stalls.
+    assert h.bootstrap.calls == []
+    h.clock.advance(29)
+    h.step()
+    assert h.bootstrap.calls == []
+    h.clock.advance(1)
+    h.step()
     assert sorted(h.bootstrap.calls) == sorted(node.id for node in h.workers())
+    h.clock.advance(60)
+    h.step()
+    assert len(h.bootstrap.calls) == 3  # adopted once, not again
 
 
 def test_nodes_started_by_corral_up_are_not_bootstrapped_by_the_monitor(tmp_path):
@@ -241,4 +251,36 @@ def test_run_loop_survives_a_failing_step_and_stops_when_told(tmp_path):
     h.monitor.run(stop)
     assert len(calls) == 3
     assert any("monitor step failed: RuntimeError: a bug" in event["message"]
+               for event in h.events())
+
+
+def test_no_action_while_the_head_is_gone(tmp_path):
+    h = Harness(tmp_path)
+    h.monitor.head_node_id = "head-1"
+    h.runtime.pending = [{"shape": {"CPU": 2}, "count": 1}]
+    del h.provider.nodes["head-1"]  # `corral down` took the head first
+    assert h.step() is None and h.workers() == []
+    assert any("head node head-1 is not among the cluster's nodes" in event["message"]
+               for event in h.events())
+
+
+def test_idle_nodes_are_terminated_only_once_the_runtime_confirms_them_drained(tmp_path):
+    h = Harness(tmp_path)
+    h.runtime.can_drain = True
+    h.runtime.pending = [{"shape": {"CPU": 2}, "count": 2}]
+    h.step()
+    h.runtime.pending = []
+    first, second = sorted(node.id for node in h.workers())
+    h.runtime.idle(first)
+    h.runtime.idle(second)
+    h.clock.advance(61)
+
+    def late_work(node_ids):  # work landed on `second` after the load was read
+        h.runtime.busy(second)
+        return FakeRuntime.drain(h.runtime, node_ids)
+    h.runtime.drain = late_work
+    h.step()
+    assert h.provider.terminated == [first]
+    assert [node.id for node in h.workers()] == [second]
+    assert any(event["kind"] == "drain-refused" and second in event["message"]
                for event in h.events())
