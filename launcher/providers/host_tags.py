@@ -7,31 +7,49 @@ persistent directory to keep claims across reboots). Whoever asks (the laptop's 
 up`/`down`, the head's autoscaler) reads the same file over SSH, so there is no second
 copy to drift (contrast ray-project/ray#43232).
 
-Every change is a compare-and-swap run on the host under `flock` on `<state_dir>/.lock`:
-the new content is written to a temporary file and renamed over the old one only if the
-file still holds exactly what the caller read. Two launchers racing for one host: one
-wins, the other sees a conflict and moves on.
+Every change runs on the host under `flock` on `<state_dir>/.lock` and replaces the file
+atomically (a temporary file renamed over it), in ONE remote command each:
+- claim: a compare-and-swap against "no file" (the usual case: a free host has none),
+  retried against the exact text read when the file holds a free (terminated or
+  garbage) claim. Two launchers racing for one host: one wins, the other sees a
+  conflict and moves on.
+- tag merge and release: a small Python script run on the host reads the claim, checks
+  it is still the cluster's, and merges the tags into it (or deletes it). A host without
+  python3 gets the same change as read + compare-and-swap (two commands, retried).
 
 Works through any CommandRunner (SSHRunner for hosts; LocalRunner in unit tests).
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import shlex
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 from launcher.command_runner import CommandRunner
-from launcher.errors import CommandError
+from launcher.errors import CommandError, ProviderError
 
 DEFAULT_STATE_DIR = "/tmp/corral-host"
 TAGS_FILE = "tags.json"
 STATE_CLAIMED = "running"
 STATE_TERMINATED = "terminated"
 LOCK_WAIT_S = 10
+CAS_ATTEMPTS = 5
 _CONFLICT_EXIT = 93
-_NOT_OURS_EXIT = 94
+_NOT_OURS_EXIT = 94  # the state dir is not a real directory of ours
+_NOT_CLAIMED_EXIT = 95  # the host is not (or no longer) the cluster's
+_NO_PYTHON_EXIT = 96
+
+
+def claim_is_free(claim) -> bool:
+    """No claim, a terminated one, or one that names no cluster. (Also run on the host by
+    the update script, so it uses nothing but builtins.)"""
+    if not isinstance(claim, dict) or claim.get("state") == "terminated":
+        return True
+    name = claim.get("cluster_name")
+    return not (isinstance(name, str) and name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +77,7 @@ class HostTags:
 
     def is_free(self) -> bool:
         """No claim, a terminated one, or one that names no cluster."""
-        return self.claim is None or self.terminated or not self.cluster_name
+        return claim_is_free(self.claim)
 
     def belongs_to(self, cluster_name: str) -> bool:
         return not self.is_free() and self.cluster_name == cluster_name
@@ -113,6 +131,20 @@ def read(runner: CommandRunner, state_dir: str, timeout_s: float = 30.0) -> Host
     return parse(result.stdout)
 
 
+def _locked_prelude(folder: str) -> list[str]:
+    """Shell lines: make the (quoted) state dir if needed, refuse one that is not ours, and
+    take the host-side lock for the rest of the script."""
+    return [
+        "umask 077",
+        f"mkdir -p {folder} || exit 90",
+        f"{_owned_check(folder)} || {{ echo 'not a directory owned by us: '{folder} >&2; "
+        f"exit {_NOT_OURS_EXIT}; }}",
+        "if command -v flock >/dev/null 2>&1; then",
+        f"  exec 9>{folder}/.lock && flock -w {LOCK_WAIT_S} 9 || exit 91",
+        "fi",
+    ]
+
+
 def swap_command(state_dir: str, expected_raw: str, new_claim: dict | None) -> str:
     """Shell script: replace (or with new_claim=None, delete) the tag file if it still
     holds expected_raw. Exits 93 and prints the current content on conflict."""
@@ -124,13 +156,7 @@ def swap_command(state_dir: str, expected_raw: str, new_claim: dict | None) -> s
         write = (f"printf '%s' {shlex.quote(encode(new_claim))} > \"$tmp\" && "
                  f"mv -f \"$tmp\" {path}")
     return "\n".join([
-        "umask 077",
-        f"mkdir -p {folder} || exit 90",
-        f"{_owned_check(folder)} || {{ echo 'not a directory owned by us: '{folder} >&2; "
-        f"exit {_NOT_OURS_EXIT}; }}",
-        "if command -v flock >/dev/null 2>&1; then",
-        f"  exec 9>{folder}/.lock && flock -w {LOCK_WAIT_S} 9 || exit 91",
-        "fi",
+        *_locked_prelude(folder),
         f"current=$(cat {path} 2>/dev/null)",
         f"if [ \"$current\" != {shlex.quote(expected_raw)} ]; then",
         f"  printf '%s' \"$current\"; exit {_CONFLICT_EXIT}",
@@ -150,3 +176,94 @@ def compare_and_swap(runner: CommandRunner, state_dir: str, expected: HostTags,
     if not result.ok:
         raise CommandError(result, f"could not write the tag file on {runner.host}")
     return None
+
+
+def claim(runner: CommandRunner, state_dir: str, new_claim: dict,
+          timeout_s: float = 30.0) -> HostTags | None:
+    """Claim the host in one command when it has no tag file (a free host usually has
+    none); when it holds a free claim (terminated, garbage), swap against that exact text.
+    Returns None when claimed, or the current HostTags when the host is taken."""
+    seen = HostTags("", None)
+    for _ in range(CAS_ATTEMPTS):
+        conflict = compare_and_swap(runner, state_dir, seen, new_claim, timeout_s)
+        if conflict is None or not conflict.is_free():
+            return conflict
+        seen = conflict
+    raise ProviderError(f"the tag file on {runner.host} kept changing; gave up after "
+                        f"{CAS_ATTEMPTS} attempts")
+
+
+def _host_update():  # runs on the host (python3 -I -S): argv = path, cluster, tags JSON
+    import os
+    import sys
+    path, cluster_name, updates = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    try:
+        with open(path) as file:
+            current = json.loads(file.read())
+    except (OSError, ValueError):
+        current = None
+    if claim_is_free(current) or current.get("cluster_name") != cluster_name:
+        sys.exit(95)
+    if updates is None:  # release
+        os.remove(path)
+        return
+    old = current.get("tags") if isinstance(current.get("tags"), dict) else {}
+    current["tags"] = {**{str(k): str(v) for k, v in old.items()}, **updates}
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as file:
+        file.write(encode(current))
+    os.replace(temporary, path)
+
+
+def update_command(state_dir: str, cluster_name: str, tags: Mapping[str, str] | None) -> str:
+    """Shell script: under the lock, merge `tags` into the cluster's claim (None: delete
+    the claim), with python3 on the host. Exits 95 when the host is not the cluster's,
+    96 when the host has no python3 (nothing changed)."""
+    folder = shlex.quote(state_dir.rstrip("/") or "/")
+    script = "\n".join(["import json", *(inspect.getsource(function) for function in
+                                          (claim_is_free, encode, _host_update)),
+                        "_host_update()"])
+    updates = None if tags is None else {str(key): str(value) for key, value in tags.items()}
+    return "\n".join([
+        *_locked_prelude(folder),
+        f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON_EXIT}",
+        f"exec python3 -I -S -c {shlex.quote(script)} "
+        f"{shlex.quote(_path(state_dir))} {shlex.quote(cluster_name)} "
+        f"{shlex.quote(json.dumps(updates))}",
+    ])
+
+
+def update_claim(runner: CommandRunner, state_dir: str, cluster_name: str,
+                 tags: Mapping[str, str] | None, timeout_s: float = 30.0) -> bool:
+    """Merge `tags` into the host's claim (tags=None: release the host), only if the host
+    is `cluster_name`'s. One command; two (read + compare-and-swap, retried) on a host
+    without python3. Returns False when the host is not (or no longer) the cluster's."""
+    result = runner.run(update_command(state_dir, cluster_name, tags), timeout_s=timeout_s)
+    if result.exit_code == _NOT_CLAIMED_EXIT:
+        return False
+    if result.exit_code == _NO_PYTHON_EXIT:
+        def change(current: dict) -> dict | None:
+            if tags is None:
+                return None
+            merged = HostTags("", current).tags
+            merged.update({str(key): str(value) for key, value in tags.items()})
+            return {**current, "tags": merged}
+        return _update_by_swap(runner, state_dir, cluster_name, change, timeout_s)
+    if not result.ok:
+        raise CommandError(result, f"could not update the tag file on {runner.host}")
+    return True
+
+
+def _update_by_swap(runner: CommandRunner, state_dir: str, cluster_name: str,
+                    change: Callable[[dict], dict | None], timeout_s: float) -> bool:
+    tags = read(runner, state_dir, timeout_s)
+    for _ in range(CAS_ATTEMPTS):
+        if not tags.belongs_to(cluster_name):
+            return False
+        conflict = compare_and_swap(runner, state_dir, tags, change(dict(tags.claim)),
+                                    timeout_s)
+        if conflict is None:
+            return True
+        tags = conflict
+    raise ProviderError(f"the tag file on {runner.host} kept changing; gave up after "
+                        f"{CAS_ATTEMPTS} attempts")

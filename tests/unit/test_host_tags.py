@@ -114,3 +114,110 @@ def test_malformed_claims_read_safely():
     assert host_tags.parse(json.dumps({"cluster_name": 7})).is_free()
     numbers = host_tags.parse(json.dumps({"cluster_name": "c1", "tags": {"n": 1}}))
     assert numbers.tags == {"n": "1"}
+
+
+def claimed(state, cluster="c1"):
+    runner, state_dir = state
+    assert host_tags.claim(runner, state_dir, claim_for(cluster)) is None
+    return runner, state_dir
+
+
+def test_claim_takes_a_free_host_once(state):
+    runner, state_dir = claimed(state, "c1")
+    taken = host_tags.claim(runner, state_dir, claim_for("c2"))
+    assert taken is not None and taken.belongs_to("c1")
+    assert host_tags.read(runner, state_dir).belongs_to("c1")
+
+
+def test_claim_replaces_a_terminated_or_garbage_claim(state):
+    runner, state_dir = state
+    os.makedirs(state_dir, mode=0o700)
+    path = os.path.join(state_dir, host_tags.TAGS_FILE)
+    for leftover in (host_tags.encode({**claim_for("old"), "state": "terminated"}), "{junk"):
+        with open(path, "w") as file:
+            file.write(leftover)
+        assert host_tags.claim(runner, state_dir, claim_for("c2")) is None
+        assert host_tags.read(runner, state_dir).belongs_to("c2")
+        os.remove(path)
+
+
+def test_racing_one_command_claims_have_one_winner(state):
+    runner, state_dir = state
+    winners = []
+
+    def grab(cluster):
+        if host_tags.claim(runner, state_dir, claim_for(cluster)) is None:
+            winners.append(cluster)
+    threads = [threading.Thread(target=grab, args=(f"c{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert host_tags.read(runner, state_dir).belongs_to(winners[0])
+
+
+def test_update_merges_tags_on_the_host(state):
+    runner, state_dir = claimed(state)
+    tricky = "it's \"x\" $HOME `id` \\n %s"
+    assert host_tags.update_claim(runner, state_dir, "c1", {"b": "2", "q": tricky}) is True
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "3"}) is True
+    tags = host_tags.read(runner, state_dir)
+    assert tags.claim["tags"] == {"a": "3", "b": "2", "q": tricky}
+    assert tags.belongs_to("c1") and tags.claim["claimed_by"] == "test"
+    path = os.path.join(state_dir, host_tags.TAGS_FILE)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert sorted(os.listdir(state_dir)) == [".lock", host_tags.TAGS_FILE]  # no temp left
+
+
+def test_update_refuses_a_host_that_is_not_the_clusters(state):
+    runner, state_dir = state
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is False  # free
+    claimed(state, "c2")
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is False
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is False
+    assert host_tags.read(runner, state_dir).claim["tags"] == {"a": "1"}  # c2's, untouched
+    assert host_tags.read(runner, state_dir).belongs_to("c2")
+
+
+def test_release_frees_the_host(state):
+    runner, state_dir = claimed(state)
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is True
+    assert host_tags.read(runner, state_dir).is_free()
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is False  # already free
+
+
+def test_racing_merges_lose_no_tag(state):
+    runner, state_dir = claimed(state)
+
+    def write(index):
+        assert host_tags.update_claim(runner, state_dir, "c1", {f"k{index}": str(index)})
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert host_tags.read(runner, state_dir).claim["tags"] == \
+        {"a": "1", **{f"k{i}": str(i) for i in range(6)}}
+
+
+@pytest.fixture
+def without_python(tmp_path):
+    """A LocalRunner whose PATH has the shell tools the scripts use, but no python3."""
+    import shutil
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "mkdir", "mv", "rm", "flock", "printf"):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, bin_dir / tool)
+    return LocalRunner(workdir=str(tmp_path), env={"PATH": str(bin_dir)})
+
+
+def test_update_without_python_on_the_host_falls_back_to_swap(state, without_python):
+    _, state_dir = claimed(state)
+    assert host_tags.update_claim(without_python, state_dir, "c1", {"b": "2"}) is True
+    assert host_tags.read(without_python, state_dir).claim["tags"] == {"a": "1", "b": "2"}
+    assert host_tags.update_claim(without_python, state_dir, "c2", {"b": "3"}) is False
+    assert host_tags.update_claim(without_python, state_dir, "c1", None) is True
+    assert host_tags.read(without_python, state_dir).is_free()
