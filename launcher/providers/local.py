@@ -11,6 +11,11 @@ Terminating a node stops every runtime process of ours on the host (`corral stop
 every process tagged CORRAL_NODE_DIR=/tmp/corral or recorded in its pid files, by PID),
 removes /tmp/corral and deletes the tag file, which frees the host.
 
+Round trips (each an SSH command on a pooled connection): listing = one per host, in
+parallel; claiming a free host = one; a tag write = one; terminating = three (read, stop,
+release). A host that does not answer is recorded in `unreachable` (data for `up`,
+`status`, `down` to report), not logged here, so users see it once.
+
 Limits: a host removed from the config while claimed is no longer looked at; run `corral
 down` before removing hosts. A host without `flock` is claimed without the host-side
 lock (the compare-and-swap still catches most races).
@@ -27,7 +32,7 @@ from typing import Mapping
 
 from launcher import tags as T
 from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
-                             ProviderError, UsageError)
+                             ProviderError, SSHUnreachableError, UsageError)
 from launcher.providers import host_tags, node_processes
 from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
 
@@ -37,9 +42,9 @@ REMOTE_NODE_DIR = "/tmp/corral"  # CORRAL_NODE_DIR on SSH hosts (common contract
 TAG_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
-CAS_ATTEMPTS = 5
 MAX_PARALLEL = 32
-LOST_RACE = "lost the race"
+CLAIMED = "claimed"
+TAKEN = "taken"  # another cluster (or launcher) holds the host
 
 
 class LocalProvider(NodeProvider):
@@ -94,8 +99,7 @@ class LocalProvider(NodeProvider):
         nodes, unreachable = [], {}
         for ip, tags in self._read_many(self._all_ips()).items():
             if isinstance(tags, ClusterError):
-                unreachable[ip] = str(tags)
-                log.warning("host %s did not answer: %s", ip, tags)
+                unreachable[ip] = str(tags)  # reported by the callers, not logged here
                 continue
             if tags.belongs_to(self.cluster_name):
                 node = self._node(ip, tags)
@@ -123,28 +127,28 @@ class LocalProvider(NodeProvider):
             return []
         pool = [self.head_ip] if kind == T.KIND_HEAD else list(self.worker_ips)
         what = "the head IP" if kind == T.KIND_HEAD else f"{len(pool)} worker IPs"
-        current = self._read_many(pool)
-        free = [ip for ip in pool if not isinstance(current[ip], ClusterError)
-                and current[ip].is_free()]
-        unreachable = [ip for ip in pool if isinstance(current[ip], ClusterError)]
-        if len(free) < count:
-            raise self._capacity_error(node_type, kind, what, pool, free, unreachable, count)
         node_tags = {**{key: str(value) for key, value in tags.items()},
                      T.TAG_CLUSTER_NAME: self.cluster_name, T.TAG_NODE_KIND: kind,
                      T.TAG_NODE_TYPE: node_type}
         claim = host_tags.make_claim(self.cluster_name, kind, node_type, node_tags,
                                      claimed_by=socket.gethostname())
+        # Claim optimistically, in config order (so racing launchers meet on the same
+        # hosts and one of them wins each): trying to claim costs one command, as much
+        # as reading, and a host that is taken tells us so.
         claimed: list[str] = []
+        unreachable: list[str] = []
         failures: dict[str, str] = {}
-        candidates = list(free)
+        candidates = list(pool)
         while len(claimed) < count and candidates:
-            batch, candidates = candidates[:count - len(claimed)], candidates[count - len(claimed):]
-            for ip, outcome in _parallel(lambda ip: self._try_claim(ip, current[ip], claim),
-                                         batch):
-                if outcome is None:
+            need = count - len(claimed)
+            batch, candidates = candidates[:need], candidates[need:]
+            for ip, outcome in _parallel(lambda ip: self._try_claim(ip, claim), batch):
+                if outcome == CLAIMED:
                     claimed.append(ip)
-                elif outcome != LOST_RACE:
-                    failures[ip] = outcome
+                elif isinstance(outcome, SSHUnreachableError):
+                    unreachable.append(ip)
+                elif outcome != TAKEN:
+                    failures[ip] = str(outcome)
         if len(claimed) < count:  # give back what we took: all or nothing
             self._release(claimed)
             if failures:
@@ -152,27 +156,36 @@ class LocalProvider(NodeProvider):
                                     f"{node_type}: " + "; ".join(
                                         f"{ip}: {why}" for ip, why in failures.items()),
                                     node_type=node_type)
-            raise self._capacity_error(node_type, kind, what, pool, [], unreachable, count)
+            raise self._capacity_error(node_type, kind, what, pool, claimed, unreachable,
+                                       count)
         return claimed
 
-    def _try_claim(self, ip: str, seen: host_tags.HostTags,
-                   claim: dict) -> tuple[str, str | None]:
-        """(ip, None) when claimed, (ip, LOST_RACE) when another launcher was first,
-        (ip, error text) when the host refused or failed."""
+    def _try_claim(self, ip: str, claim: dict) -> tuple[str, object]:
+        """(ip, CLAIMED), (ip, TAKEN) when the host is someone else's (or another
+        launcher was first), (ip, SSHUnreachableError) when it does not answer, or
+        (ip, error) when the host refused or failed."""
         try:
-            conflict = host_tags.compare_and_swap(self._runner(ip), self.state_dir, seen, claim,
-                                                  TAG_TIMEOUT_S)
+            taken = host_tags.claim(self._runner(ip), self.state_dir, claim, TAG_TIMEOUT_S)
+        except SSHUnreachableError as error:
+            return ip, error
+        except (OSError, socket.error) as error:
+            return ip, SSHUnreachableError(ip, TAG_TIMEOUT_S, str(error))
         except ClusterError as error:
-            log.warning("could not claim %s: %s", ip, error)
-            return ip, str(error)
-        return ip, None if conflict is None else LOST_RACE
+            return ip, error
+        return ip, CLAIMED if taken is None else TAKEN
 
     def _release(self, ips: list[str]) -> None:
-        for ip in ips:
-            try:
-                self._update(ip, lambda claim: None)
-            except ClusterError as error:  # still ours: `down` or a later terminate frees it
+        for ip, error in _parallel(self._release_one, ips):
+            if error is not None:  # still ours: `down` or a later terminate frees it
                 log.warning("could not give back host %s: %s", ip, error)
+
+    def _release_one(self, ip: str) -> tuple[str, ClusterError | None]:
+        try:
+            host_tags.update_claim(self._runner(ip), self.state_dir, self.cluster_name, None,
+                                   TAG_TIMEOUT_S)
+        except ClusterError as error:
+            return ip, error
+        return ip, None
 
     @staticmethod
     def _capacity_error(node_type, kind, what, pool, free, unreachable, count) -> CapacityError:
@@ -190,33 +203,12 @@ class LocalProvider(NodeProvider):
         error.unreachable_ips = list(unreachable)
         return error
 
-    def _update(self, ip: str, change, tags: host_tags.HostTags | None = None) -> bool:
-        """Read-modify-write the host's claim with compare-and-swap, retrying on conflicts.
-        `change(claim) -> new claim or None (delete)`; `tags`: what the caller just read,
-        if anything. Returns False if the host is not (or no longer) this cluster's."""
-        runner = self._runner(ip)
-        if tags is None:
-            tags = host_tags.read(runner, self.state_dir, TAG_TIMEOUT_S)
-        for _ in range(CAS_ATTEMPTS):
-            if not tags.belongs_to(self.cluster_name):
-                return False
-            conflict = host_tags.compare_and_swap(runner, self.state_dir, tags,
-                                                  change(dict(tags.claim)), TAG_TIMEOUT_S)
-            if conflict is None:
-                return True
-            tags = conflict
-        raise ProviderError(f"{ip}: its tag file kept changing; gave up after "
-                            f"{CAS_ATTEMPTS} attempts")
-
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
+        """One command on the host: the merge happens there, under the host's lock."""
         if node_id not in self._all_ips():
             raise NodeNotFoundError(f"{node_id} is not a host of cluster {self.cluster_name!r}")
-
-        def merge(claim):
-            claim["tags"] = {**host_tags.HostTags("", claim).tags,
-                             **{key: str(value) for key, value in tags.items()}}
-            return claim
-        if not self._update(node_id, merge):
+        if not host_tags.update_claim(self._runner(node_id), self.state_dir, self.cluster_name,
+                                      tags, TAG_TIMEOUT_S):
             raise NodeNotFoundError(f"host {node_id} is not a node of cluster "
                                     f"{self.cluster_name!r}")
 
@@ -241,7 +233,8 @@ class LocalProvider(NodeProvider):
             if not result.ok:
                 return ip, f"stopping processes failed (exit {result.exit_code}): " \
                            f"{result.tail(5)}"
-            self._update(ip, lambda claim: None, tags)
+            host_tags.update_claim(runner, self.state_dir, self.cluster_name, None,
+                                   TAG_TIMEOUT_S)
             return ip, None
         except ClusterError as error:
             return ip, str(error)

@@ -135,13 +135,17 @@ def test_other_cluster_cannot_terminate_or_tag_my_nodes(make, test_hosts):
     mine.terminate_nodes(["10.0.0.1", "not-a-host"])  # ids outside the config: ignored
 
 
-def test_unreachable_worker_is_skipped_not_fatal(make, test_hosts):
+def test_unreachable_worker_is_skipped_not_fatal(make, test_hosts, caplog):
     reachable = [host.ip for host in test_hosts.hosts[1:3]]
     provider = make(worker_ips=[test_hosts.unreachable_ip, *reachable])
     workers = provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 2)
     assert sorted(workers) == sorted(reachable)
-    assert [n.id for n in provider.non_terminated_nodes()] == reachable
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="launcher.providers.local"):
+        assert [n.id for n in provider.non_terminated_nodes()] == reachable
     assert test_hosts.unreachable_ip in provider.unreachable
+    # data for `up`/`status` to report once, not also logged by the provider
+    assert not [r for r in caplog.records if test_hosts.unreachable_ip in r.getMessage()]
     with pytest.raises(CapacityError, match="unreachable") as caught:
         provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 1)
     assert caught.value.unreachable_ips == [test_hosts.unreachable_ip]
@@ -182,3 +186,49 @@ def test_refused_claim_is_a_provider_error_not_capacity(make, test_hosts):
     with pytest.raises(ProviderError, match="not a directory owned by us") as caught:
         provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 1)
     assert not isinstance(caught.value, CapacityError)
+
+
+def test_two_clusters_racing_never_share_a_host(make, test_hosts):
+    import threading
+    rounds = 3
+    for round_index in range(rounds):
+        mine, theirs = make(f"mine{round_index}"), make(f"theirs{round_index}")
+        won: dict[str, list[str]] = {}
+
+        def grab(provider):
+            try:
+                won[provider.cluster_name] = provider.create_nodes(WORKER_TYPE, {},
+                                                                   WORKER_TAGS, 2)
+            except CapacityError:
+                won[provider.cluster_name] = []
+        threads = [threading.Thread(target=grab, args=(p,)) for p in (mine, theirs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(len(ids) for ids in won.values()) == [0, 2]  # all or nothing
+        by_ip = {host.ip: host for host in test_hosts.hosts}
+        for cluster_name, ids in won.items():
+            for ip in ids:
+                assert tag_file(by_ip[ip])["cluster_name"] == cluster_name
+        loser = next(name for name, ids in won.items() if not ids)
+        assert not any((tag_file(host) or {}).get("cluster_name") == loser
+                       for host in test_hosts.hosts)
+        for provider in (mine, theirs):
+            provider.terminate_nodes([node.id for node in provider.non_terminated_nodes()])
+
+
+def test_set_node_tags_merges_on_the_host(make, test_hosts):
+    provider = make()
+    [node_id] = provider.create_nodes(WORKER_TYPE, {}, {**WORKER_TAGS, "color": "red"}, 1)
+    other = make()  # e.g. the head's autoscaler, writing at the same time
+    import threading
+    writers = [threading.Thread(target=p.set_node_tags, args=(node_id, {f"k{i}": str(i)}))
+               for i, p in enumerate((provider, other, provider, other))]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    tags = provider.node(node_id).tags
+    assert tags["color"] == "red" and all(tags[f"k{i}"] == str(i) for i in range(4))
+    assert tags[T.TAG_NODE_KIND] == T.KIND_WORKER
