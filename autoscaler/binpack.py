@@ -148,6 +148,16 @@ class Bins:
             self._merge()
         return remaining
 
+    def prune(self, smallest: Vector) -> None:
+        """Forget groups that can hold none of the shapes still to come: `smallest` has,
+        per resource, the least any of them asks (0 where some ask none). Keeps long
+        placements fast when nodes fill up."""
+        needed = [(index, amount) for index, amount in enumerate(smallest) if amount > 0]
+        if needed:
+            self.groups = [group for group in self.groups
+                           if all(group.free[index] + EPS >= amount
+                                  for index, amount in needed)]
+
     def _merge(self) -> None:
         """Join groups of the same type, rank and free resources; drop empty ones."""
         merged: dict[tuple, BinGroup] = {}
@@ -175,15 +185,23 @@ class NodeOption:
     slots: int  # how many more nodes of this type may be launched
 
 
-def best_option(options: list[NodeOption], need: Need, count: int) -> NodeOption:
-    """The type that holds `count` tasks in the fewest nodes, then with the least unused
-    capacity (as a fraction of each node's resources), then by name."""
+def best_option(options: list[NodeOption], need: Need, count: int,
+                outlook: list[float] | None = None) -> NodeOption:
+    """The type that would hold all the work still coming (`outlook`: total resources of
+    the shapes still to place, this one included) in the fewest nodes; then the one that
+    holds these `count` tasks in the fewest nodes; then the one leaving the least unused
+    capacity (as a fraction of each node's resources); then by name."""
     def score(option: NodeOption):
         nodes = -(-count // option.per_node)
+        coming = nodes
+        if outlook is not None:
+            coming = max([math.ceil(total / option.capacity[index] - EPS)
+                          for index, total in enumerate(outlook)
+                          if total > 0 and option.capacity[index] > 0] or [nodes])
         waste = 0.0
         for index, capacity in enumerate(option.capacity):
             if capacity > 0:
                 used = sum(amount for position, amount in need if position == index) * count
                 waste += max(0.0, nodes * capacity - used) / capacity
-        return (nodes, round(waste, 9), option.node_type)
+        return (coming, nodes, round(waste, 9), option.node_type)
     return min(options, key=score)

@@ -74,6 +74,14 @@ class _Planner:
         self.demand_bins = Bins()
         self.touched_by_bundles: set[str] = set()
         self.touched_by_demand: set[str] = set()
+        self._outlook: dict[frozenset, list[float]] = {}
+        self._needs: dict[Shape, Need] = {}
+
+    def _need(self, shape: Shape) -> Need:
+        need = self._needs.get(shape)
+        if need is None:
+            need = self._needs[shape] = self.space.need(shape)
+        return need
 
     # -- bookkeeping -------------------------------------------------------------------
     def _say(self, kind: str, message: str, node_type: str | None = None, count: int = 0,
@@ -211,7 +219,7 @@ class _Planner:
 
         def key(shape: Shape):
             share = 0.0
-            for index, amount in self.space.need(shape):
+            for index, amount in self._need(shape):
                 share = max(share, amount / largest[index] if largest.get(index) else math.inf)
             return (0 if scarce_of(name for name, _ in shape) else 1, -share, shape)
         return sorted(shapes, key=key)
@@ -227,7 +235,7 @@ class _Planner:
         uses the most plentiful leftover resources first), then open new nodes."""
         scarce_shapes, generic_shapes = [], []
         for shape in self._order(counts):
-            need = self.space.need(shape)
+            need = self._need(shape)
             if not need:
                 continue  # asks for nothing: runs anywhere
             if not self._feasible(need):
@@ -235,20 +243,51 @@ class _Planner:
                 continue
             (scarce_shapes if scarce_of(name for name, _ in shape) else generic_shapes
              ).append(shape)
+        smallest = self._smallest(scarce_shapes + generic_shapes)
+        self._outlook = {}
+        for shape in scarce_shapes:
+            self._expect(shape, counts[shape], +1)
         for shape in scarce_shapes:
             self._place_one(shape, counts[shape], bins, touched, purpose, also_offer)
+            self._expect(shape, counts[shape], -1)
+            bins.prune(smallest)
         left = {}
         for shape in self._by_leftover_fit(generic_shapes, counts, bins):
-            remaining = bins.place(self.space.need(shape), counts[shape], frozenset(), touched)
+            remaining = bins.place(self._need(shape), counts[shape], frozenset(), touched)
             if remaining:
                 left[shape] = remaining
+                self._expect(shape, remaining, +1)
+            bins.prune(smallest)
         for shape in generic_shapes:
             if shape in left:
                 self._place_one(shape, left[shape], bins, touched, purpose, also_offer)
+                self._expect(shape, left[shape], -1)
+                bins.prune(smallest)
+
+    def _smallest(self, shapes: list[Shape]) -> tuple[float, ...]:
+        """Per resource, the least any of these shapes asks (0 where one asks none)."""
+        if not shapes:
+            return tuple(0.0 for _ in self.space.names)
+        smallest = None
+        for shape in shapes:
+            vector = [0.0] * len(self.space.names)
+            for index, amount in self._need(shape):
+                vector[index] = amount
+            smallest = vector if smallest is None else [min(a, b)
+                                                        for a, b in zip(smallest, vector)]
+        return tuple(smallest)
+
+    def _expect(self, shape: Shape, count: int, sign: int) -> None:
+        """Keep the total still to place per class of shapes (same scarce resources), so
+        a node type is chosen for all that is coming, not only for the shape at hand."""
+        key = scarce_of(name for name, _ in shape)
+        totals = self._outlook.setdefault(key, [0.0] * len(self.space.names))
+        for index, amount in self._need(shape):
+            totals[index] = max(0.0, totals[index] + sign * amount * count)
 
     def _place_one(self, shape: Shape, count: int, bins: Bins, touched: set[str],
                    purpose: str, also_offer: Bins | None) -> None:
-        need = self.space.need(shape)
+        need = self._need(shape)
         remaining = bins.place(need, count, scarce_of(name for name, _ in shape), touched)
         if remaining:
             remaining = self._open(shape, need, remaining, purpose, bins, also_offer)
@@ -276,14 +315,14 @@ class _Planner:
                 free[index] += amount * group.count
         demand = [0.0] * width
         for shape in shapes:
-            for index, amount in self.space.need(shape):
+            for index, amount in self._need(shape):
                 demand[index] += amount * counts[shape]
         plenty = [free[index] / demand[index] if demand[index] else 0.0
                   for index in range(width)]
 
         def score(shape: Shape) -> float:
             weights = [(amount / demand[index], plenty[index])
-                       for index, amount in self.space.need(shape)]
+                       for index, amount in self._need(shape)]
             total = sum(weight for weight, _ in weights)
             return sum(weight * value for weight, value in weights) / total if total else 0.0
         position = {shape: rank for rank, shape in enumerate(shapes)}
@@ -315,7 +354,8 @@ class _Planner:
             options = [option for option in options if option.slots > 0]
             if not options:
                 break
-            best = best_option(options, need, remaining)
+            outlook = self._outlook.get(scarce_of(name for name, _ in shape))
+            best = best_option(options, need, remaining, outlook)
             nodes = min(-(-remaining // best.per_node), best.slots)
             placed = min(remaining, nodes * best.per_node)
             remaining -= placed

@@ -140,6 +140,14 @@ def main(argv=None) -> None:
     for size in sizes:
         run_case(f"uniform {size:,}", {make_shape({"CPU": 1}): size}, policy, args.repeat)
         run_case(f"mixed {size:,}", mixed_demand(size), policy, args.repeat)
+    # Many distinct shapes (memory asked in MiB steps): the cost grows with shapes, not tasks.
+    rng = random.Random(3)
+    distinct: dict = {}
+    for _ in range(10_000):
+        shape = make_shape({"CPU": rng.choice([1, 2, 4]),
+                            "memory": rng.randrange(1, 2048) * 2 ** 20})
+        distinct[shape] = distinct.get(shape, 0) + 1
+    run_case("10,000 distinct-ish", distinct, policy, max(1, args.repeat // 2))
     # Aggregation cost, for honesty: the runtime reports {shape: count}, but if tasks
     # arrived one by one this is what counting them would take.
     shapes = [make_shape(shape) for shape, _ in MIXED_SHAPES]
