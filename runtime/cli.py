@@ -24,12 +24,51 @@ def _resources(value: str | None) -> dict | None:
     return data
 
 
+def parse_host_port(value: str, what: str = "--address") -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [HOST]:PORT) -> (host, port); click.BadParameter otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host):
+        raise click.BadParameter(f"{value!r} is not HOST:PORT (e.g. 10.0.0.5:6390)",
+                                 param_hint=what)
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise click.BadParameter(f"{value!r}: the port must be a number from 1 to 65535",
+                                 param_hint=what)
+    return host, port
+
+
+def _address(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parse_host_port(value)
+    return value
+
+
+def _env_port() -> int | None:
+    text = os.environ.get("CORRAL_HEAD_PORT")
+    if not text:
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise click.UsageError(f"CORRAL_HEAD_PORT={text!r} is not a port (0-65535)")
+    return port
+
+
 @click.command(help="Start the runtime on this node: the head's control service and "
                "agent (--head), or a worker agent joining --address (default "
                "$CORRAL_HEAD_IP:$CORRAL_HEAD_PORT). Returns once the processes are up.")
 @click.option("--head", is_flag=True, help="Start the head (control service + agent).")
-@click.option("--address", help="HOST:PORT of the head to join (workers).")
-@click.option("--port", type=int, help="Head port (default $CORRAL_HEAD_PORT or 6390; "
+@click.option("--address", callback=_address,
+              help="HOST:PORT of the head to join (workers).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Head port (default $CORRAL_HEAD_PORT or 6390; "
               "0 picks a free one).")
 @click.option("--num-cpus", type=float, help="CPUs (default: from "
               "$CORRAL_NODE_RESOURCES, else this machine's count).")
@@ -46,8 +85,9 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
     from runtime.startup import start_node
     if head and address:
         raise click.UsageError("give either --head or --address, not both")
-    if port is None and head and os.environ.get("CORRAL_HEAD_PORT"):
-        port = int(os.environ["CORRAL_HEAD_PORT"])
+    env_port = _env_port()        # validated for workers too: they join through it
+    if port is None and head:
+        port = env_port
     started = start_node(head=head, address=address, port=port, num_cpus=num_cpus,
                          num_gpus=num_gpus, resources=_resources(resources),
                          node_id=node_id, node_ip=node_ip,

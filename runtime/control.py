@@ -267,7 +267,8 @@ def main(argv=None) -> None:
     keys = None
     if args.keys_dir and has_cluster_keys(args.keys_dir):
         keys = load_cluster_keys(args.keys_dir)
-    host = (args.bind_ip or "0.0.0.0") if keys else "127.0.0.1"
+    from runtime.session import bind_ip_for
+    host = bind_ip_for(args.bind_ip) if keys else "127.0.0.1"
     node_types = node_types_from_config(args.autoscaling_config) \
         if args.autoscaling_config else {}
     service = ControlService(f"tcp://{host}:{args.port}", keys, args.heartbeat_timeout_s,

@@ -35,10 +35,19 @@ class ClusterKeys:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    """Write a secret: the file is 0600 before its first byte is written, even when a
+    file with wider permissions already stood at `path` (O_CREAT's mode applies only
+    to new files, hence the fchmod before truncating and writing)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def create_cluster_keys(directory: str | os.PathLike) -> ClusterKeys:

@@ -10,7 +10,7 @@ import socket
 
 from runtime.agent import NodeAgent
 from runtime.keys import has_cluster_keys, load_cluster_keys
-from runtime.session import address_file, ipc_dir, write_json_atomic
+from runtime.session import address_file, bind_ip_for, ipc_dir, write_json_atomic
 from pathlib import Path
 
 
@@ -39,6 +39,8 @@ def main(argv=None) -> None:
     parser.add_argument("--keys-dir")
     parser.add_argument("--session", required=True)
     parser.add_argument("--node-ip")
+    parser.add_argument("--bind-ip", help="listen address (default: --node-ip, "
+                        "127.0.0.1 if that is loopback, else every interface)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -48,8 +50,10 @@ def main(argv=None) -> None:
     node_ip = args.node_ip or local_ip_towards(control_host)
     if keys is None:
         node_ip, bind_ip = "127.0.0.1", "127.0.0.1"
+    elif args.bind_ip:
+        bind_ip = args.bind_ip
     else:
-        bind_ip = args.node_ip or "0.0.0.0"
+        bind_ip = bind_ip_for(node_ip)
     agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
                       json.loads(args.resources), node_ip, bind_ip,
                       ipc_dir(Path(args.session)))

@@ -17,6 +17,7 @@ peers (workers, drivers on the same node) use ipc sockets in a 0700 directory.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 
@@ -24,7 +25,10 @@ import cloudpickle
 import zmq
 from zmq.utils import z85
 
+from runtime.errors import RuntimeSystemError
 from runtime.keys import ClusterKeys
+
+log = logging.getLogger("corral.protocol")
 
 INBAND_LIMIT_BYTES = 32 * 1024      # buffers below this stay inside the pickle
 INLINE_LIMIT_BYTES = 100 * 1024     # values below this travel inline with results
@@ -130,12 +134,38 @@ def bind_router(ctx: zmq.Context, address: str, keys: ClusterKeys | None) -> zmq
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
         sock.zap_domain = ZAP_DOMAIN
-        try:  # no handler -> refuse, never admit (libzmq >= 4.3)
-            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        except (AttributeError, zmq.ZMQError):
-            pass
+        enforce_zap_domain(sock)
     sock.bind(address)
     return sock
+
+
+ZAP_ENFORCE_MIN_LIBZMQ = (4, 3, 0)
+_warned_no_enforce = threading.Event()
+
+
+class ZapSetupError(RuntimeSystemError):
+    """A server socket could not be made to refuse peers when authentication is
+    unavailable; serving anyway could admit peers without the cluster key."""
+
+
+def enforce_zap_domain(sock: zmq.Socket) -> None:
+    """Make the socket refuse (never admit) peers if no ZAP handler answers. libzmq
+    before 4.3 lacks the option: then log a warning once and rely on the ZAP handler,
+    which ensure_zap_handler started before any bind and which admits only the
+    cluster's key. Any other failure to set it is an error."""
+    option = getattr(zmq, "ZAP_ENFORCE_DOMAIN", None)
+    if option is None or zmq.zmq_version_info() < ZAP_ENFORCE_MIN_LIBZMQ:
+        if not _warned_no_enforce.is_set():
+            _warned_no_enforce.set()
+            log.warning("libzmq %s has no ZAP_ENFORCE_DOMAIN; relying on the ZAP "
+                        "handler alone to refuse peers without the cluster key",
+                        zmq.zmq_version())
+        return
+    try:
+        sock.setsockopt(option, 1)
+    except zmq.ZMQError as error:
+        raise ZapSetupError(f"cannot enforce ZAP authentication on a server socket "
+                            f"(libzmq {zmq.zmq_version()}): {error}") from error
 
 
 def connect_dealer(ctx: zmq.Context, address: str, keys: ClusterKeys | None,
@@ -168,7 +198,7 @@ def ensure_zap_handler(ctx: zmq.Context, keys: ClusterKeys) -> None:
                               name="corral-zap", daemon=True)
     thread.start()
     if not ready.wait(10):
-        raise RuntimeError("the ZAP authentication handler did not start")
+        raise ZapSetupError("the ZAP authentication handler did not start")
 
 
 def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Event):

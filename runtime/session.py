@@ -8,18 +8,53 @@ address.json (written by every node's agent once it is up; read by init("auto"))
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import shutil
 import tempfile
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from runtime.errors import RuntimeSystemError
+
 DEFAULT_NODE_DIR = "/tmp/corral"
+
+
+class UnsafeDirectoryError(RuntimeSystemError):
+    """A private runtime directory is not safe to use (symlink, foreign owner, open
+    permissions)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"unsafe runtime directory {path}: {reason}")
+        self.path = path
+        self.reason = reason
 DEFAULT_HEAD_PORT = 6390
+
+
+def is_loopback(host: str | None) -> bool:
+    """The host is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_ip_for(node_ip: str | None) -> str:
+    """Where a server with keys listens: the node's own IP if given; 127.0.0.1 when the
+    node is reached over loopback (the demo cluster), so nothing listens on all
+    interfaces for a cluster that lives on this machine; otherwise every interface."""
+    if is_loopback(node_ip):
+        return "127.0.0.1"
+    return node_ip or "0.0.0.0"
 
 
 def node_dir() -> Path:
@@ -41,10 +76,32 @@ def ipc_dir(session: Path) -> str:
     """The node's directory of ipc sockets (agent, actor workers): short, so socket
     paths fit the 107-byte limit, private (0700), removed by stop_session."""
     digest = hashlib.sha1(str(Path(session).resolve()).encode()).hexdigest()[:12]
-    path = os.path.join(tempfile.gettempdir(), f"corral-ipc-{os.getuid()}", digest)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(os.path.dirname(path), 0o700)
+    parent = os.path.join(tempfile.gettempdir(), f"corral-ipc-{os.getuid()}")
+    _private_dir(parent)
+    path = os.path.join(parent, digest)
+    _private_dir(path)
     return path
+
+
+def _private_dir(path: str) -> None:
+    """Create `path` 0700, then make sure it is ours alone: a real directory (not a
+    symlink someone planted in /tmp), owned by this uid, no group/other access."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise UnsafeDirectoryError(path, error.strerror or str(error)) from error
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectoryError(path, "not a directory (a symlink or file is in "
+                                   "its place)")
+    if info.st_uid != os.getuid():
+        raise UnsafeDirectoryError(path, f"owned by uid {info.st_uid}, not {os.getuid()}")
+    if info.st_mode & 0o077:
+        raise UnsafeDirectoryError(path, f"mode {stat.S_IMODE(info.st_mode):o} gives "
+                                   "group/other access (expected 700)")
 
 
 def address_file(session: Path) -> Path:
@@ -52,11 +109,22 @@ def address_file(session: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
+    """Readers see the old file or the whole new one, never a part; two writers never
+    share a temp file (each gets its own unique name in the same directory)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def read_json(path: Path) -> dict | None:
@@ -88,13 +156,58 @@ def spawn_daemon(session: Path, name: str, argv: list[str], env: dict | None = N
     return proc.pid
 
 
-def _is_our_process(pid: int) -> bool:
-    """The pid still runs one of our runtime modules (guards against pid reuse)."""
+def _boot_time_s() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def process_start_time_s(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])          # field 22 of stat; fields[0] is field 3
+        return _boot_time_s() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+START_TIME_SLACK_S = 1.0   # btime is whole seconds
+
+
+def _is_our_process(pid: int, pid_path: Path, session: Path) -> bool:
+    """The pid is still the process this pid file recorded (guards against pid reuse):
+    it started no later than the pid file was written, runs one of our modules, and
+    belongs to this node (its argv names this session dir, or its CORRAL_NODE_DIR is
+    this node's dir)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        written_s = pid_path.stat().st_mtime
     except OSError:
         return False
-    return any(part.startswith((b"runtime.", b"autoscaler.")) for part in cmdline)
+    if not any(part.startswith((b"runtime.", b"autoscaler.")) for part in cmdline):
+        return False
+    started_s = process_start_time_s(pid)
+    if started_s is None or started_s > written_s + START_TIME_SLACK_S:
+        return False
+    session = Path(session)
+    names = {os.fsencode(str(session)), os.fsencode(str(session.resolve()))}
+    if any(part == name or part.startswith(name + b"/")
+           for part in cmdline for name in names):
+        return True
+    return _node_dir_of(pid) in {str(session.parent), str(session.resolve().parent)}
+
+
+def _node_dir_of(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"CORRAL_NODE_DIR="):
+            return os.fsdecode(item[len(b"CORRAL_NODE_DIR="):])
+    return None
 
 
 def is_alive(pid: int) -> bool:
@@ -118,7 +231,7 @@ def running_pids(session: Path) -> dict[str, int]:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
             continue
-        if is_alive(pid) and _is_our_process(pid):
+        if is_alive(pid) and _is_our_process(pid, path, session):
             found[path.stem] = pid
     return found
 

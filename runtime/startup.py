@@ -107,15 +107,15 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
                 "--keys-dir", str(keys_dir)]
         if heartbeat_timeout_s is not None:
             argv += ["--heartbeat-timeout-s", str(heartbeat_timeout_s)]
-        if node_ip:
-            argv += ["--bind-ip", node_ip]
+        head_ip = node_ip or (os.environ.get("CORRAL_HEAD_IP") if secure else None) or \
+            ("127.0.0.1" if not secure else _own_ip())
+        if node_ip or session.is_loopback(head_ip):
+            argv += ["--bind-ip", session.bind_ip_for(head_ip)]
         if autoscaling_config:
             argv += ["--autoscaling-config", str(autoscaling_config)]
             (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
         pids["control"] = session.spawn_daemon(session_dir, "control", argv, env)
         port = _wait_for(port_file, pids, session_dir, timeout_s)["port"]
-        head_ip = node_ip or (os.environ.get("CORRAL_HEAD_IP") if secure else None) or \
-            ("127.0.0.1" if not secure else _own_ip())
         address = f"{head_ip}:{port}"
         control = f"{node_ip or '127.0.0.1'}:{port}"  # the control binds node_ip if given
     else:
@@ -134,6 +134,9 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         argv += ["--node-type", node_type]
     if node_ip:
         argv += ["--node-ip", node_ip]
+    elif head:   # other nodes reach the head's agent where they reach the head
+        argv += ["--node-ip", head_ip, "--bind-ip",
+                 "127.0.0.1" if session.is_loopback(head_ip) else "0.0.0.0"]
     pids["agent"] = session.spawn_daemon(session_dir, "agent", argv, env)
     _wait_for(session.address_file(session_dir), pids, session_dir, timeout_s,
               "registered" if head or wait_registered else None)
