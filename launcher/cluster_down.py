@@ -87,3 +87,26 @@ def take_down(provider: NodeProvider, config, *, workers_only: bool = False,
     left = nodes_to_take_down(provider, workers_only)
     return DownResult(nodes, stop_failures, terminate_error, left,
                       time.monotonic() - started)
+
+
+# What `down --purge` removes, per provider type (for the confirmation prompt).
+PURGED_RESOURCES = {
+    "aws": "security group, key pair, instance profile",
+    "gcp": "firewall rules",
+}
+
+
+def can_purge(config) -> bool:
+    from launcher.providers import provider_class
+    return hasattr(provider_class(config.provider_type), "purge")
+
+
+def purge(config) -> list[str] | None:
+    """Remove the cloud resources corral made for the cluster (provider's `purge`, which
+    also terminates any node still there); one line per removed thing. None when the
+    provider has nothing to purge (no `purge` attribute)."""
+    from launcher.providers import provider_class
+    cls = provider_class(config.provider_type)
+    if not hasattr(cls, "purge"):
+        return None
+    return list(cls.purge(config))

@@ -119,3 +119,58 @@ def test_up_without_ssh_networks_is_a_config_error(tmp_path, cluster_name):
     assert up.returncode == 2, up.stdout + up.stderr
     assert "provider.ssh_ingress_cidrs" in up.stderr and "Traceback" not in up.stderr
     assert instances(cluster_name) == []
+
+
+def test_down_purge_removes_the_clusters_aws_resources(aws_cluster):
+    from botocore.exceptions import ClientError
+
+    from launcher.config import load_config
+    from launcher.providers.aws import naming
+    name, path, _hosts, _ip_map = aws_cluster
+    ec2 = boto3.client("ec2", region_name=REGION)
+    iam = boto3.client("iam", region_name=REGION)
+    config = load_config(path)
+    group_name = naming.security_group_name(config)
+    key_name = naming.key_pair_name(name)
+    profile_name = naming.head_profile_name(name, REGION)
+
+    def groups():
+        return ec2.describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": [group_name]}])["SecurityGroups"]
+
+    def keys():
+        return ec2.describe_key_pairs(
+            Filters=[{"Name": "key-name", "Values": [key_name]}])["KeyPairs"]
+
+    def profile_exists():
+        try:
+            iam.get_instance_profile(InstanceProfileName=profile_name)
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "NoSuchEntity"
+            return False
+        return True
+
+    up = corral("up", str(path))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert groups() and keys() and profile_exists()  # what purge is about to remove
+
+    mixed = corral("down", str(path), "--purge", "--workers-only", "-y")
+    assert mixed.returncode == 2 and "--workers-only" in mixed.stderr
+    assert len(instances(name)) == 3  # a usage error touches nothing
+
+    unconfirmed = corral("down", str(path), "--purge")  # no tty to confirm on: refused
+    assert unconfirmed.returncode == 2, unconfirmed.stdout + unconfirmed.stderr
+    assert "security group, key pair, instance profile" in unconfirmed.stderr
+    assert len(instances(name)) == 3
+
+    down = corral("down", str(path), "--purge", "-y", timeout_s=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert instances(name) == []
+    assert f"removed security group {group_name} (" in down.stdout, down.stdout
+    assert f"removed key pair {key_name}" in down.stdout
+    assert f"removed instance profile {profile_name}" in down.stdout
+    assert groups() == [] and keys() == [] and not profile_exists()
+
+    again = corral("down", str(path), "--purge", "-y")  # idempotent: nothing left to remove
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing left to remove" in again.stdout

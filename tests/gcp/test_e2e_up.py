@@ -106,3 +106,21 @@ def test_up_exec_down_on_fake_gce(gcp_cluster, fake_gce):
         [f"firewall rule {rule}" for rule in naming.firewall_names(name).values()]
         + [f"image pin {naming.image_pins_path(name)}"])  # the user's own SSH key stays
     assert not fake_gce.state.firewalls
+
+
+def test_down_purge_removes_the_firewall_rules(gcp_cluster, fake_gce):
+    path, document, _hosts = gcp_cluster
+    up = corral("up", "-y", str(path))
+    assert up.returncode == 0, up.stdout + up.stderr
+    rules = sorted(naming.firewall_names(document["cluster_name"]).values())
+    assert sorted(name for (_p, name) in fake_gce.state.firewalls) == rules
+
+    unconfirmed = corral("down", "--purge", str(path))  # no tty to confirm on: refused
+    assert unconfirmed.returncode == 2 and "firewall rules" in unconfirmed.stderr
+
+    down = corral("down", "-y", "--purge", str(path))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert fake_gce.state.instances == {}
+    assert not fake_gce.state.firewalls
+    for rule in rules:
+        assert f"removed firewall rule {rule}" in down.stdout
