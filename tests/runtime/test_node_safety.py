@@ -193,34 +193,29 @@ def test_process_start_time_is_now_for_a_new_process(spawned):
 
 # ---------------------------------------------------------------- private files and dirs
 
-def test_keys_never_land_in_a_readable_file(tmp_path):
+def test_keys_never_land_in_a_readable_file(tmp_path, monkeypatch):
+    """Every byte written to a key file goes into a file that is already 0600, even
+    when a 0644 file stood at its path before."""
+    from runtime import keys as keys_module
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir(mode=0o700)
-    secret = keys_dir / "cluster.secret"
-    secret.write_text("old")
-    secret.chmod(0o644)
-    # watch the file while the keys are written: no moment with the secret and 0644
-    seen_open, stop = [], threading.Event()
+    for name in ("cluster.public", "cluster.secret"):
+        (keys_dir / name).write_text("old")
+        (keys_dir / name).chmod(0o644)
+    modes_at_write = []
+    real_write = os.write
 
-    def watch():
-        while not stop.is_set():
-            try:
-                mode = secret.stat().st_mode
-                data = secret.read_bytes()
-            except OSError:
-                continue
-            if mode & 0o077 and len(data) > 3:
-                seen_open.append(oct(mode))
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        for _ in range(50):
-            keys = create_cluster_keys(keys_dir)
-    finally:
-        stop.set()
-        watcher.join()
-    assert not seen_open
-    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    def checking_write(fd, data):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(str(keys_dir)):
+            modes_at_write.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return real_write(fd, data)
+    monkeypatch.setattr(keys_module.os, "write", checking_write)
+    keys = create_cluster_keys(keys_dir)
+    monkeypatch.undo()
+    assert modes_at_write and set(modes_at_write) == {0o600}
+    for name in ("cluster.public", "cluster.secret"):
+        assert stat.S_IMODE((keys_dir / name).stat().st_mode) == 0o600
     assert load_cluster_keys(keys_dir) == keys
 
 

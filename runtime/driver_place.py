@@ -1,0 +1,208 @@
+"""Placement and sending, on the driver's IO thread: where a task or actor runs (its
+resources must fit; tasks that fit nowhere wait and count as pending demand), when its
+dependencies are ready, and how its spec leaves (batched per node agent, or straight
+to a same-host actor's worker)."""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+
+import zmq
+
+from runtime import protocol, scheduling
+from runtime.driver_state import FAILED, PENDING, TaskRecord
+from runtime.errors import ActorDiedError
+from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized
+
+log = logging.getLogger("corral.driver")
+
+
+class PlacementMixin:
+    """Part of DriverIO (runtime.driver_io): placing and sending work."""
+
+    def place(self, record: TaskRecord) -> None:
+        core = self.core
+        if record.kind == "actor_call":
+            actor = core.actors[record.actor_id]
+            if actor.state in ("dead", "killed"):
+                self._fail(record, actor.error or ActorDiedError(record.actor_id.hex(), "dead"))
+                return
+            if actor.node_id is None:
+                actor.waiting_calls.append(record)
+                return
+        if record.kind == "actor_create" and record.actor_id not in core.actors:
+            return
+        if not self._deps_ready(record):
+            return
+        if record.kind == "actor_call":
+            actor = core.actors[record.actor_id]
+            if actor.direct is not None and actor.via_agent == 0 and self._all_local(record):
+                record.direct, record.node_id = True, actor.node_id
+                core.tasks[record.task_id] = record
+                core.outgoing[("actor", actor.actor_id)].append(record)
+            else:
+                actor.via_agent += 1
+                self._send(record, actor.node_id)
+            return
+        node_id = self._choose(record.shape, limit=record.kind == "task")
+        if node_id is None:
+            self.waiting.setdefault(scheduling.shape_key(record.shape),
+                                    collections.deque()).append(record)
+            return
+        self._send(record, node_id)
+        if record.kind == "actor_create":
+            actor = core.actors[record.actor_id]
+            actor.node_id, actor.state = node_id, "creating"
+            if actor.name and actor.owned:
+                protocol.send(core.control, b"rpc", (self._rpc_id(), "register_actor", {
+                    "name": actor.name, "info": {
+                        "actor_id": actor.actor_id, "node_id": node_id,
+                        "owner": core.driver_id, "detached": record.detached,
+                        "class_name": actor.class_name}}))
+            calls, actor.waiting_calls = actor.waiting_calls, []
+            for call in calls:
+                self.place(call)
+
+    def _all_local(self, record: TaskRecord) -> bool:
+        for ref in record.refs():
+            entry = self.core.objects.get(ref.id)
+            if entry is None or entry.value is None:
+                return False
+        return True
+
+    def _connect_direct(self, actor, value: Serialized) -> None:
+        """An actor on this host accepts calls straight from this driver."""
+        try:
+            info = value.value()
+        except (pickle.UnpicklingError, AttributeError, ImportError, EOFError,
+                TypeError, ValueError) as error:
+            log.warning("actor %s: unreadable creation reply (%r); its calls go "
+                        "through the node agent", actor.actor_id.hex(), error)
+            return
+        if not isinstance(info, dict) or info.get("hostname") != self.core.hostname:
+            return
+        if not os.path.exists(protocol.ipc_path(info["direct"])):
+            return
+        sock = protocol.connect_dealer(self.core.ctx, info["direct"], None,
+                                       self.core.identity)
+        self.core.poller.register(sock, zmq.POLLIN)
+        actor.direct = sock
+
+    def _close_direct(self, actor) -> None:
+        if actor.direct is not None:
+            self.core.poller.unregister(actor.direct)
+            actor.direct.close(0)
+            actor.direct = None
+        actor.via_agent = 0
+        error = ActorDiedError(actor.actor_id.hex(), "the actor's worker died")
+        for record in [r for r in self.core.tasks.values()
+                       if r.kind == "actor_call" and r.actor_id == actor.actor_id]:
+            del self.core.tasks[record.task_id]
+            self._fail(record, error)
+
+    def _deps_ready(self, record: TaskRecord) -> bool:
+        core = self.core
+        record.deps.clear()
+        with core.cv:
+            for ref in record.refs():
+                entry = core.objects.get(ref.id)
+                if entry is not None and entry.state == PENDING:
+                    record.deps.add(ref.id)
+                elif entry is not None and entry.state == FAILED:
+                    self._fail(record, entry.error, lock=False)
+                    return False
+        for oid in record.deps:
+            core.dep_waiters[oid].append(record)
+        return not record.deps
+
+    def _choose(self, shape: dict, limit: bool) -> str | None:
+        best, best_load = None, None
+        for node_id, node in self.core.nodes.items():
+            if not node["alive"] or node_id not in self.core.agents:
+                continue
+            total = node["resources_total"]
+            if not scheduling.fits(shape, total):
+                continue
+            cpus = max(1.0, total.get("CPU", 1.0))
+            inflight = self.core.inflight[node_id]
+            if limit and inflight >= 8 * cpus:
+                continue
+            load = inflight / cpus - (0.01 if node_id == self.core.home_node_id else 0)
+            if best_load is None or load < best_load:
+                best, best_load = node_id, load
+        return best
+
+    def _drain(self) -> None:
+        for key, queue in list(self.waiting.items()):
+            while queue:
+                record = queue[0]
+                node_id = self._choose(record.shape, limit=record.kind == "task")
+                if node_id is None:
+                    break
+                queue.popleft()
+                self.place(record)
+
+    def _send(self, record: TaskRecord, node_id: str) -> None:
+        record.node_id = node_id
+        self.core.tasks[record.task_id] = record
+        if record.kind == "task":
+            self.core.inflight[node_id] += 1
+        self.core.outgoing[node_id].append(record)
+
+    def flush(self) -> None:
+        core = self.core
+        for node_id, records in core.outgoing.items():
+            if isinstance(node_id, tuple):   # ("actor", id): straight to its worker
+                actor = core.actors.get(node_id[1])
+                if actor is not None and actor.direct is not None and records:
+                    packer = Packer()
+                    for record in records:
+                        protocol.send(actor.direct, b"task",
+                                      self._direct_spec(record, packer), packer.frames)
+                        packer = Packer()
+                continue
+            sock = core.agents.get(node_id)
+            if sock is None or not records:
+                continue
+            packer = Packer()
+            specs = [self._spec(r, packer, node_id) for r in records]
+            protocol.send(sock, b"submit", specs, packer.frames)
+        core.outgoing.clear()
+        for node_id, oids in self.frees.items():
+            sock = core.agents.get(node_id)
+            if sock is not None and oids:
+                protocol.send(sock, b"free", oids)
+        self.frees.clear()
+
+    def _spec(self, record: TaskRecord, packer: Packer, node_id: str) -> dict:
+        return {"task_id": record.task_id, "driver": self.core.driver_id,
+                "kind": record.kind, "fn": record.fn, "fn_id": record.fn_id,
+                "method": record.method, "shape": record.shape,
+                "actor_id": record.actor_id, "detached": record.detached,
+                "args": [self._arg(a, packer, node_id) for a in record.args],
+                "kwargs": {k: self._arg(v, packer, node_id) for k, v in record.kwargs.items()}}
+
+    def _direct_spec(self, record: TaskRecord, packer: Packer) -> dict:
+        def value(arg):
+            kind, item = arg
+            return packer.value(item if kind == "v" else self.core.objects[item.id].value)
+        return {"task_id": record.task_id, "driver": self.core.driver_id,
+                "kind": record.kind, "fn": None, "fn_id": None, "method": record.method,
+                "args": [value(a) for a in record.args],
+                "kwargs": {k: value(v) for k, v in record.kwargs.items()}}
+
+    def _arg(self, arg, packer: Packer, node_id: str):
+        kind, item = arg
+        if kind == "v":
+            return ("v", packer.value(item))
+        entry = self.core.objects.get(item.id)
+        if entry is None:
+            return ("r", item.id, "")
+        if entry.value is not None and (entry.node_id is None and
+                                        entry.value.size_bytes > INLINE_LIMIT_BYTES):
+            self._upload(item.id, entry)
+        if entry.node_id is not None:
+            return ("r", item.id, entry.node_id)
+        return ("v", packer.value(entry.value))
