@@ -123,8 +123,10 @@ class NodeBootstrap:
 
     def __init__(self, provider: NodeProvider, node: Node, context: ClusterContext,
                  steps: BootstrapSteps = FULL, *, on_stage: StageCallback | None = None,
-                 command_timeout_s: float | None = None):
+                 command_timeout_s: float | None = None,
+                 cancel: threading.Event | None = None):
         self.provider = provider
+        self.cancel = cancel
         self.node = node
         self.context = context
         self.config = context.config
@@ -165,7 +167,11 @@ class NodeBootstrap:
         self._enter(STATUS_WAITING_FOR_SSH)
         try:
             self.runner = self.provider.command_runner(self.node)
-            self.runner.wait_ready(self.config.auth.ssh_timeout_s)
+            if self.cancel is not None:
+                self.runner.wait_ready(self.config.auth.ssh_timeout_s, cancel=self.cancel)
+            else:
+                self.runner.wait_ready(self.config.auth.ssh_timeout_s)
+            self._check_cancel()
             node_dir = self._prepare_node_dir()
         except (ClusterError, OSError) as error:
             raise _StageFailed(str(error), f"{self.stage}: {error}") from error
@@ -178,6 +184,7 @@ class NodeBootstrap:
             self._enter(STATUS_SETTING_UP)
             self._run_commands(self._setup_commands())
         self._await_private_files()
+        self._check_cancel()
         if self.steps.run_start:
             self._enter(STATUS_STARTING)
             self._run_commands(self._start_commands())
@@ -264,7 +271,9 @@ class NodeBootstrap:
         failure = self._guard(lambda: run_batch(self.runner, commands, env=self.env,
                                                 log_path=self.log_path,
                                                 timeout_s=self.command_timeout_s,
-                                                prelude=NODE_DIR_PRELUDE))
+                                                prelude=NODE_DIR_PRELUDE,
+                                                cancel=self.cancel))
+        self._check_cancel()
         if failure is None:
             return
         message = f"`{failure.command}` exited {failure.exit_code}"
@@ -280,7 +289,13 @@ class NodeBootstrap:
         except (ClusterError, OSError) as error:
             raise _StageFailed(str(error), f"{self.stage}: {error}") from error
 
+    def _check_cancel(self) -> None:
+        """Between stages and commands: stop here once the user interrupted `up`."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise _StageFailed("interrupted", f"{self.stage}: interrupted")
+
     def _enter(self, stage: str) -> None:
+        self._check_cancel()
         self.stage = stage
         self._notify(stage, "")
         self.tags.set({TAG_NODE_STATUS: stage})
@@ -302,8 +317,10 @@ class NodeBootstrap:
 
 def bootstrap_node(provider: NodeProvider, node: Node, context: ClusterContext,
                    steps: BootstrapSteps = FULL, *, on_stage: StageCallback | None = None,
-                   command_timeout_s: float | None = None) -> BootstrapOutcome:
+                   command_timeout_s: float | None = None,
+                   cancel: threading.Event | None = None) -> BootstrapOutcome:
     """Run the bootstrap state machine on one node; never raises for a node failure
-    (the outcome carries the BootstrapError)."""
+    (the outcome carries the BootstrapError). Setting `cancel` stops it at the next
+    stage or command (the running command is stopped): update-failed, "interrupted"."""
     return NodeBootstrap(provider, node, context, steps, on_stage=on_stage,
-                         command_timeout_s=command_timeout_s).run()
+                         command_timeout_s=command_timeout_s, cancel=cancel).run()

@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
+    except click.Abort as abort:
+        # click turns a Ctrl-C inside a command into Abort (from the KeyboardInterrupt);
+        # a declined confirmation prompt is a plain Abort.
+        if isinstance(abort.__cause__ or abort.__context__, KeyboardInterrupt):
+            _interrupted()
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except click.ClickException as error:
@@ -94,8 +98,15 @@ def main(argv: list[str] | None = None) -> None:
         click.secho(f"Error: {error}", err=True, fg="red")
         sys.exit(getattr(error, "exit_code", 1))
     except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        _interrupted()
+    except OSError as error:  # e.g. CORRAL_HOME is a file, a disk full, a permission
+        click.secho(f"Error: {error}", err=True, fg="red")
+        sys.exit(1)
+
+
+def _interrupted() -> None:
+    click.echo("Interrupted.", err=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,21 +13,24 @@ each; workers do not wait for the head (the runtime retries joining it).
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from launcher import paths
 from launcher.bootstrap import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ONLY,
-                                BootstrapOutcome, BootstrapSteps, StageCallback,
-                                bootstrap_node)
+                                BootstrapOutcome, BootstrapSteps, NodeBootstrap,
+                                StageCallback)
+from launcher.command_runner import wait_interruptibly
 from launcher.node_context import ClusterContext, head_port_of, node_ip
 from launcher.errors import BootstrapError, ClusterError, ProviderError
 from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS, changed_parts, launch_hash
 from launcher.providers.base import Node, NodeProvider
 from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
-                           STATUS_UPDATE_FAILED, TAG_LAUNCH_HASH, TAG_NODE_KIND,
-                           TAG_NODE_STATUS, TAG_NODE_TYPE, TAG_RUNTIME_HASH)
+                           STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_LAUNCH_HASH,
+                           TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE, TAG_RUNTIME_HASH)
 
 NODE_IP_TIMEOUT_S = 600.0  # how long a created node may take to show up with an address
 MAX_PARALLEL_BOOTSTRAPS = 64
@@ -191,9 +194,12 @@ def ensure_cluster_keys(cluster_name: str) -> tuple[str | None, str | None]:
 
 def apply_up(config, provider: NodeProvider, plan: UpPlan, *,
              on_stage: StageCallback | None = None,
-             on_nodes: Callable[[list[Node]], None] | None = None) -> UpResult:
+             on_nodes: Callable[[list[Node]], None] | None = None,
+             cancel: threading.Event | None = None) -> UpResult:
     """Carry out a plan: replace, create, then bootstrap every node that needs it
-    concurrently. A failing node never stops the others."""
+    concurrently. A failing node never stops the others. A KeyboardInterrupt (Ctrl-C)
+    during the bootstraps sets `cancel`: running commands are stopped, every unfinished
+    node is marked update-failed ("interrupted"), and the KeyboardInterrupt goes on."""
     started = time.monotonic()
     launch_errors: list[str] = []
     replaced = [action.node.id for action in plan.replacements]
@@ -236,7 +242,8 @@ def apply_up(config, provider: NodeProvider, plan: UpPlan, *,
             kept.append(action.node)
     if on_nodes is not None:
         on_nodes([node for node, _ in jobs])
-    outcomes = _bootstrap_all(provider, context, jobs, on_stage)
+    outcomes = _bootstrap_all(provider, context, jobs, on_stage,
+                              cancel if cancel is not None else threading.Event())
     return UpResult(plan, outcomes, kept, launch_errors, time.monotonic() - started)
 
 
@@ -280,17 +287,23 @@ def _wait_for_addresses(provider: NodeProvider, ids: list[str]) -> dict[str, Nod
         delay_s = min(delay_s * 1.5, 5.0)
 
 
-def _bootstrap_guarded(provider, node, context, steps, on_stage) -> BootstrapOutcome:
+def _bootstrap_guarded(provider, node, context, steps, on_stage,
+                       cancel=None) -> BootstrapOutcome:
     """bootstrap_node, with an unexpected error (a bug, an untranslated library error)
-    turned into this node's failure instead of tearing down the other nodes' threads."""
+    turned into this node's failure instead of tearing down the other nodes' threads:
+    the failure names the stage the node had reached, and goes to its log and tags."""
     started = time.monotonic()
+    machine = None
     try:
-        return bootstrap_node(provider, node, context, steps, on_stage=on_stage)
+        machine = NodeBootstrap(provider, node, context, steps, on_stage=on_stage,
+                                cancel=cancel)
+        return machine.run()
     except Exception as error:  # noqa: BLE001 - thread boundary: becomes the node's failure
-        failure = BootstrapError(node.id, node.tags.get(TAG_NODE_STATUS) or "bootstrap",
-                                 f"unexpected {type(error).__name__}: {error}",
-                                 str(paths.node_log_path(context.config.cluster_name,
-                                                         node.id)))
+        stage = machine.stage if machine is not None else "bootstrap"
+        log_path = str(paths.node_log_path(context.config.cluster_name, node.id))
+        failure = BootstrapError(node.id, stage,
+                                 f"unexpected {type(error).__name__}: {error}", log_path)
+        _record_unexpected(provider, node.id, stage, failure, log_path)
         if on_stage is not None:
             on_stage(node.id, STATUS_UPDATE_FAILED, str(failure))
         return BootstrapOutcome(node.id, node.kind, node.node_type, node_ip(node),
@@ -298,11 +311,43 @@ def _bootstrap_guarded(provider, node, context, steps, on_stage) -> BootstrapOut
                                 steps.describe(), failure, failure.log_path)
 
 
-def _bootstrap_all(provider, context, jobs, on_stage) -> list[BootstrapOutcome]:
+def _record_unexpected(provider, node_id: str, stage: str, failure: BootstrapError,
+                       log_path: str) -> None:
+    """Write an unexpected bootstrap error to the node's log and its tags (best effort:
+    the outcome carries the error either way)."""
+    import traceback
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as log:
+            log.write(f"[bootstrap failed in {stage}] {failure}\n")
+            log.write(traceback.format_exc())
+    except OSError:
+        pass  # no log possible (disk full, ...): the error is still reported
+    _mark_failed(provider, node_id, f"{stage}: {failure}")
+
+
+def _mark_failed(provider, node_id: str, text: str) -> None:
+    try:
+        provider.set_node_tags(node_id, {TAG_NODE_STATUS: STATUS_UPDATE_FAILED,
+                                         TAG_FAILURE: " ".join(text.split())[:200]})
+    except (ClusterError, OSError):
+        pass  # the node is gone or unreachable; the outcome carries the failure
+
+
+def _bootstrap_all(provider, context, jobs, on_stage, cancel) -> list[BootstrapOutcome]:
     if not jobs:
         return []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_BOOTSTRAPS, len(jobs)),
-                            thread_name_prefix="bootstrap") as pool:
-        futures = [pool.submit(_bootstrap_guarded, provider, node, context, steps, on_stage)
-                   for node, steps in jobs]
-        return [future.result() for future in futures]
+    pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_BOOTSTRAPS, len(jobs)),
+                              thread_name_prefix="bootstrap")
+    futures = [pool.submit(_bootstrap_guarded, provider, node, context, steps, on_stage,
+                           cancel) for node, steps in jobs]
+    try:
+        return wait_interruptibly(pool, futures, cancel)
+    except KeyboardInterrupt:
+        # Nodes whose bootstrap never started, or did not end in time, are marked too.
+        for (node, _), future in zip(jobs, futures):
+            if future.cancelled() or not future.done():
+                _mark_failed(provider, node.id, "interrupted")
+                if on_stage is not None:
+                    on_stage(node.id, STATUS_UPDATE_FAILED, "interrupted")
+        raise

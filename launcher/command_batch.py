@@ -75,14 +75,17 @@ def _split(text: str, nonce: str) -> tuple[dict[int, str], dict[int, float], tup
 
 def run_batch(runner: CommandRunner, commands: Sequence[str], *,
               env: Mapping[str, str], log_path: str | None = None,
-              timeout_s: float | None = None, prelude: str = "") -> BatchFailure | None:
+              timeout_s: float | None = None, prelude: str = "",
+              cancel=None) -> BatchFailure | None:
     """Run `commands` in order in one shell (after `prelude`, a preparation that is not
     a step of its own); None when all succeeded."""
     if not commands:
         return None
     nonce = secrets.token_hex(6)
     begun = time.monotonic()
-    result = runner.run(batch_script(commands, nonce, prelude), timeout_s=timeout_s, env=env)
+    extra = {} if cancel is None else {"cancel": cancel}  # (older runners lack it)
+    result = runner.run(batch_script(commands, nonce, prelude), timeout_s=timeout_s, env=env,
+                        **extra)
     elapsed_s = time.monotonic() - begun
     stdout, started, _, done_at = _split(result.stdout or "", nonce)
     stderr, _, failure, _ = _split(result.stderr or "", nonce)

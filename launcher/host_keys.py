@@ -101,10 +101,15 @@ class HostKeyStore:
 
 class PinningPolicy(paramiko.MissingHostKeyPolicy):
     """paramiko policy: the client holds no keys of its own, so every connection comes
-    here; the key is checked against (or pinned into) the cluster's known_hosts."""
+    here; the key is checked against (or pinned into) the cluster's known_hosts.
 
-    def __init__(self, store: HostKeyStore):
+    With an `alias` (a cloud node's id) the key is pinned under that name instead of the
+    address: clouds hand a released private IP to the next machine, whose key would
+    otherwise be refused as a "changed" key, while a node id names one machine for good."""
+
+    def __init__(self, store: HostKeyStore, alias: str | None = None):
         self.store = store
+        self.alias = alias
 
     def missing_host_key(self, client, hostname, key):
-        self.store.check_or_pin(hostname, key)
+        self.store.check_or_pin(self.alias or hostname, key)

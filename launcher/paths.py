@@ -11,10 +11,37 @@ def corral_home() -> Path:
 
 
 def cluster_dir(cluster_name: str, create: bool = True) -> Path:
+    """The cluster's directory; with create, made (with ~/.corral and clusters/) 0700.
+    A directory that cannot be made raises ClusterError naming it."""
     path = corral_home() / "clusters" / cluster_name
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path, 0o700)
+        private_dir(path, levels=3)
+    return path
+
+
+def private_dir(path: Path, levels: int = 1) -> Path:
+    """Make `path` and its `levels - 1` parents (those this call creates) mode 0700;
+    anything above them is made with the default mode. Returns path."""
+    chain = [path]
+    for _ in range(levels - 1):
+        chain.insert(0, chain[0].parent)
+    try:
+        chain[0].parent.mkdir(parents=True, exist_ok=True)
+        for directory in chain:
+            try:
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise NotADirectoryError(20, "Not a directory", str(directory)) \
+                        from None
+                continue
+            os.chmod(directory, 0o700)  # the umask may have taken bits off mkdir's mode
+    except OSError as error:
+        from launcher.errors import ClusterError
+        raise ClusterError(f"cannot create the directory {path}: "
+                           f"{error.strerror or error}"
+                           + (f" ({error.filename})" if error.filename
+                              and str(error.filename) != str(path) else "")) from error
     return path
 
 
@@ -23,9 +50,7 @@ def known_hosts_path(cluster_name: str) -> Path:
 
 
 def logs_dir(cluster_name: str) -> Path:
-    path = cluster_dir(cluster_name) / "logs"
-    path.mkdir(exist_ok=True, mode=0o700)
-    return path
+    return private_dir(cluster_dir(cluster_name) / "logs")
 
 
 def node_log_path(cluster_name: str, node_id: str) -> Path:
@@ -34,17 +59,20 @@ def node_log_path(cluster_name: str, node_id: str) -> Path:
 
 def keys_dir(cluster_name: str) -> Path:
     """Where the cluster's runtime (CurveZMQ) keys live on this machine."""
-    path = cluster_dir(cluster_name) / "keys"
-    path.mkdir(exist_ok=True, mode=0o700)
-    return path
+    return private_dir(cluster_dir(cluster_name) / "keys")
 
 
 def write_private(path: Path | str, data: bytes | str) -> None:
-    """Write a file that only its owner can read (created 0600, never world-readable)."""
+    """Write a file that only its owner can read: created 0600, and made 0600 (an
+    existing file's mode is fixed) before a single byte is written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "wb") as handle:
         handle.write(payload)
-    os.chmod(path, 0o600)

@@ -33,6 +33,7 @@ class ConnectionSpec:
     private_key_path: str
     known_hosts_path: str
     proxy_command: str | None = None
+    host_key_alias: str | None = None  # pin the host key under this name, not `host`
 
     def proxy_argv(self) -> str | None:
         """The proxy command with %h (host), %p (port), %r (user) and %% filled in."""
@@ -90,7 +91,8 @@ def open_client(spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
     """A new authenticated client (host key checked or pinned). Raises paramiko/socket
     errors as they are, and HostKeyMismatchError for a changed key."""
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(PinningPolicy(HostKeyStore(spec.known_hosts_path)))
+    client.set_missing_host_key_policy(PinningPolicy(HostKeyStore(spec.known_hosts_path),
+                                                     alias=spec.host_key_alias))
     proxy_cmd = spec.proxy_argv()
     if proxy_cmd:
         sock = paramiko.ProxyCommand(proxy_cmd)

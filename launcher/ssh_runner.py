@@ -35,7 +35,8 @@ from typing import Mapping
 import paramiko
 
 from launcher import file_sync, paths, ssh_pool
-from launcher.command_runner import CommandResult, CommandRunner
+from launcher.command_runner import (INTERRUPTED_EXIT_CODE, CommandResult, CommandRunner,
+                                     LineDecoder)
 from launcher.errors import ClusterError, CommandError, HostKeyMismatchError, \
     SSHUnreachableError
 
@@ -47,6 +48,9 @@ LOCAL_TIMEOUT_GRACE_S = 5.0
 CHANNEL_WAIT_S = 120.0  # how long a command waits for the server to allow a new session
 SCRIPT_TIMEOUT_S = 600.0  # file sync listings (hashing a large tree takes a while)
 EOF_GRACE_S = 0.3  # after the exit status, how long to wait for output still in flight
+STOP_GROUP_TIMEOUT_S = 10.0  # stopping an interrupted command's process group
+PID_HEADER_COMMAND = "printf '@@corral-pid %s@@\\n' \"$$\" >&2; "
+_PID_HEADER = re.compile(rb"^@@corral-pid (\d+)@@$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -65,7 +69,9 @@ class SSHRunner(CommandRunner):
                  port: int = 22, proxy_command: str | None = None,
                  timeout_s: float = DEFAULT_SSH_TIMEOUT_S,
                  base_env: Mapping[str, str] | None = None, log_path: str | None = None,
-                 known_hosts_path: str | None = None):
+                 known_hosts_path: str | None = None, host_key_alias: str | None = None):
+        """host_key_alias: the name the host key is pinned under instead of `host` (cloud
+        providers pass the node id: clouds reuse private IPs for new machines)."""
         self.host = host
         self.user = user
         self.port = port
@@ -76,7 +82,7 @@ class SSHRunner(CommandRunner):
             host=host, user=user, port=port,
             private_key_path=os.path.expanduser(private_key_path),
             known_hosts_path=str(known_hosts_path or paths.known_hosts_path(cluster_name)),
-            proxy_command=proxy_command)
+            proxy_command=proxy_command, host_key_alias=host_key_alias)
         self._holding = True
         ssh_pool.POOL.hold(self.spec)
 
@@ -93,15 +99,19 @@ class SSHRunner(CommandRunner):
             raise SSHUnreachableError(self.host, timeout_s or CONNECT_ATTEMPT_TIMEOUT_S,
                                       _describe(error)) from error
 
-    def wait_ready(self, timeout_s: float | None = None) -> None:
+    def wait_ready(self, timeout_s: float | None = None,
+                   cancel: threading.Event | None = None) -> None:
         """Connect, retrying with backoff (0.1 s doubling to 2 s) until `timeout_s`; then
         raise SSHUnreachableError naming the host and the last error. A changed host key
-        is not retried: it raises HostKeyMismatchError at once."""
+        is not retried: it raises HostKeyMismatchError at once. Setting `cancel` stops
+        the retries (SSHUnreachableError "interrupted")."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         delay_s, last_error = BACKOFF_START_S, "no attempt made"
         while True:
             remaining_s = deadline - time.monotonic()
+            if cancel is not None and cancel.is_set():
+                raise SSHUnreachableError(self.host, timeout_s, "interrupted")
             if remaining_s <= 0:
                 raise SSHUnreachableError(self.host, timeout_s, last_error)
             try:
@@ -112,7 +122,11 @@ class SSHRunner(CommandRunner):
                 raise
             except (OSError, EOFError, paramiko.SSHException) as error:
                 last_error = _describe(error)
-            time.sleep(max(0.0, min(delay_s, deadline - time.monotonic())))
+            pause_s = max(0.0, min(delay_s, deadline - time.monotonic()))
+            if cancel is not None:
+                cancel.wait(pause_s)
+            else:
+                time.sleep(pause_s)
             delay_s = min(delay_s * 2, BACKOFF_CAP_S)
 
     def _open_channel(self) -> paramiko.Channel:
@@ -171,18 +185,24 @@ class SSHRunner(CommandRunner):
         merged = dict(self.base_env)
         merged.update(env or {})
         runner = f"timeout -k 5 {timeout_s:.3f} bash -c " if timeout_s else "bash -c "
-        return env_prefix(merged) + "exec " + runner + shlex.quote(cmd)
+        # The first stderr line names the process group (sshd makes the command's shell a
+        # session leader), so an interrupted command can be stopped, children included.
+        return (env_prefix(merged) + PID_HEADER_COMMAND + "exec " + runner
+                + shlex.quote(cmd))
 
-    def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None):
+    def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None,
+            on_output=None, cancel=None):
+        """See CommandRunner.run. A set `cancel` closes the channel (sshd then hangs up
+        the command's session, which ends it) and gives exit code 130."""
         log_path = log_path or self.log_path
         started = time.monotonic()
-        out: list[bytes] = []
-        err: list[bytes] = []
+        out = _Collected("stdout", on_output)
+        err = _Collected("stderr", on_output, pid_header=True)
         with self._session() as channel:
             log = _open_log(log_path, cmd) if log_path else None
             try:
                 exit_code = _drive(channel, self.remote_command(cmd, env, timeout_s),
-                                   timeout_s, log, out, err)
+                                   timeout_s, log, out, err, cancel)
             except (OSError, EOFError, paramiko.SSHException) as error:
                 # Like ssh(1): a connection lost mid-command is exit code 255, with why.
                 ssh_pool.POOL.discard(self.spec)
@@ -191,13 +211,31 @@ class SSHRunner(CommandRunner):
                         f"{_describe(error)}\n")
                 err.append(note.encode())
                 _log_write(log, note.encode())
+        if exit_code == INTERRUPTED_EXIT_CODE and cancel is not None and cancel.is_set():
+            self._stop_group(err.remote_pid)
         duration_s = time.monotonic() - started
         if log is not None:
             _close_log(log, exit_code, duration_s)
-        result = CommandResult(self.host, cmd, exit_code, _decode(out), _decode(err), duration_s)
+        result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s)
         if check and not result.ok:
             raise CommandError(result)
         return result
+
+    def _stop_group(self, pid: int | None) -> None:
+        """Stop an interrupted command's process group on the host: sshd does not end a
+        command without a terminal when its channel closes. TERM, then KILL after 2 s."""
+        if not pid:
+            return
+        script = (f"kill -TERM -- -{pid} 2>/dev/null || exit 0; "
+                  f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- -{pid} 2>/dev/null "
+                  f"|| exit 0; sleep 0.2; done; kill -KILL -- -{pid} 2>/dev/null; exit 0")
+        try:
+            with self._session() as channel:
+                channel.settimeout(STOP_GROUP_TIMEOUT_S)
+                channel.exec_command("exec bash -c " + shlex.quote(script))
+                channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException, ClusterError):
+            pass  # the host went away: so did the command  # noqa: E501
 
     def _run_script(self, script: str, stdin: bytes) -> bytes:
         """Run a bash script with `stdin`; its stdout (bytes). For file sync listings."""
@@ -313,8 +351,49 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) else text
 
 
+class _Collected:
+    """One output stream of a command: its bytes, decoded at the end; with a callback,
+    also decoded line by line as they arrive."""
+
+    def __init__(self, stream: str, on_output, pid_header: bool = False):
+        self.chunks: list[bytes] = []
+        self._lines = None if on_output is None else LineDecoder(
+            lambda line: on_output(stream, line))
+        self._header: bytes | None = b"" if pid_header else None
+        self.remote_pid: int | None = None
+
+    def append(self, data: bytes) -> bytes:
+        """Take a chunk; returns what of it is the command's output (for the log)."""
+        if self._header is not None:
+            self._header += data
+            if b"\n" not in self._header and len(self._header) < 64:
+                return b""
+            line, newline, rest = self._header.partition(b"\n")
+            self._header = None
+            match = _PID_HEADER.match(line)
+            if match:
+                self.remote_pid = int(match.group(1))
+                data = rest
+            else:
+                data = line + newline + rest
+        if data:
+            self.chunks.append(data)
+            if self._lines is not None:
+                self._lines.feed(data)
+        return data
+
+    def text(self) -> str:
+        if self._header:  # a header never completed: it was output after all
+            self.chunks.append(self._header)
+        self._header = None
+        if self._lines is not None:
+            self._lines.feed(b"", final=True)
+            self._lines = None
+        return _decode(self.chunks)
+
+
 def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
-           out: list[bytes], err: list[bytes]) -> int:
+           out: _Collected, err: _Collected, cancel: threading.Event | None = None) -> int:
     """Run `command` on `channel`; collect (into out/err, and the log) its output until it
     exits; returns the exit code."""
     channel.exec_command(command)
@@ -328,6 +407,12 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log
             exited_at = exited_at or now
             if channel.eof_received or channel.closed or now - exited_at > EOF_GRACE_S:
                 break  # (a background process may keep the output open: don't wait for it)
+        if cancel is not None and cancel.is_set() and exited_at is None:
+            channel.close()
+            note = b"\ninterrupted (channel closed)\n"
+            _log_write(log, note)
+            err.append(note)
+            return INTERRUPTED_EXIT_CODE
         if deadline is not None and now > deadline:
             channel.close()
             note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
@@ -353,19 +438,15 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log
     return status
 
 
-def _drain(channel: paramiko.Channel, out: list, err: list, log) -> None:
+def _drain(channel: paramiko.Channel, out: _Collected, err: _Collected, log) -> None:
     """Read whatever output is buffered, until both streams are empty."""
     while True:
         got = False
         if channel.recv_ready():
-            data = channel.recv(65536)
-            out.append(data)
-            _log_write(log, data)
+            _log_write(log, out.append(channel.recv(65536)))
             got = True
         if channel.recv_stderr_ready():
-            data = channel.recv_stderr(65536)
-            err.append(data)
-            _log_write(log, data)
+            _log_write(log, err.append(channel.recv_stderr(65536)))
             got = True
         if not got:
             return

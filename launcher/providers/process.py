@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Mapping
@@ -79,11 +80,24 @@ class ProcessProvider(NodeProvider):
 
     def __init__(self, config):
         super().__init__(config)
-        self.nodes_dir = paths.cluster_dir(self.cluster_name) / "nodes"
-        self.nodes_dir.mkdir(mode=0o700, exist_ok=True)
-        self._lock = FileLock(str(self.nodes_dir / ".lock"), timeout=LOCK_TIMEOUT_S)
-        for leftover in self.nodes_dir.glob(".terminated-*"):  # an interrupted terminate
-            shutil.rmtree(leftover, ignore_errors=True)
+        # Made on the first write only: listing a cluster that never existed (status,
+        # up --dry-run, down) leaves no trace.
+        self.nodes_dir = paths.cluster_dir(self.cluster_name, create=False) / "nodes"
+        self._file_lock: FileLock | None = None
+        self._making_lock = threading.Lock()
+        if self.nodes_dir.is_dir():
+            for leftover in self.nodes_dir.glob(".terminated-*"):  # an interrupted terminate
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    @property
+    def _lock(self) -> FileLock:
+        """The per-cluster lock for writes (creates the nodes directory, 0700)."""
+        with self._making_lock:
+            if self._file_lock is None:
+                paths.private_dir(self.nodes_dir, levels=4)
+                self._file_lock = FileLock(str(self.nodes_dir / ".lock"),
+                                           timeout=LOCK_TIMEOUT_S)
+            return self._file_lock
 
     # -- paths ---------------------------------------------------------------------------
     def node_dir(self, node_id: NodeId) -> Path:
@@ -107,7 +121,11 @@ class ProcessProvider(NodeProvider):
     # -- NodeProvider ----------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
         nodes = []
-        for entry in sorted(os.scandir(self.nodes_dir), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(self.nodes_dir), key=lambda e: e.name)
+        except FileNotFoundError:  # no node was ever created
+            return []
+        for entry in entries:
             if not entry.is_dir() or not _NODE_ID.match(entry.name):
                 continue
             record = _read_json(Path(entry.path) / NODE_FILE)

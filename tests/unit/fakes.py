@@ -34,11 +34,12 @@ class FakeRunner(CommandRunner):
     def local_path(self, remote: str) -> str:
         return os.path.join(self.root, remote.lstrip("/"))
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, cancel=None) -> None:
         if self.unreachable:
             raise SSHUnreachableError(self.host, timeout_s, "connection refused")
 
-    def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None):
+    def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None,
+            on_output=None, cancel=None):
         self.commands.append((cmd, dict(env or {})))
         started = time.monotonic()
         # The node's paths live under root: make /tmp/corral mean <root>/tmp/corral.

@@ -95,7 +95,7 @@ def test_remote_command_exports_environment_and_wraps_timeout():
                        cluster_name="cmdline", base_env={"CORRAL_NODE_ID": "n1", "A": "x"})
     line = runner.remote_command("echo $A", {"A": "it's"}, None)
     assert line == ("export CORRAL_NODE_ID=n1; export A='it'\"'\"'s'; "
-                    "exec bash -c 'echo $A'")
+                    "printf '@@corral-pid %s@@\\n' \"$$\" >&2; exec bash -c 'echo $A'")
     run = subprocess.run(["sh", "-c", line.replace("exec bash", "exec /bin/bash")],
                          capture_output=True, text=True)
     assert run.stdout == "it's\n"
