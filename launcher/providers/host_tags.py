@@ -26,7 +26,7 @@ import inspect
 import json
 import shlex
 import time
-from typing import Callable, Mapping
+from typing import Mapping
 
 from launcher.command_runner import CommandRunner
 from launcher.errors import CommandError, ProviderError
@@ -193,6 +193,15 @@ def claim(runner: CommandRunner, state_dir: str, new_claim: dict,
                         f"{CAS_ATTEMPTS} attempts")
 
 
+def merged_claim(current: dict, updates: dict | None) -> dict | None:
+    """`current` with `updates` merged into its tags (None: the claim is deleted). Used
+    here and, shipped as source, by the host-side update script: one merge rule."""
+    if updates is None:
+        return None
+    old = current.get("tags") if isinstance(current.get("tags"), dict) else {}
+    return {**current, "tags": {**{str(k): str(v) for k, v in old.items()}, **updates}}
+
+
 def _host_update():  # runs on the host (python3 -I -S): argv = path, cluster, tags JSON
     import os
     import sys
@@ -204,66 +213,86 @@ def _host_update():  # runs on the host (python3 -I -S): argv = path, cluster, t
         current = None
     if claim_is_free(current) or current.get("cluster_name") != cluster_name:
         sys.exit(95)
-    if updates is None:  # release
+    new = merged_claim(current, updates)
+    if new is None:  # release
         os.remove(path)
         return
-    old = current.get("tags") if isinstance(current.get("tags"), dict) else {}
-    current["tags"] = {**{str(k): str(v) for k, v in old.items()}, **updates}
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w") as file:
-        file.write(encode(current))
+        file.write(encode(new))
     os.replace(temporary, path)
+    sys.stdout.write(encode(new))
 
 
-def update_command(state_dir: str, cluster_name: str, tags: Mapping[str, str] | None) -> str:
+def _updates(tags: Mapping[str, str] | None) -> dict | None:
+    return None if tags is None else {str(key): str(value) for key, value in tags.items()}
+
+
+def update_command(state_dir: str, cluster_name: str, tags: Mapping[str, str] | None,
+                   known: HostTags | None = None) -> str:
     """Shell script: under the lock, merge `tags` into the cluster's claim (None: delete
-    the claim), with python3 on the host. Exits 95 when the host is not the cluster's,
-    96 when the host has no python3 (nothing changed)."""
+    the claim). Fast path, plain shell: when the file still holds `known` (what the caller
+    last read or wrote, if it is the cluster's), write the merge computed here. Otherwise
+    the merge is done by python3 on the host, which prints the new content. Exits 95
+    when the host is not the cluster's, 96 when it has no python3 (nothing changed)."""
     folder = shlex.quote(state_dir.rstrip("/") or "/")
+    path = shlex.quote(_path(state_dir))
+    updates = _updates(tags)
     script = "\n".join(["import json", *(inspect.getsource(function) for function in
-                                          (claim_is_free, encode, _host_update)),
+                                          (claim_is_free, encode, merged_claim, _host_update)),
                         "_host_update()"])
-    updates = None if tags is None else {str(key): str(value) for key, value in tags.items()}
+    lines = [*_locked_prelude(folder)]
+    if known is not None and known.belongs_to(cluster_name):
+        new = merged_claim(dict(known.claim), updates)
+        write = f"rm -f {path}" if new is None else (
+            f"tmp={folder}/.tags.$$.tmp; printf '%s' {shlex.quote(encode(new))} > \"$tmp\" "
+            f"&& mv -f \"$tmp\" {path}")
+        lines += [f"if [ \"$(cat {path} 2>/dev/null)\" = {shlex.quote(known.raw)} ]; then",
+                  f"  {write}; exit $?",
+                  "fi"]
     return "\n".join([
-        *_locked_prelude(folder),
+        *lines,
         f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON_EXIT}",
-        f"exec python3 -I -S -c {shlex.quote(script)} "
-        f"{shlex.quote(_path(state_dir))} {shlex.quote(cluster_name)} "
+        f"exec python3 -I -S -c {shlex.quote(script)} {path} {shlex.quote(cluster_name)} "
         f"{shlex.quote(json.dumps(updates))}",
     ])
 
 
 def update_claim(runner: CommandRunner, state_dir: str, cluster_name: str,
-                 tags: Mapping[str, str] | None, timeout_s: float = 30.0) -> bool:
+                 tags: Mapping[str, str] | None, timeout_s: float = 30.0,
+                 known: HostTags | None = None) -> HostTags | None:
     """Merge `tags` into the host's claim (tags=None: release the host), only if the host
-    is `cluster_name`'s. One command; two (read + compare-and-swap, retried) on a host
-    without python3. Returns False when the host is not (or no longer) the cluster's."""
-    result = runner.run(update_command(state_dir, cluster_name, tags), timeout_s=timeout_s)
+    is `cluster_name`'s. One command (see update_command; `known`: what the caller last
+    saw in the file, for the fast path); read + compare-and-swap, retried, on a host
+    without python3. Returns the file's new content (empty after a release), or None
+    when the host is not (or no longer) the cluster's."""
+    updates = _updates(tags)
+    result = runner.run(update_command(state_dir, cluster_name, tags, known),
+                        timeout_s=timeout_s)
     if result.exit_code == _NOT_CLAIMED_EXIT:
-        return False
+        return None
     if result.exit_code == _NO_PYTHON_EXIT:
-        def change(current: dict) -> dict | None:
-            if tags is None:
-                return None
-            merged = HostTags("", current).tags
-            merged.update({str(key): str(value) for key, value in tags.items()})
-            return {**current, "tags": merged}
-        return _update_by_swap(runner, state_dir, cluster_name, change, timeout_s)
+        return _update_by_swap(runner, state_dir, cluster_name, updates, timeout_s)
     if not result.ok:
         raise CommandError(result, f"could not update the tag file on {runner.host}")
-    return True
+    if updates is None:
+        return HostTags("", None)
+    if result.stdout.strip():  # the host merged: it printed the new content
+        return parse(result.stdout)
+    new = merged_claim(dict(known.claim), updates)  # the fast path wrote our merge
+    return HostTags(encode(new), new)
 
 
 def _update_by_swap(runner: CommandRunner, state_dir: str, cluster_name: str,
-                    change: Callable[[dict], dict | None], timeout_s: float) -> bool:
+                    updates: dict | None, timeout_s: float) -> HostTags | None:
     tags = read(runner, state_dir, timeout_s)
     for _ in range(CAS_ATTEMPTS):
         if not tags.belongs_to(cluster_name):
-            return False
-        conflict = compare_and_swap(runner, state_dir, tags, change(dict(tags.claim)),
-                                    timeout_s)
+            return None
+        new = merged_claim(dict(tags.claim), updates)
+        conflict = compare_and_swap(runner, state_dir, tags, new, timeout_s)
         if conflict is None:
-            return True
+            return HostTags("", None) if new is None else HostTags(encode(new), new)
         tags = conflict
     raise ProviderError(f"the tag file on {runner.host} kept changing; gave up after "
                         f"{CAS_ATTEMPTS} attempts")

@@ -63,6 +63,11 @@ class LocalProvider(NodeProvider):
         # Hosts that did not answer the last listing, {ip: error text}: `status`/`down`
         # report them instead of pretending they are free or gone.
         self.unreachable: dict[str, str] = {}
+        # What this provider last read from or wrote to each host's tag file: lets a tag
+        # write take its shell fast path (see host_tags.update_command). Only a hint: the
+        # host checks it under its lock and merges itself when it is stale.
+        self._known: dict[str, host_tags.HostTags] = {}
+        self._known_lock = threading.Lock()
 
     # -- SSH -------------------------------------------------------------------------------
     def _new_runner(self, ip: str, base_env: Mapping[str, str] | None = None):
@@ -88,11 +93,20 @@ class LocalProvider(NodeProvider):
         """Every host's tag file, read in parallel; an unreachable host maps to its error."""
         def one(ip):
             try:
-                return ip, host_tags.read(self._runner(ip), self.state_dir, TAG_TIMEOUT_S)
+                tags = host_tags.read(self._runner(ip), self.state_dir, TAG_TIMEOUT_S)
+                self._remember(ip, tags)
+                return ip, tags
             except (ClusterError, OSError, socket.error) as error:
                 return ip, error if isinstance(error, ClusterError) else \
                     ProviderError(f"{ip}: {error}", cause=type(error).__name__)
         return dict(_parallel(one, ips))
+
+    def _remember(self, ip: str, tags: host_tags.HostTags | None) -> None:
+        with self._known_lock:
+            if tags is None:
+                self._known.pop(ip, None)
+            else:
+                self._known[ip] = tags
 
     # -- NodeProvider ----------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: Mapping[str, str] | None = None) -> list[Node]:
@@ -172,6 +186,8 @@ class LocalProvider(NodeProvider):
             return ip, SSHUnreachableError(ip, TAG_TIMEOUT_S, str(error))
         except ClusterError as error:
             return ip, error
+        self._remember(ip, host_tags.HostTags(host_tags.encode(claim), claim)
+                       if taken is None else taken)
         return ip, CLAIMED if taken is None else TAKEN
 
     def _release(self, ips: list[str]) -> None:
@@ -185,6 +201,8 @@ class LocalProvider(NodeProvider):
                                    TAG_TIMEOUT_S)
         except ClusterError as error:
             return ip, error
+        finally:
+            self._remember(ip, None)
         return ip, None
 
     @staticmethod
@@ -207,8 +225,12 @@ class LocalProvider(NodeProvider):
         """One command on the host: the merge happens there, under the host's lock."""
         if node_id not in self._all_ips():
             raise NodeNotFoundError(f"{node_id} is not a host of cluster {self.cluster_name!r}")
-        if not host_tags.update_claim(self._runner(node_id), self.state_dir, self.cluster_name,
-                                      tags, TAG_TIMEOUT_S):
+        with self._known_lock:
+            known = self._known.get(node_id)
+        new = host_tags.update_claim(self._runner(node_id), self.state_dir, self.cluster_name,
+                                     tags, TAG_TIMEOUT_S, known=known)
+        self._remember(node_id, new)
+        if new is None:
             raise NodeNotFoundError(f"host {node_id} is not a node of cluster "
                                     f"{self.cluster_name!r}")
 
@@ -235,6 +257,7 @@ class LocalProvider(NodeProvider):
                            f"{result.tail(5)}"
             host_tags.update_claim(runner, self.state_dir, self.cluster_name, None,
                                    TAG_TIMEOUT_S)
+            self._remember(ip, None)
             return ip, None
         except ClusterError as error:
             return ip, str(error)

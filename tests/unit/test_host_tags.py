@@ -160,8 +160,8 @@ def test_racing_one_command_claims_have_one_winner(state):
 def test_update_merges_tags_on_the_host(state):
     runner, state_dir = claimed(state)
     tricky = "it's \"x\" $HOME `id` \\n %s"
-    assert host_tags.update_claim(runner, state_dir, "c1", {"b": "2", "q": tricky}) is True
-    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "3"}) is True
+    assert host_tags.update_claim(runner, state_dir, "c1", {"b": "2", "q": tricky}) is not None
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "3"}) is not None
     tags = host_tags.read(runner, state_dir)
     assert tags.claim["tags"] == {"a": "3", "b": "2", "q": tricky}
     assert tags.belongs_to("c1") and tags.claim["claimed_by"] == "test"
@@ -172,26 +172,28 @@ def test_update_merges_tags_on_the_host(state):
 
 def test_update_refuses_a_host_that_is_not_the_clusters(state):
     runner, state_dir = state
-    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is False  # free
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is None  # free
     claimed(state, "c2")
-    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is False
-    assert host_tags.update_claim(runner, state_dir, "c1", None) is False
+    assert host_tags.update_claim(runner, state_dir, "c1", {"a": "1"}) is None
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is None
     assert host_tags.read(runner, state_dir).claim["tags"] == {"a": "1"}  # c2's, untouched
     assert host_tags.read(runner, state_dir).belongs_to("c2")
 
 
 def test_release_frees_the_host(state):
     runner, state_dir = claimed(state)
-    assert host_tags.update_claim(runner, state_dir, "c1", None) is True
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is not None
     assert host_tags.read(runner, state_dir).is_free()
-    assert host_tags.update_claim(runner, state_dir, "c1", None) is False  # already free
+    assert host_tags.update_claim(runner, state_dir, "c1", None) is None  # already free
 
 
 def test_racing_merges_lose_no_tag(state):
     runner, state_dir = claimed(state)
+    known = host_tags.read(runner, state_dir)  # all but the first write find it stale
 
     def write(index):
-        assert host_tags.update_claim(runner, state_dir, "c1", {f"k{index}": str(index)})
+        assert host_tags.update_claim(runner, state_dir, "c1", {f"k{index}": str(index)},
+                                      known=known)
     threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
@@ -216,8 +218,33 @@ def without_python(tmp_path):
 
 def test_update_without_python_on_the_host_falls_back_to_swap(state, without_python):
     _, state_dir = claimed(state)
-    assert host_tags.update_claim(without_python, state_dir, "c1", {"b": "2"}) is True
+    assert host_tags.update_claim(without_python, state_dir, "c1", {"b": "2"}) is not None
     assert host_tags.read(without_python, state_dir).claim["tags"] == {"a": "1", "b": "2"}
-    assert host_tags.update_claim(without_python, state_dir, "c2", {"b": "3"}) is False
-    assert host_tags.update_claim(without_python, state_dir, "c1", None) is True
+    assert host_tags.update_claim(without_python, state_dir, "c2", {"b": "3"}) is None
+    assert host_tags.update_claim(without_python, state_dir, "c1", None) is not None
     assert host_tags.read(without_python, state_dir).is_free()
+
+
+def test_update_fast_path_uses_what_the_caller_knows_and_survives_a_stale_copy(state):
+    runner, state_dir = claimed(state)
+    known = host_tags.read(runner, state_dir)
+    first = host_tags.update_claim(runner, state_dir, "c1", {"b": "2"}, known=known)
+    assert first == host_tags.read(runner, state_dir)  # returns what the file now holds
+    assert first.claim["tags"] == {"a": "1", "b": "2"}
+    # `known` is stale now: the host merges instead, losing nothing
+    second = host_tags.update_claim(runner, state_dir, "c1", {"c": "3"}, known=known)
+    assert second == host_tags.read(runner, state_dir)
+    assert second.claim["tags"] == {"a": "1", "b": "2", "c": "3"}
+    # a copy that says the host is ours, when it is not any more: refused on the host
+    host_tags.update_claim(runner, state_dir, "c1", None, known=second)
+    host_tags.claim(runner, state_dir, claim_for("c2"))
+    assert host_tags.update_claim(runner, state_dir, "c1", {"x": "y"}, known=second) is None
+    assert host_tags.read(runner, state_dir).belongs_to("c2")
+
+
+def test_fast_path_needs_no_python_on_the_host(state, without_python):
+    _, state_dir = claimed(state)
+    known = host_tags.read(without_python, state_dir)
+    new = host_tags.update_claim(without_python, state_dir, "c1", {"b": "2"}, known=known)
+    assert new == host_tags.read(without_python, state_dir)
+    assert new.claim["tags"] == {"a": "1", "b": "2"}
