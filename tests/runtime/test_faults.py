@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import runtime
+from runtime import session
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -189,6 +190,7 @@ def test_node_restarted_with_the_same_id_is_used_again(local_cluster):
     first = runtime.get(agent_pid.remote(), timeout=60)
     assert first == local_cluster.nodes["phoenix"].pids["agent"]
     os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not session.is_alive(first))   # SIGKILL is not instant
     local_cluster.add_node("phoenix", num_cpus=1, resources={"phoenix": 1})
     second = runtime.get(agent_pid.remote(), timeout=60)
     assert second == local_cluster.nodes["phoenix"].pids["agent"] != first
