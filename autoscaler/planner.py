@@ -19,13 +19,13 @@ SKIP reason says so.
 """
 from __future__ import annotations
 
-import math
 import time
 
 from autoscaler import decisions as d
 from autoscaler.binpack import (RANK_BUSY, RANK_IDLE, RANK_NEW, RANK_PENDING, Bins, Need,
                                 NodeOption, ResourceSpace, best_option, fit_count, scarce_of,
                                 subtract)
+from autoscaler.ordering import by_leftover_fit, by_size, smallest_needs
 from autoscaler.policy import MIN_PENDING_NODES, Policy
 from autoscaler.snapshot import NODE_FAILED, NODE_RUNNING, NodeRecord, Shape, Snapshot, shape_text
 
@@ -211,19 +211,6 @@ class _Planner:
                 self.bundle_bins.add(name, capacity, granted, RANK_NEW, scarce)
                 self.demand_bins.add(name, capacity, granted, RANK_NEW, scarce)
 
-    def _order(self, shapes) -> list[Shape]:
-        largest: dict[int, float] = {}
-        for vector in list(self.capacity.values()) + self.existing_totals:
-            for index, amount in enumerate(vector):
-                largest[index] = max(largest.get(index, 0.0), amount)
-
-        def key(shape: Shape):
-            share = 0.0
-            for index, amount in self._need(shape):
-                share = max(share, amount / largest[index] if largest.get(index) else math.inf)
-            return (0 if scarce_of(name for name, _ in shape) else 1, -share, shape)
-        return sorted(shapes, key=key)
-
     def _feasible(self, need: Need) -> bool:
         return any(fit_count(need, vector) > 0
                    for vector in list(self.capacity.values()) + self.existing_totals)
@@ -234,7 +221,8 @@ class _Planner:
         on new nodes. The other shapes first fill the capacity left (in the order that
         uses the most plentiful leftover resources first), then open new nodes."""
         scarce_shapes, generic_shapes = [], []
-        for shape in self._order(counts):
+        for shape in by_size(counts, self._need, list(self.capacity.values())
+                             + self.existing_totals):
             need = self._need(shape)
             if not need:
                 continue  # asks for nothing: runs anywhere
@@ -243,7 +231,8 @@ class _Planner:
                 continue
             (scarce_shapes if scarce_of(name for name, _ in shape) else generic_shapes
              ).append(shape)
-        smallest = self._smallest(scarce_shapes + generic_shapes)
+        smallest = smallest_needs(scarce_shapes + generic_shapes, self._need,
+                                  len(self.space.names))
         self._outlook = {}
         for shape in scarce_shapes:
             self._expect(shape, counts[shape], +1)
@@ -252,7 +241,8 @@ class _Planner:
             self._expect(shape, counts[shape], -1)
             bins.prune(smallest)
         left = {}
-        for shape in self._by_leftover_fit(generic_shapes, counts, bins):
+        for shape in by_leftover_fit(generic_shapes, counts, self._need, len(self.space.names),
+                                     bins.groups):
             remaining = bins.place(self._need(shape), counts[shape], frozenset(), touched)
             if remaining:
                 left[shape] = remaining
@@ -263,19 +253,6 @@ class _Planner:
                 self._place_one(shape, left[shape], bins, touched, purpose, also_offer)
                 self._expect(shape, left[shape], -1)
                 bins.prune(smallest)
-
-    def _smallest(self, shapes: list[Shape]) -> tuple[float, ...]:
-        """Per resource, the least any of these shapes asks (0 where one asks none)."""
-        if not shapes:
-            return tuple(0.0 for _ in self.space.names)
-        smallest = None
-        for shape in shapes:
-            vector = [0.0] * len(self.space.names)
-            for index, amount in self._need(shape):
-                vector[index] = amount
-            smallest = vector if smallest is None else [min(a, b)
-                                                        for a, b in zip(smallest, vector)]
-        return tuple(smallest)
 
     def _expect(self, shape: Shape, count: int, sign: int) -> None:
         """Keep the total still to place per class of shapes (same scarce resources), so
@@ -303,30 +280,6 @@ class _Planner:
         self.unplaced.append(d.Unplaced(shape, count, why))
         self._say(d.INFEASIBLE, f"{count} x {shape_text(shape)} ({purpose}): {why}",
                   count=count)
-
-    def _by_leftover_fit(self, shapes: list[Shape], counts, bins: Bins) -> list[Shape]:
-        """Order shapes so that those using mostly the resources the free capacity has
-        plenty of (relative to the demand for them) go first: free memory left on GPU
-        nodes then goes to memory-heavy work instead of being stranded."""
-        width = len(self.space.names)
-        free = [0.0] * width
-        for group in bins.groups:
-            for index, amount in enumerate(group.free):
-                free[index] += amount * group.count
-        demand = [0.0] * width
-        for shape in shapes:
-            for index, amount in self._need(shape):
-                demand[index] += amount * counts[shape]
-        plenty = [free[index] / demand[index] if demand[index] else 0.0
-                  for index in range(width)]
-
-        def score(shape: Shape) -> float:
-            weights = [(amount / demand[index], plenty[index])
-                       for index, amount in self._need(shape)]
-            total = sum(weight for weight, _ in weights)
-            return sum(weight * value for weight, value in weights) / total if total else 0.0
-        position = {shape: rank for rank, shape in enumerate(shapes)}
-        return sorted(shapes, key=lambda shape: (-round(score(shape), 9), position[shape]))
 
     def _candidates(self, shape: Shape, need: Need) -> list[str]:
         """Types that fit the shape; types with scarce resources the shape does not ask

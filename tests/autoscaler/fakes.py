@@ -7,7 +7,7 @@ import itertools
 from concurrent.futures import Future
 from typing import Mapping
 
-from launcher.errors import CapacityError, ClusterError
+from launcher.errors import ClusterError
 from launcher.providers.base import STATE_RUNNING, Node, NodeProvider, matches
 from launcher.tags import (KIND_HEAD, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
                            TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE)
