@@ -71,10 +71,20 @@ def worker_nodes(provider: NodeProvider) -> list[Node]:
 
 
 def pick_node(provider: NodeProvider, config, node_id: str) -> Node:
+    """The node named `node_id`: its id (exactly), else its IP when exactly one node has
+    that IP (the process provider's nodes all share 127.0.0.1)."""
     nodes = provider.non_terminated_nodes()
     for node in nodes:
-        if node.id == node_id or node_ip(node) == node_id:
+        if node.id == node_id:
             return node
+    by_ip = [node for node in nodes
+             if node_id in (node.internal_ip, node.external_ip, node_ip(node))]
+    if len(by_ip) == 1:
+        return by_ip[0]
+    if by_ip:
+        raise UsageError(f"{len(by_ip)} nodes of cluster {config.cluster_name!r} have the "
+                         f"IP {node_id}: {', '.join(node.id for node in by_ip)}; "
+                         f"name one by its id")
     known = ", ".join(node.id for node in nodes) or "none"
     raise UsageError(f"cluster {config.cluster_name!r} has no node {node_id!r} "
                      f"(nodes: {known})")

@@ -107,6 +107,10 @@ class ClusterContext:
         the SSH key to reach new workers (it travels with the config, 0600) and reads the
         file mounts from its own copies."""
         document = self.config.to_dict()
+        # A service-account key file is a path on the machine that ran `up`: the head
+        # authenticates as its own service account instead (gcp/client.py falls back to
+        # the instance's credentials when no file is named).
+        document["provider"].pop("credentials_file", None)
         if self.config.provider_type != "process" and document["auth"].get("ssh_private_key"):
             document["auth"]["ssh_private_key"] = f"{node_dir}/ssh_key"
         for remote, (_, copy) in self.head_copies(node_dir).items():

@@ -2,51 +2,76 @@
 from __future__ import annotations
 
 import shlex
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import click
 
+from launcher.command_runner import run_on_many
 from launcher.cluster import command_env, find_head, open_cluster, pick_node
 from launcher.errors import ClusterError
 
 MAX_PARALLEL = 32
 
 
-def _run_on(provider, config, nodes, head, command, timeout_s):
-    def one(node):
+def _run_on(provider, config, nodes, head, command, timeout_s, several: bool):
+    """Run `command` on `nodes` at once, streaming each line of output as it arrives
+    (prefixed `[node] ` when several nodes run it). Returns [(node, result, error)].
+    Ctrl-C stops every running command (see run_on_many) and propagates."""
+    runners, envs, errors = {}, {}, {}
+    for node in nodes:
         try:
             runner = provider.command_runner(node)
-            return node, runner.run(command, timeout_s=timeout_s,
-                                    env=command_env(provider, config, node, head, runner)), None
+            envs[node.id] = command_env(provider, config, node, head, runner)
+            runners[node.id] = runner
         except (ClusterError, OSError) as error:
-            return node, None, str(error)
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
-        return list(pool.map(one, nodes))
+            errors[node.id] = str(error)
+    lock = threading.Lock()
+
+    def echo(node_id: str, stream: str, line: str) -> None:
+        with lock:
+            click.echo(f"[{node_id}] {line}" if several else line, err=stream == "stderr")
+    try:
+        results = run_on_many(runners, command, timeout_s=timeout_s, envs=envs,
+                              on_output=echo, max_parallel=MAX_PARALLEL)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return [(node, results.get(node.id), errors.get(node.id)) for node in nodes]
 
 
-def _echo_output(text: str, prefix: str, err: bool) -> None:
-    if not text:
-        return
-    if not prefix:
-        click.echo(text, nl=not text.endswith("\n"), err=err)
-        return
-    for line in text.splitlines():
-        click.echo(f"{prefix}{line}", err=err)
+def _exit_code_of(result) -> int:
+    """The exit code `corral exec` ends with for one command's result."""
+    if 0 <= result.exit_code < 256:
+        return result.exit_code
+    return 1  # a runner error (-1), or a code no process can exit with
+
+
+def _ended_how(result) -> str:
+    if result.signal_name:
+        return f"killed by signal {result.signal_name} (exit {result.exit_code})"
+    if result.exit_code == -1:
+        return "could not run: " + (result.stderr.strip().splitlines() or ["?"])[-1]
+    return f"exited {result.exit_code}"
 
 
 @click.command(name="exec")
 @click.argument("config_path", metavar="CONFIG")
 @click.argument("command", nargs=-1, required=True)
 @click.option("--all-nodes", is_flag=True, help="Run on every node (head and workers).")
-@click.option("--node", "node_id", metavar="ID", help="Run on this node (id or IP).")
-@click.option("--timeout", "timeout_s", type=float, default=None, metavar="SECONDS",
-              help="Give up on the command after this many seconds (exit code 124).")
+@click.option("--node", "node_id", metavar="ID",
+              help="Run on this node (its id; or its IP when only one node has it).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=None, metavar="SECONDS",
+              help="Stop the command after this many seconds (exit code 124).")
 def exec_command(config_path, command, all_nodes, node_id, timeout_s):
     """Run COMMAND on the head of CONFIG's cluster (or --node ID, or --all-nodes).
 
     COMMAND runs in a non-interactive shell with the cluster's environment (CORRAL_HEAD_IP,
-    CORRAL_NODE_DIR, ...). Exit code: the command's; with --all-nodes 1 if it failed on any
-    node. Output from several nodes is prefixed with the node id."""
+    CORRAL_NODE_DIR, ...); its output is shown as it arrives, each line prefixed with
+    `[node id]` when several nodes run it. Exit code: the command's (128+N when it was
+    killed by signal N); with --all-nodes 1 if it failed on any node; 130 after Ctrl-C,
+    which stops the command on every node."""
     if all_nodes and node_id:
         raise click.UsageError("--all-nodes and --node cannot be used together")
     text = command[0] if len(command) == 1 else shlex.join(command)
@@ -58,30 +83,28 @@ def exec_command(config_path, command, all_nodes, node_id, timeout_s):
             nodes = [pick_node(provider, config, node_id)]
         else:
             nodes = [head]
-        results = _run_on(provider, config, nodes, head, text, timeout_s)
-    several = len(nodes) > 1
+        several = len(nodes) > 1
+        results = _run_on(provider, config, nodes, head, text, timeout_s, several)
     failed = []
     for node, result, error in results:
         prefix = f"[{node.id}] " if several else ""
         if error is not None:
             click.secho(f"{prefix}error: {error}", fg="red", err=True)
             failed.append(node.id)
-            continue
-        _echo_output(result.stdout, prefix, err=False)
-        _echo_output(result.stderr, prefix, err=True)
-        if not result.ok:
+        elif not result.ok:
             failed.append(node.id)
-            if several:
-                click.secho(f"{prefix}exited {result.exit_code}", fg="red", err=True)
+            if several or result.signal_name:
+                click.secho(f"{prefix}{_ended_how(result)}", fg="red", err=True)
     if several:
         if failed:
             raise click.exceptions.Exit(1)
         return
     node, result, error = results[0]
-    if error is not None:
-        raise ClusterError(f"could not run the command on {node.id}: {error}")
+    if error is not None or result.exit_code == -1:
+        reason = error or result.stderr.strip() or "runner error"
+        raise ClusterError(f"could not run the command on {node.id}: {reason}")
     if result.exit_code != 0:
-        raise click.exceptions.Exit(result.exit_code if 0 < result.exit_code < 256 else 1)
+        raise click.exceptions.Exit(_exit_code_of(result))
 
 
 @click.command(name="attach")

@@ -273,7 +273,8 @@ class AWSProvider(NodeProvider):
         return SSHRunner(host, user=auth.ssh_user or DEFAULT_SSH_USER,
                          private_key_path=self._private_key_path(),
                          cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
-                         timeout_s=auth.ssh_timeout_s)
+                         timeout_s=auth.ssh_timeout_s,
+                         host_key_alias=node.id)  # clouds reuse IPs: pin by instance
 
     def _private_key_path(self) -> str:
         """auth.ssh_private_key, or (for a config that was not bootstrapped in this

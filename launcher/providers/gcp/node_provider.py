@@ -297,4 +297,5 @@ class GCPProvider(NodeProvider):
         key_path = auth.ssh_private_key or str(naming.private_key_path(self.cluster_name))
         return SSHRunner(host, user=auth.ssh_user or DEFAULT_SSH_USER, private_key_path=key_path,
                          cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
-                         timeout_s=auth.ssh_timeout_s)
+                         timeout_s=auth.ssh_timeout_s,
+                         host_key_alias=node.id)  # clouds reuse IPs: pin by instance
