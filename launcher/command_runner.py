@@ -78,8 +78,9 @@ class CommandRunner(abc.ABC):
     def interactive_shell(self, cmd: str | None = None) -> int:
         """Attach the caller's terminal to a shell (or cmd) on the node; returns its exit code."""
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until commands can run (SSH up). Local runners are always ready."""
+    def wait_ready(self, timeout_s: float, cancel: threading.Event | None = None) -> None:
+        """Block until commands can run (SSH up), or until `cancel` is set. Local runners
+        are always ready."""
 
     def close(self) -> None:
         """Release connections."""
