@@ -93,12 +93,10 @@ class NodeAgent(ObjectService):
                 for _ in range(1000):
                     try:
                         identity, kind, header, frames = protocol.recv(
-                            sock, routed=sock in (self.local, self.remote))
+                            sock, sock in (self.local, self.remote), zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self._dispatch(sock, identity, kind, header, frames)
-                    if not sock.poll(0):
-                        break
             self._reap_workers()
             self._schedule()
             self._flush()

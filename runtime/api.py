@@ -164,6 +164,15 @@ def put(value) -> ObjectRef:
 
 def get(refs, timeout: float | None = None):
     core = _get_core()
+    if type(refs) is ObjectRef:      # the sync path: one ref, no lists
+        ready, entry = core.wait_one(refs.id, timeout)
+        if not ready:
+            raise GetTimeoutError(timeout, 1)
+        if entry is None:
+            raise ObjectLostError(refs.hex(), "freed")
+        if entry.state == FAILED:
+            raise entry.error
+        return entry.value.value()
     single = isinstance(refs, ObjectRef)
     items = [refs] if single else list(refs)
     for ref in items:
@@ -251,12 +260,15 @@ def _fn_blob(target) -> tuple[bytes, bytes]:
     return blob, hashlib.blake2b(blob, digest_size=16).digest()
 
 
+def _convert(value):
+    if isinstance(value, ObjectRef):
+        return ("ref", value)
+    return ("v", serialize(value))
+
+
 def _args(core, args, kwargs):
-    def convert(value):
-        if isinstance(value, ObjectRef):
-            return ("ref", value)
-        return ("v", serialize(value))
-    return [convert(a) for a in args], {k: convert(v) for k, v in kwargs.items()}
+    return [_convert(a) for a in args] if args else [], \
+        {k: _convert(v) for k, v in kwargs.items()} if kwargs else {}
 
 
 def submit_task(core, kind, name, blob, fn_id, args, kwargs, shape, retries=0,

@@ -48,10 +48,11 @@ class DriverCore:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.wake_in, zmq.POLLIN)
-        self.cv = threading.Condition(threading.RLock())
+        self.lock = threading.RLock()           # guards objects; cv waits on it
+        self.cv = threading.Condition(self.lock)
         self.objects: dict[bytes, Entry] = {}
         self.unfinished: set[bytes] = set()      # ids of entries still PENDING
-        self.refcounts: collections.Counter = collections.Counter()
+        self.refcounts: dict[bytes, int] = {}
         self.ref_lock = threading.Lock()
         self.to_free: list[bytes] = []
         self.commands: collections.deque = collections.deque()
@@ -111,7 +112,7 @@ class DriverCore:
 
     def incref(self, object_id: bytes) -> None:
         with self.ref_lock:
-            self.refcounts[object_id] += 1
+            self.refcounts[object_id] = self.refcounts.get(object_id, 0) + 1
 
     def decref(self, object_id: bytes) -> None:
         with self.ref_lock:
@@ -120,7 +121,7 @@ class DriverCore:
                 self.refcounts[object_id] = count
                 return
             del self.refcounts[object_id]
-        with self.cv:
+        with self.lock:
             entry = self.objects.pop(object_id, None)
             self.unfinished.discard(object_id)
         if entry is None:
@@ -136,7 +137,7 @@ class DriverCore:
             self._wake()
 
     def add_entry(self, object_id: bytes, entry: Entry) -> None:
-        with self.cv:
+        with self.lock:
             self.objects[object_id] = entry
             if entry.state == 0:
                 self.unfinished.add(object_id)
@@ -144,6 +145,29 @@ class DriverCore:
     def submit(self, record: TaskRecord) -> None:
         """Hand a task (or actor creation/call) to the IO thread."""
         self._run(record)
+
+    def wait_one(self, object_id: bytes, timeout_s: float | None) -> tuple[bool, Entry]:
+        """wait_ready for one object (the sync get): -> (ready, entry or None)."""
+        deadline = None
+        requested = False
+        with self.cv:
+            while True:
+                entry = self.objects.get(object_id)
+                if entry is None or entry.state == 2 or \
+                        (entry.state == 1 and entry.value is not None):
+                    return True, entry
+                if not requested and entry.needs_fetch:
+                    requested = True
+                    self._run(lambda: self._fetch(object_id))
+                if timeout_s is not None:
+                    if deadline is None:
+                        deadline = time.monotonic() + timeout_s
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False, entry
+                    self.cv.wait(remaining)
+                else:
+                    self.cv.wait()
 
     def wait_ready(self, object_ids: list, num_ready: int, timeout_s: float | None,
                    fetch: bool = True):
@@ -186,7 +210,7 @@ class DriverCore:
                 self.cv.wait(remaining)
 
     def entry(self, object_id: bytes) -> Entry | None:
-        with self.cv:
+        with self.lock:
             return self.objects.get(object_id)
 
     def close(self, notify: bool = True) -> None:
@@ -209,17 +233,18 @@ class DriverCore:
             events = self.poller.poll(50)
             for sock, _ in events:
                 if sock is self.wake_in:
-                    while self.wake_in.poll(0):
-                        self.wake_in.recv()
-                    continue
-                for _ in range(1000):
                     try:
-                        _, kind, header, frames = protocol.recv(sock, routed=False)
+                        while True:
+                            self.wake_in.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    continue
+                for _ in range(1000):   # non-blocking receives until none is left
+                    try:
+                        _, kind, header, frames = protocol.recv(sock, False, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     io.handle(sock, kind, header, frames)
-                    if not sock.poll(0):
-                        break
             self.wake_pending = False
             while self.commands:
                 command = self.commands.popleft()

@@ -59,6 +59,8 @@ class ObjectsMixin:
 
     def free_unreferenced(self) -> None:
         core = self.core
+        if not core.to_free:   # unlocked peek: a free seen late is freed next round
+            return
         with core.ref_lock:
             if not core.to_free:
                 return

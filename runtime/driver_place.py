@@ -66,6 +66,8 @@ class PlacementMixin:
                 self.place(call)
 
     def _all_local(self, record: TaskRecord) -> bool:
+        if not (record.args or record.kwargs):
+            return True
         for ref in record.refs():
             entry = self.core.objects.get(ref.id)
             if entry is None or entry.value is None:
@@ -104,6 +106,8 @@ class PlacementMixin:
 
     def _deps_ready(self, record: TaskRecord) -> bool:
         core = self.core
+        if not (record.args or record.kwargs):   # nothing to wait for: no lock needed
+            return True
         record.deps.clear()
         with core.cv:
             for ref in record.refs():
@@ -189,7 +193,7 @@ class PlacementMixin:
             kind, item = arg
             return packer.value(item if kind == "v" else self.core.objects[item.id].value)
         return {"task_id": record.task_id, "driver": self.core.driver_id,
-                "kind": record.kind, "fn": None, "fn_id": None, "method": record.method,
+                "kind": record.kind, "method": record.method,
                 "args": [value(a) for a in record.args],
                 "kwargs": {k: value(v) for k, v in record.kwargs.items()}}
 

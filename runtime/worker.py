@@ -105,8 +105,12 @@ class Worker:
         """Actor calls sent straight here by a driver on this node: run every call
         already queued, then answer them in one b"results" message."""
         replies: dict[bytes, tuple[list, Packer]] = {}
-        while self.direct.poll(0):
-            identity, _, task, frames = protocol.recv(self.direct, routed=True)
+        while True:
+            try:   # no poll() per message: a non-blocking receive says when none is left
+                identity, _, task, frames = protocol.recv(self.direct, routed=True,
+                                                          flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
             ok, result = self._run_task(task, frames)
             entries, packer = replies.setdefault(identity, ([], Packer()))
             base = len(packer.frames)
