@@ -466,3 +466,49 @@ def test_a_forked_child_gets_its_own_connections(test_hosts):
         os.close(read_end)
         os.waitpid(pid, 0)
     assert runner.run("echo parent").stdout == "parent\n"
+
+
+@pytest.mark.timeout(90)
+def test_host_keys_pinned_under_an_alias_follow_the_node_not_the_ip(test_hosts):
+    """Clouds reuse private IPs: a new machine (another node id) on an old IP is a new
+    host, while the same node id with another key is still refused."""
+    host = test_hosts.hosts[3]
+    known_hosts = paths.known_hosts_path(CLUSTER)
+    first = make_runner(test_hosts, host, host_key_alias="i-first")
+    assert first.run("echo one").stdout == "one\n"
+    first.close()
+    test_hosts.restart_host(host, new_host_key=True)  # same IP, another machine
+    ssh_pool.close_all()
+    second = make_runner(test_hosts, host, host_key_alias="i-second")
+    assert second.run("echo two").stdout == "two\n"
+    second.close()
+    names = [line.split()[0] for line in known_hosts.read_text().splitlines()]
+    assert names == ["i-first", "i-second"]  # nothing pinned under the IP
+    ssh_pool.close_all()
+    again = make_runner(test_hosts, host, host_key_alias="i-first")
+    with pytest.raises(HostKeyMismatchError) as raised:
+        again.run("true")
+    assert "i-first" in str(raised.value)
+    again.close()
+
+
+@pytest.mark.timeout(60)
+def test_output_streams_and_cancel_stops_the_remote_process_group(test_hosts):
+    host = test_hosts.hosts[1]
+    runner = make_runner(test_hosts, host)
+    cancel = threading.Event()
+    lines: list[tuple[str, str]] = []
+
+    def on_output(stream, line):
+        lines.append((stream, line))
+        if line == "started":
+            cancel.set()  # only once the line arrived while the command still runs
+    result = runner.run("echo caf$'\\xe9' >&2; sleep 301 & echo started; wait",
+                        on_output=on_output, cancel=cancel)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert ("stdout", "started") in lines and ("stderr", "caf\ufffd") in lines
+    assert "@@corral-pid" not in result.stderr  # the group header is not output
+    wait_for(lambda: not [cmd for _, cmd in host.processes() if "sleep 301" in cmd],
+             what="the interrupted command's child to be gone")
+    assert runner.run("echo still fine").stdout == "still fine\n"
+    runner.close()
