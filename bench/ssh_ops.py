@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,10 +36,18 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=16)
     args = parser.parse_args()
     os.environ["CORRAL_HOME"] = tempfile.mkdtemp(prefix="corral-bench-")
+    try:
+        measure(args.hosts)
+    finally:  # the pinned host keys and pooled connections go with the run
+        ssh_pool.close_all()
+        shutil.rmtree(os.environ["CORRAL_HOME"], ignore_errors=True)
+
+
+def measure(host_count: int) -> None:
     started = time.monotonic()
-    with host_network(args.hosts) as network:
-        print(f"create {args.hosts} test hosts: {time.monotonic() - started:.2f} s")
-        for count in sorted({min(4, args.hosts), args.hosts}):
+    with host_network(host_count) as network:
+        print(f"create {host_count} test hosts: {time.monotonic() - started:.2f} s")
+        for count in sorted({min(4, host_count), host_count}):
             ssh_pool.close_all()
             runners = [SSHRunner(host.ip, user=network.ssh_user, cluster_name=f"b{count}",
                                  private_key_path=network.ssh_private_key)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,13 +78,27 @@ def corral(args: list[str], env: dict) -> subprocess.CompletedProcess:
                           text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
+def _down_and_clean(config_path: Path, env: dict) -> None:
+    """Take the cluster down (even after a failed or timed-out `up`), then remove the
+    temporary CORRAL_HOME, which holds the cluster's keys."""
+    try:
+        down = corral(["down", "-y", str(config_path)], env)
+        if down.returncode != 0:
+            print(f"warning: corral down failed:\n{down.stdout}\n{down.stderr}",
+                  file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        print("warning: corral down timed out", file=sys.stderr)
+    finally:
+        shutil.rmtree(env["CORRAL_HOME"], ignore_errors=True)
+
+
 def one_run(config_path: Path, node_count: int) -> float:
     env = dict(os.environ)
     env["CORRAL_HOME"] = tempfile.mkdtemp(prefix="corral-bench-home-")
-    started = time.monotonic()
-    up = corral(["up", "-y", str(config_path)], env)
-    elapsed_s = time.monotonic() - started
     try:
+        started = time.monotonic()
+        up = corral(["up", "-y", str(config_path)], env)
+        elapsed_s = time.monotonic() - started
         if up.returncode != 0:
             raise SystemExit(f"corral up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
         status = corral(["status", str(config_path)], env)
@@ -91,10 +106,7 @@ def one_run(config_path: Path, node_count: int) -> float:
         if ready != node_count:
             raise SystemExit(f"only {ready} of {node_count} nodes up-to-date:\n{status.stdout}")
     finally:
-        down = corral(["down", "-y", str(config_path)], env)
-        if down.returncode != 0:
-            print(f"warning: corral down failed:\n{down.stdout}\n{down.stderr}",
-                  file=sys.stderr)
+        _down_and_clean(config_path, env)
     return elapsed_s
 
 
@@ -118,10 +130,7 @@ def one_runtime_run(config_path: Path, head_ip: str, node_count: int) -> float:
                              f"{poll.stdout}\n{poll.stderr[-2000:]}")
         return float(fields[1]) - started
     finally:
-        down = corral(["down", "-y", str(config_path)], env)
-        if down.returncode != 0:
-            print(f"warning: corral down failed:\n{down.stdout}\n{down.stderr}",
-                  file=sys.stderr)
+        _down_and_clean(config_path, env)
 
 
 def measure_runtime(worker_count: int, runs: int) -> list[float]:
