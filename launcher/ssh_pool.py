@@ -14,7 +14,7 @@ import socket
 import threading
 
 import paramiko
-from paramiko.common import MSG_GLOBAL_REQUEST, cMSG_IGNORE
+from paramiko.common import MSG_CHANNEL_REQUEST, MSG_GLOBAL_REQUEST, cMSG_IGNORE
 
 from launcher.host_keys import HostKeyStore, PinningPolicy
 
@@ -73,6 +73,24 @@ class _AckingTransport(paramiko.Transport):
             self._send_message(ignore)
 
         self._handler_table[MSG_GLOBAL_REQUEST] = first_global_request
+
+    # paramiko ignores "exit-signal" (a command killed by a signal has no exit status):
+    # record the signal's name on the channel (`exit_signal`, e.g. "TERM") and wake the
+    # waiters; every other request goes to paramiko's own handler.
+    _channel_handler_table = {**paramiko.Transport._channel_handler_table,
+                              MSG_CHANNEL_REQUEST: lambda chan, message:
+                              _channel_request(chan, message)}
+
+
+def _channel_request(channel: paramiko.Channel, message: paramiko.Message) -> None:
+    position = message.packet.tell()
+    if message.get_text() == "exit-signal":
+        message.get_boolean()  # want reply: never for exit-signal
+        channel.exit_signal = message.get_text()
+        channel.status_event.set()
+        return
+    message.packet.seek(position)
+    paramiko.Channel._handle_request(channel, message)
 
 
 _keys_lock = threading.Lock()

@@ -216,7 +216,9 @@ class SSHRunner(CommandRunner):
         duration_s = time.monotonic() - started
         if log is not None:
             _close_log(log, exit_code, duration_s)
-        result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s)
+        signal_name = getattr(channel, "exit_signal", None)
+        result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s,
+                               f"SIG{signal_name}" if signal_name else None)
         if check and not result.ok:
             raise CommandError(result)
         return result
@@ -430,7 +432,12 @@ def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log
             select.select([channel], [], [], wait_s)
     _drain(channel, out, err, log)
     status = channel.exit_status
-    if status == -1:
+    signal_name = getattr(channel, "exit_signal", None)
+    if status == -1 and signal_name:  # like a shell: 128 + the signal's number
+        number = getattr(signal, f"SIG{signal_name}", None)
+        err.append(f"\nkilled by signal SIG{signal_name}\n".encode())
+        status = 128 + int(number) if number is not None else 255
+    elif status == -1:
         err.append(b"\nremote command ended without an exit status (killed by a signal?)\n")
         status = 255
     if timeout_s and status == 124:

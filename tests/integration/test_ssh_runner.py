@@ -512,3 +512,14 @@ def test_output_streams_and_cancel_stops_the_remote_process_group(test_hosts):
              what="the interrupted command's child to be gone")
     assert runner.run("echo still fine").stdout == "still fine\n"
     runner.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_command_killed_by_a_signal_is_named_with_128_plus_n(test_hosts):
+    runner = make_runner(test_hosts, test_hosts.hosts[0])
+    result = runner.run("kill -TERM $$")
+    assert result.exit_code == 143 and result.signal_name == "SIGTERM"
+    assert "killed by signal SIGTERM" in result.stderr
+    plain = runner.run("exit 143")
+    assert plain.exit_code == 143 and plain.signal_name is None
+    runner.close()
