@@ -63,6 +63,7 @@ class DriverCore:
         self.waiting: collections.deque = collections.deque()   # not placed yet
         self.dep_waiters: dict[bytes, list] = collections.defaultdict(list)
         self.actors: dict[bytes, ActorRecord] = {}
+        self.sync_actors: dict[int, ActorRecord] = {}    # sync channel fd -> actor
         self.outgoing: dict[str, list] = collections.defaultdict(list)
         self.rpc_ids = itertools.count()
         self.rpc_futures: dict[int, Future] = {}
@@ -222,6 +223,9 @@ class DriverCore:
         self.running = False
         self._wake()
         self.thread.join(5)
+        for actor in list(self.sync_actors.values()):
+            if actor.sync is not None:
+                actor.sync.close()
         self.ctx.destroy(linger=0)
 
     # ------------------------------------------------------------ IO thread
@@ -232,6 +236,9 @@ class DriverCore:
         while self.running:
             events = self.poller.poll(50)
             for sock, _ in events:
+                if type(sock) is int:       # an actor's sync channel
+                    io.sync_readable(sock)
+                    continue
                 if sock is self.wake_in:
                     try:
                         while True:

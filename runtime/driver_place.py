@@ -11,7 +11,7 @@ import pickle
 
 import zmq
 
-from runtime import protocol, scheduling
+from runtime import protocol, scheduling, sync_channel
 from runtime.driver_state import FAILED, PENDING, TaskRecord
 from runtime.errors import ActorDiedError
 from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized
@@ -40,6 +40,7 @@ class PlacementMixin:
             actor = core.actors[record.actor_id]
             if actor.direct is not None and actor.via_agent == 0 and self._all_local(record):
                 record.direct, record.node_id = True, actor.node_id
+                actor.direct_inflight += 1
                 core.tasks[record.task_id] = record
                 core.outgoing[("actor", actor.actor_id)].append(record)
             else:
@@ -91,8 +92,39 @@ class PlacementMixin:
                                        self.core.identity)
         self.core.poller.register(sock, zmq.POLLIN)
         actor.direct = sock
+        if info.get("sync"):
+            try:
+                actor.sync = sync_channel.connect(info["sync"])
+            except OSError as error:
+                log.warning("actor %s: no sync channel (%s); calls use ZeroMQ",
+                            actor.actor_id.hex(), error)
+            else:
+                self.core.poller.register(actor.sync.fileno(), zmq.POLLIN)
+                self.core.sync_actors[actor.sync.fileno()] = actor
+
+    def close_sync(self, actor) -> None:
+        if actor.sync is not None:
+            self.core.poller.unregister(actor.sync.fileno())
+            self.core.sync_actors.pop(actor.sync.fileno(), None)
+            actor.sync.close()
+            actor.sync = None
+
+    def sync_readable(self, fd: int) -> None:
+        actor = self.core.sync_actors.get(fd)
+        if actor is None:
+            return
+        try:
+            entries = sync_channel.receive(actor.sync)
+        except OSError:
+            entries = None
+        if entries is None:      # the worker is gone; the agent reports the actor
+            self.close_sync(actor)
+            return
+        self.handle(actor.sync, b"results", entries, [])
 
     def _close_direct(self, actor) -> None:
+        self.close_sync(actor)
+        actor.direct_inflight, actor.sync_task, actor.held = 0, None, []
         if actor.direct is not None:
             self.core.poller.unregister(actor.direct)
             actor.direct.close(0)
@@ -161,11 +193,7 @@ class PlacementMixin:
             if isinstance(node_id, tuple):   # ("actor", id): straight to its worker
                 actor = core.actors.get(node_id[1])
                 if actor is not None and actor.direct is not None and records:
-                    packer = Packer()
-                    for record in records:
-                        protocol.send(actor.direct, b"task",
-                                      self._direct_spec(record, packer), packer.frames)
-                        packer = Packer()
+                    self._send_direct(actor, records)
                 continue
             sock = core.agents.get(node_id)
             if sock is None or not records:
@@ -187,6 +215,33 @@ class PlacementMixin:
                 "actor_id": record.actor_id, "detached": record.detached,
                 "args": [self._arg(a, packer, node_id) for a in record.args],
                 "kwargs": {k: self._arg(v, packer, node_id) for k, v in record.kwargs.items()}}
+
+    def _send_direct(self, actor, records: list) -> None:
+        """Calls straight to a same-host actor's worker: over the sync channel when the
+        call is the only one in flight (order kept, buffers never full) and small,
+        else over ZeroMQ. While a sync-channel call is in flight, later calls wait
+        for its answer: sent over the other socket they could overtake it."""
+        if actor.sync_task is not None:
+            actor.held.extend(records)
+            return
+        if actor.sync is not None and len(records) == 1 and actor.direct_inflight == 1:
+            packer = Packer()
+            spec = self._direct_spec(records[0], packer)
+            spec["reply_to"] = self.core.identity
+            message = None if packer.frames else sync_channel.encode(spec)
+            if message is not None:
+                try:
+                    actor.sync.send(message)
+                    actor.sync_task = records[0].task_id
+                    return
+                except OSError as error:
+                    log.warning("actor %s: sync channel failed (%s); calls use ZeroMQ",
+                                actor.actor_id.hex(), error)
+                    self.close_sync(actor)
+        for record in records:
+            packer = Packer()
+            protocol.send(actor.direct, b"task", self._direct_spec(record, packer),
+                          packer.frames)
 
     def _direct_spec(self, record: TaskRecord, packer: Packer) -> dict:
         def value(arg):

@@ -53,7 +53,16 @@ class ResultsMixin:
             return
         if record.kind == "task":
             core.inflight[record.node_id] -= 1
-        elif record.kind == "actor_call" and not record.direct:
+        elif record.kind == "actor_call" and record.direct:
+            actor = core.actors.get(record.actor_id)
+            if actor is not None and actor.direct_inflight > 0:
+                actor.direct_inflight -= 1
+            if actor is not None and actor.sync_task == task_id:
+                actor.sync_task = None           # the held calls may go now
+                if actor.held:
+                    core.outgoing[("actor", actor.actor_id)].extend(actor.held)
+                    actor.held = []
+        elif record.kind == "actor_call":
             actor = core.actors.get(record.actor_id)
             if actor is not None and actor.via_agent > 0:
                 actor.via_agent -= 1

@@ -69,7 +69,7 @@ class TaskRecord:
 class ActorRecord:
     __slots__ = ("actor_id", "name", "create", "node_id", "state", "restarts_left",
                  "waiting_calls", "owned", "error", "class_name", "direct",
-                 "via_agent")
+                 "via_agent", "sync", "direct_inflight", "sync_task", "held")
 
     def __init__(self, actor_id: bytes, create: TaskRecord | None, restarts_left: int,
                  name: str | None, owned: bool, class_name: str):
@@ -85,6 +85,10 @@ class ActorRecord:
         self.class_name = class_name
         self.direct = None          # DEALER to the actor's worker (same host only)
         self.via_agent = 0          # calls in flight through the agent
+        self.sync = None            # runtime.sync_channel socket to its worker
+        self.direct_inflight = 0    # calls in flight straight to its worker
+        self.sync_task = None       # the call in flight on the sync channel
+        self.held: list = []        # later calls, sent once that one is answered
 
 
 def user_error(function_name: str, value: Serialized) -> BaseException:

@@ -14,7 +14,7 @@ import traceback
 
 import zmq
 
-from runtime import protocol
+from runtime import protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
@@ -56,10 +56,15 @@ class Worker:
         self.ctx = zmq.Context()
         self.direct = None
         self.direct_endpoint = None
+        self.sync_path = None
+        self.sync_listener = None
+        self.sync_conns: dict[int, socket.socket] = {}
         if direct:  # an actor: local drivers may call it without the agent in between
             directory = os.path.dirname(protocol.ipc_path(endpoint))
             self.direct_endpoint = protocol.ipc_endpoint(directory, f"actor-{worker_id}")
             self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
+            self.sync_path = sync_channel.endpoint_path(directory, worker_id)
+            self.sync_listener = sync_channel.listen(self.sync_path)
         self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
                                             b"W" + worker_id.encode())
         self.lock = threading.Lock()
@@ -78,9 +83,13 @@ class Worker:
         poller.register(self.sock, zmq.POLLIN)
         if self.direct is not None:
             poller.register(self.direct, zmq.POLLIN)
+        if self.sync_listener is not None:
+            poller.register(self.sync_listener.fileno(), zmq.POLLIN)
         while True:
             for sock, _ in poller.poll():
-                if sock is self.sock:
+                if type(sock) is int:
+                    self._serve_sync(sock, poller)
+                elif sock is self.sock:
                     _, kind, task, frames = protocol.recv(self.sock, routed=False)
                     if kind == b"exit":
                         self._close()
@@ -95,11 +104,42 @@ class Worker:
                     self._serve_direct()
 
     def _close(self) -> None:
-        if self.direct_endpoint:
-            try:
-                os.unlink(protocol.ipc_path(self.direct_endpoint))
-            except OSError:
-                pass
+        for path in (self.direct_endpoint and protocol.ipc_path(self.direct_endpoint),
+                     self.sync_path):
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _serve_sync(self, fd: int, poller: zmq.Poller) -> None:
+        """A sync call from a driver on this host (runtime.sync_channel); the answer
+        goes back the same way, or over the ZeroMQ direct socket when it is large."""
+        if fd == self.sync_listener.fileno():
+            conn, _ = self.sync_listener.accept()
+            self.sync_conns[conn.fileno()] = conn
+            poller.register(conn.fileno(), zmq.POLLIN)
+            return
+        conn = self.sync_conns[fd]
+        try:
+            task = sync_channel.receive(conn)
+        except OSError:
+            task = None
+        if task is None:                       # the driver went away
+            poller.unregister(fd)
+            del self.sync_conns[fd]
+            conn.close()
+            return
+        ok, result = self._run_task(task, [])
+        packer = Packer()
+        entries = [(task["task_id"], "ok" if ok else "error", packer.value(result), 0)]
+        message = None if packer.frames else sync_channel.encode(entries)
+        if message is not None:
+            conn.send(message)
+            return
+        with self.lock:
+            protocol.send(self.direct, b"results", entries, packer.frames,
+                          identity=task["reply_to"])
 
     def _serve_direct(self) -> None:
         """Actor calls sent straight here by a driver on this node: run every call
@@ -127,7 +167,7 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         if ok and task["kind"] == "actor_create" and self.direct is not None:
-            result = serialize({"direct": self.direct_endpoint,
+            result = serialize({"direct": self.direct_endpoint, "sync": self.sync_path,
                                 "hostname": socket.gethostname()})
         return ok, result
 
