@@ -146,14 +146,23 @@ class LocalProvider(NodeProvider):
                      T.TAG_NODE_TYPE: node_type}
         claim = host_tags.make_claim(self.cluster_name, kind, node_type, node_tags,
                                      claimed_by=socket.gethostname())
-        # Claim optimistically, in config order (so racing launchers meet on the same
-        # hosts and one of them wins each): trying to claim costs one command, as much
-        # as reading, and a host that is taken tells us so.
+        # First claim optimistically, in config order (so racing launchers meet on the
+        # same hosts and one of them wins each): trying to claim costs one command, as
+        # much as reading, and a taken host tells us so. `up` usually finds them all free.
+        # If that falls short, read the rest at once and go on with the free ones only,
+        # rather than walking a mostly-taken pool one round trip at a time.
         claimed: list[str] = []
         unreachable: list[str] = []
         failures: dict[str, str] = {}
         candidates = list(pool)
+        first_round = True
         while len(claimed) < count and candidates:
+            if not first_round and len(candidates) > count - len(claimed):
+                read = self._read_many(candidates)
+                unreachable += [ip for ip in candidates if isinstance(read[ip], ClusterError)]
+                candidates = [ip for ip in candidates if not isinstance(read[ip], ClusterError)
+                              and read[ip].is_free()]
+            first_round = False
             need = count - len(claimed)
             batch, candidates = candidates[:need], candidates[need:]
             for ip, outcome in _parallel(lambda ip: self._try_claim(ip, claim), batch):
