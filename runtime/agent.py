@@ -13,8 +13,6 @@ import itertools
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 
@@ -22,27 +20,15 @@ import zmq
 
 from runtime import protocol, scheduling
 from runtime.agent_objects import ObjectService
+from runtime.agent_workers import WorkerProcess, WorkersMixin
 from runtime.objects import ObjectStore
-from runtime.protocol import INLINE_LIMIT_BYTES, Packer, unpack_value
+from runtime.protocol import Packer
 
 log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
 
 
-class WorkerProcess:
-    def __init__(self, worker_id: str, proc: subprocess.Popen, actor_id: bytes | None):
-        self.worker_id = worker_id
-        self.identity = b"W" + worker_id.encode()
-        self.proc = proc
-        self.actor_id = actor_id
-        self.ready = False
-        self.task: dict | None = None          # running task (task workers)
-        self.next: dict | None = None          # prefetched task, same shape
-        self.backlog: list = []                # messages waiting for `ready`
-        self.killed_reason: str | None = None
-
-
-class NodeAgent(ObjectService):
+class NodeAgent(ObjectService, WorkersMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
                  keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str):
         self.node_id = node_id
@@ -321,85 +307,6 @@ class NodeAgent(ObjectService):
         if worker.actor_id is not None:
             worker.pending = getattr(worker, "pending", {})
             worker.pending[task["task_id"]] = task
-
-    # ------------------------------------------------------------------ workers
-    def _spawn_worker(self, actor_id: bytes | None) -> WorkerProcess:
-        worker_id = uuid.uuid4().hex[:12]
-        argv = [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
-                "--worker-id", worker_id]
-        proc = subprocess.Popen(
-            argv + (["--direct"] if actor_id is not None else []), stdin=subprocess.DEVNULL,
-            env=dict(os.environ, CORRAL_NODE_ID=self.node_id))
-        worker = WorkerProcess(worker_id, proc, actor_id)
-        self.workers[worker.identity] = worker
-        if actor_id is not None:
-            self.actors[actor_id] = worker
-        return worker
-
-    def _from_worker(self, worker, kind, header, frames) -> None:
-        if worker is None:
-            return
-        if kind == b"ready":
-            worker.ready = True
-            for message, message_frames in worker.backlog:
-                self._send(self.local, worker.identity, b"task", message, message_frames)
-            worker.backlog.clear()
-        elif kind == b"log":
-            driver, text, stream = header
-            self._to_driver(driver, ("", "log", self.node_id, worker.proc.pid, text, stream))
-        elif kind == b"done":
-            task_id, ok, packed = header
-            if worker.actor_id is not None:
-                task = worker.pending.pop(task_id, None)
-            else:
-                task, worker.task, worker.next = worker.task, worker.next, None
-                if task:
-                    scheduling.release(self.available, task["shape"])
-                if worker.task:   # the prefetched task starts now
-                    scheduling.acquire(self.available, worker.task["shape"])
-            if task is None:
-                return
-            value = unpack_value(packed, frames)
-            if ok and value.size_bytes > INLINE_LIMIT_BYTES:
-                self.store.put(task_id, value, task["driver"])
-                self._to_driver(task["driver"], (task_id, "stored", self.node_id,
-                                                 value.size_bytes))
-            else:
-                self._to_driver(task["driver"], (task_id, "ok" if ok else "error",
-                                                 (value.data, 0, len(value.buffers))),
-                                value.buffers)
-
-    def _reap_workers(self) -> None:
-        for identity, worker in list(self.workers.items()):
-            code = worker.proc.poll()
-            if code is None:
-                continue
-            del self.workers[identity]
-            cause = worker.killed_reason or (
-                f"worker process {worker.proc.pid} died "
-                + (f"(signal {-code})" if code < 0 else f"(exit code {code})"))
-            if worker.actor_id is not None:
-                self.actors.pop(worker.actor_id, None)
-                try:  # the direct endpoint the dead actor worker left behind
-                    os.unlink(protocol.ipc_path(protocol.ipc_endpoint(
-                        self.ipc_dir, f"actor-{worker.worker_id}")))
-                except OSError:
-                    pass
-                info = self.actor_info.pop(worker.actor_id, None)
-                if info:
-                    scheduling.release(self.available, info["shape"])
-                    self._to_driver(info["driver"], (info["task_id"], "actor_died",
-                                                     worker.actor_id, cause))
-                for task in getattr(worker, "pending", {}).values():
-                    self._to_driver(task["driver"], (task["task_id"], "actor_died",
-                                                     worker.actor_id, cause))
-            elif worker.task is not None:
-                scheduling.release(self.available, worker.task["shape"])
-                self._to_driver(worker.task["driver"], (worker.task["task_id"],
-                                                        "worker_died", cause))
-                if worker.next is not None and worker.next["driver"] in self.routes:
-                    # never started: run it on another worker
-                    self.queue.appendleft(worker.next)
 
     def _shutdown(self) -> None:
         for worker in self.workers.values():
