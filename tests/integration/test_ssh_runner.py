@@ -381,14 +381,15 @@ def test_host_dying_mid_command_gives_255_and_the_runner_recovers(test_hosts):
     host = test_hosts.hosts[1]
     runner = make_runner(test_hosts, host)
     results = []
-    worker = threading.Thread(target=lambda: results.append(runner.run("echo up; sleep 60")))
+    said_up = threading.Event()  # the output reached us: the host may die now
+    worker = threading.Thread(target=lambda: results.append(runner.run(
+        "echo up; sleep 60", on_output=lambda stream, line: said_up.set())))
     worker.start()
-    wait_for(lambda: any("sleep 60" in cmd for _, cmd in host.processes()),
-             what="the command to start")
+    wait_for(said_up.is_set, what="the command's first line")
     test_hosts.restart_host(host)
     worker.join(30)
     assert results and results[0].exit_code == 255
-    assert results[0].stdout == "up\n" and results[0].stderr
+    assert results[0].stdout == "up\n" and results[0].stderr, results[0]
     assert runner.run("echo back").stdout == "back\n"
 
 
