@@ -57,17 +57,15 @@ def down(config_path: str, workers_only: bool, purge: bool, yes: bool) -> None:
 
 
 def _confirm(config, node_count: int, what: str, purging: bool) -> None:
-    parts = []
-    if node_count:
-        parts.append(f"{node_count} {what}")
+    name = config.cluster_name
+    parts = [f"{node_count} {what} of cluster {name!r}"] if node_count else []
     if purging:
         resources = PURGED_RESOURCES.get(config.provider_type, "cloud resources")
-        parts.append(f"the cloud resources corral made for it ({resources})")
-    question = f"Remove {' and '.join(parts)} of cluster {config.cluster_name!r}?"
+        parts.append(f"the cloud resources corral made for cluster {name!r} ({resources})")
+    targets = " and ".join(parts)
     if not sys.stdin.isatty():
-        raise UsageError(f"down would remove {' and '.join(parts)} of cluster "
-                         f"{config.cluster_name!r}; confirm with -y/--yes")
-    click.confirm(question, abort=True)
+        raise UsageError(f"down would remove {targets}; confirm with -y/--yes")
+    click.confirm(f"Remove {targets}?", abort=True)
 
 
 def _check_result(config, result, what: str, workers_only: bool, purge: bool) -> None:
