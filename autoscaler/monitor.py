@@ -119,9 +119,9 @@ class Monitor:
                 return None
             self._nodes_at_s = now_s
             self._stale = False
-        if self.head_node_id and not any(node.id == self.head_node_id
-                                         for node in self._nodes):
-            self._stale = True
+        unreachable = getattr(self.provider, "unreachable", None) or {}
+        if self.head_node_id and self.head_node_id not in unreachable and \
+                not any(node.id == self.head_node_id for node in self._nodes):
             self._problem(now_s, f"head node {self.head_node_id} is not among the cluster's "
                                  "nodes (being taken down?); not acting")
             return None

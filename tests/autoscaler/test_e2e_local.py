@@ -46,7 +46,12 @@ def onprem(tmp_path, test_hosts):
             "head": {"resources": {"CPU": 0}, "min_workers": 0, "max_workers": 0},
             "w1": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2,
                    "idle_timeout_s": 5}},
-        "head_node_type": "head"}))
+        "head_node_type": "head",
+        # The test hosts share this machine's /root; keep the head's own corral state
+        # (the monitor's known_hosts, logs) in its private /tmp instead.
+        "head_start_commands": [
+            "corral stop; CORRAL_HOME=$CORRAL_NODE_DIR/home corral start --head "
+            "--autoscaling-config=$CORRAL_NODE_DIR/cluster.yaml"]}))
     try:
         yield path, head
     finally:
@@ -58,11 +63,19 @@ def events_on(head) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def monitor_log(head) -> str:
+    return head.run("tail -n 30 /tmp/corral/session/logs/monitor.log 2>&1").stdout
+
+
 def test_local_hosts_are_launched_for_work_and_released_when_idle(onprem):
     path, head = onprem
     up = corral("up", str(path), "-y")
     assert up.returncode == 0, up.stdout + up.stderr
-    job = corral("exec", str(path), f"python3 -c {shlex.quote(JOB)}")
+    try:
+        job = corral("exec", str(path), f"python3 -c {shlex.quote(JOB)}", timeout_s=90)
+    except subprocess.TimeoutExpired as expired:
+        raise AssertionError(f"job timed out; events: {json.dumps(events_on(head))}; "
+                             f"monitor log: {monitor_log(head)}") from expired
     assert job.returncode == 0, job.stdout + job.stderr + json.dumps(events_on(head))
     assert "RESULT" in job.stdout
     launched = [event for event in events_on(head) if event["kind"] == "launched"]
