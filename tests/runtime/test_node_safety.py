@@ -278,3 +278,20 @@ def test_zap_enforcement_failure_is_an_error():
             protocol.enforce_zap_domain(sock)
     finally:
         ctx.term()
+
+
+def test_zap_enforcement_missing_in_old_libzmq_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(protocol.zmq, "zmq_version_info", lambda: (4, 2, 5))
+    monkeypatch.setattr(protocol, "_warned_no_enforce", threading.Event())
+    ctx = zmq.Context()
+    try:
+        sockets = [ctx.socket(zmq.ROUTER) for _ in range(2)]
+        with caplog.at_level("WARNING", logger="corral.protocol"):
+            for sock in sockets:
+                protocol.enforce_zap_domain(sock)     # no error: the handler enforces
+        warnings = [r for r in caplog.records if "ZAP_ENFORCE_DOMAIN" in r.getMessage()]
+        assert len(warnings) == 1
+        for sock in sockets:
+            sock.close()
+    finally:
+        ctx.term()
