@@ -21,22 +21,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import shlex
-import signal
 import socket
-import sys
-import termios
 import threading
-import tty
 import time
 from typing import Mapping
 
 import paramiko
 
 from launcher import file_sync, paths, ssh_pool
-from launcher.command_runner import (INTERRUPTED_EXIT_CODE, CommandResult, CommandRunner,
-                                     LineDecoder)
+from launcher.command_runner import INTERRUPTED_EXIT_CODE, CommandResult, CommandRunner
+from launcher.ssh_exec import (PID_HEADER_COMMAND, Collected, close_log, drive, log_write,
+                               open_log)
+from launcher.ssh_terminal import attach_terminal
 from launcher.errors import ClusterError, CommandError, HostKeyMismatchError, \
     SSHUnreachableError
 
@@ -44,13 +41,9 @@ DEFAULT_SSH_TIMEOUT_S = 120.0
 CONNECT_ATTEMPT_TIMEOUT_S = 10.0
 BACKOFF_START_S = 0.1
 BACKOFF_CAP_S = 2.0
-LOCAL_TIMEOUT_GRACE_S = 5.0
 CHANNEL_WAIT_S = 120.0  # how long a command waits for the server to allow a new session
 SCRIPT_TIMEOUT_S = 600.0  # file sync listings (hashing a large tree takes a while)
-EOF_GRACE_S = 0.3  # after the exit status, how long to wait for output still in flight
 STOP_GROUP_TIMEOUT_S = 10.0  # stopping an interrupted command's process group
-PID_HEADER_COMMAND = "printf '@@corral-pid %s@@\\n' \"$$\" >&2; "
-_PID_HEADER = re.compile(rb"^@@corral-pid (\d+)@@$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -196,12 +189,12 @@ class SSHRunner(CommandRunner):
         the command's session, which ends it) and gives exit code 130."""
         log_path = log_path or self.log_path
         started = time.monotonic()
-        out = _Collected("stdout", on_output)
-        err = _Collected("stderr", on_output, pid_header=True)
+        out = Collected("stdout", on_output)
+        err = Collected("stderr", on_output, pid_header=True)
         with self._session() as channel:
-            log = _open_log(log_path, cmd) if log_path else None
+            log = open_log(log_path, cmd) if log_path else None
             try:
-                exit_code = _drive(channel, self.remote_command(cmd, env, timeout_s),
+                exit_code = drive(channel, self.remote_command(cmd, env, timeout_s),
                                    timeout_s, log, out, err, cancel)
             except (OSError, EOFError, paramiko.SSHException) as error:
                 # Like ssh(1): a connection lost mid-command is exit code 255, with why.
@@ -210,12 +203,12 @@ class SSHRunner(CommandRunner):
                 note = (f"\nconnection to {self.host} lost while the command ran: "
                         f"{_describe(error)}\n")
                 err.append(note.encode())
-                _log_write(log, note.encode())
+                log_write(log, note.encode())
         if exit_code == INTERRUPTED_EXIT_CODE and cancel is not None and cancel.is_set():
             self._stop_group(err.remote_pid)
         duration_s = time.monotonic() - started
         if log is not None:
-            _close_log(log, exit_code, duration_s)
+            close_log(log, exit_code, duration_s)
         signal_name = getattr(channel, "exit_signal", None)
         result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s,
                                f"SIG{signal_name}" if signal_name else None)
@@ -284,63 +277,12 @@ class SSHRunner(CommandRunner):
     def interactive_shell(self, cmd=None):
         command = cmd if cmd is not None else 'exec "${SHELL:-bash}" -l'
         with self._session() as channel:
-            return _attach_terminal(channel, env_prefix(self.base_env) + command)
+            return attach_terminal(channel, env_prefix(self.base_env) + command)
 
 
 def close_all() -> None:
     """Close every pooled SSH connection of this process."""
     ssh_pool.close_all()
-
-
-def _terminal_size(fd: int) -> tuple[int, int]:
-    try:
-        size = os.get_terminal_size(fd)
-        return size.columns, size.lines
-    except OSError:
-        return 80, 24
-
-
-def _attach_terminal(channel: paramiko.Channel, command: str) -> int:
-    """Connect this process's terminal to `command` in a remote PTY: raw mode, the local
-    window size (and its changes, via SIGWINCH), until the remote side exits."""
-    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    is_tty = os.isatty(stdin_fd)
-    columns, lines = _terminal_size(stdout_fd if os.isatty(stdout_fd) else stdin_fd)
-    channel.get_pty(term=os.environ.get("TERM", "xterm"), width=columns, height=lines)
-    channel.exec_command(command)
-    saved_mode = termios.tcgetattr(stdin_fd) if is_tty else None
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(
-            signal.SIGWINCH, lambda *_: channel.resize_pty(*_terminal_size(stdin_fd)))
-    try:
-        if is_tty:
-            tty.setraw(stdin_fd, termios.TCSANOW)  # keep typeahead (TCSAFLUSH drops it)
-        reading_stdin = True
-        while True:
-            watched = [channel, stdin_fd] if reading_stdin else [channel]
-            ready, _, _ = select.select(watched, [], [], 0.5)
-            if channel in ready or channel.recv_ready():
-                while channel.recv_ready():
-                    os.write(stdout_fd, channel.recv(65536))
-                while channel.recv_stderr_ready():
-                    os.write(stdout_fd, channel.recv_stderr(65536))
-            if (channel.eof_received or channel.closed) and not channel.recv_ready():
-                break
-            if stdin_fd in ready:
-                data = os.read(stdin_fd, 4096)
-                if data:
-                    channel.sendall(data)
-                else:
-                    channel.shutdown_write()
-                    reading_stdin = False
-    finally:
-        if saved_mode is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_mode)
-        if previous_handler is not None:
-            signal.signal(signal.SIGWINCH, previous_handler)
-    status = channel.recv_exit_status()
-    return 255 if status == -1 else status
 
 
 def _describe(error: BaseException) -> str:
@@ -353,129 +295,3 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if not isinstance(error, OSError) else text
 
 
-class _Collected:
-    """One output stream of a command: its bytes, decoded at the end; with a callback,
-    also decoded line by line as they arrive."""
-
-    def __init__(self, stream: str, on_output, pid_header: bool = False):
-        self.chunks: list[bytes] = []
-        self._lines = None if on_output is None else LineDecoder(
-            lambda line: on_output(stream, line))
-        self._header: bytes | None = b"" if pid_header else None
-        self.remote_pid: int | None = None
-
-    def append(self, data: bytes) -> bytes:
-        """Take a chunk; returns what of it is the command's output (for the log)."""
-        if self._header is not None:
-            self._header += data
-            if b"\n" not in self._header and len(self._header) < 64:
-                return b""
-            line, newline, rest = self._header.partition(b"\n")
-            self._header = None
-            match = _PID_HEADER.match(line)
-            if match:
-                self.remote_pid = int(match.group(1))
-                data = rest
-            else:
-                data = line + newline + rest
-        if data:
-            self.chunks.append(data)
-            if self._lines is not None:
-                self._lines.feed(data)
-        return data
-
-    def text(self) -> str:
-        if self._header:  # a header never completed: it was output after all
-            self.chunks.append(self._header)
-        self._header = None
-        if self._lines is not None:
-            self._lines.feed(b"", final=True)
-            self._lines = None
-        return _decode(self.chunks)
-
-
-def _drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
-           out: _Collected, err: _Collected, cancel: threading.Event | None = None) -> int:
-    """Run `command` on `channel`; collect (into out/err, and the log) its output until it
-    exits; returns the exit code."""
-    channel.exec_command(command)
-    channel.shutdown_write()  # no stdin: a command that reads it sees EOF at once
-    deadline = time.monotonic() + timeout_s + LOCAL_TIMEOUT_GRACE_S if timeout_s else None
-    exited_at = None
-    while True:
-        _drain(channel, out, err, log)
-        now = time.monotonic()
-        if channel.exit_status_ready():
-            exited_at = exited_at or now
-            if channel.eof_received or channel.closed or now - exited_at > EOF_GRACE_S:
-                break  # (a background process may keep the output open: don't wait for it)
-        if cancel is not None and cancel.is_set() and exited_at is None:
-            channel.close()
-            note = b"\ninterrupted (channel closed)\n"
-            _log_write(log, note)
-            err.append(note)
-            return INTERRUPTED_EXIT_CODE
-        if deadline is not None and now > deadline:
-            channel.close()
-            note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
-            _log_write(log, note)
-            err.append(note)
-            return 124
-        # The exit status alone does not wake select (only output, EOF and close do), so
-        # poll at 10 Hz for it: a background process may keep the output open.
-        wait_s = 0.1 if exited_at is None else 0.05
-        if deadline is not None:
-            wait_s = min(wait_s, max(0.0, deadline - now))
-        if channel.eof_received:  # output done; the exit status is on its way
-            channel.status_event.wait(wait_s)
-        else:
-            select.select([channel], [], [], wait_s)
-    _drain(channel, out, err, log)
-    status = channel.exit_status
-    signal_name = getattr(channel, "exit_signal", None)
-    if status == -1 and signal_name:  # like a shell: 128 + the signal's number
-        number = getattr(signal, f"SIG{signal_name}", None)
-        err.append(f"\nkilled by signal SIG{signal_name}\n".encode())
-        status = 128 + int(number) if number is not None else 255
-    elif status == -1:
-        err.append(b"\nremote command ended without an exit status (killed by a signal?)\n")
-        status = 255
-    if timeout_s and status == 124:
-        err.append(f"\ntimed out after {timeout_s:g} s\n".encode())
-    return status
-
-
-def _drain(channel: paramiko.Channel, out: _Collected, err: _Collected, log) -> None:
-    """Read whatever output is buffered, until both streams are empty."""
-    while True:
-        got = False
-        if channel.recv_ready():
-            _log_write(log, out.append(channel.recv(65536)))
-            got = True
-        if channel.recv_stderr_ready():
-            _log_write(log, err.append(channel.recv_stderr(65536)))
-            got = True
-        if not got:
-            return
-
-
-def _decode(chunks: list[bytes]) -> str:
-    return b"".join(chunks).decode(errors="replace")
-
-
-def _open_log(log_path: str, cmd: str):
-    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    log = os.fdopen(fd, "ab", buffering=0)
-    log.write(f"$ {cmd}\n".encode())
-    return log
-
-
-def _log_write(log, data: bytes) -> None:
-    if log is not None and data:
-        log.write(data)
-
-
-def _close_log(log, exit_code: int, duration_s: float) -> None:
-    log.write(f"\n[exit {exit_code} after {duration_s:.2f} s]\n".encode())
-    log.close()

@@ -1,0 +1,149 @@
+"""Running one command on an SSH channel: collect (and stream, and log) its output until
+it exits, times out or is cancelled; its exit code (a signal sshd reports counts as
+128 + n). Used by launcher.ssh_runner.SSHRunner.run."""
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import threading
+import time
+
+import paramiko
+
+from launcher.command_runner import INTERRUPTED_EXIT_CODE, LineDecoder
+
+LOCAL_TIMEOUT_GRACE_S = 5.0  # beyond the remote `timeout`, when the local side gives up
+EOF_GRACE_S = 0.3  # after the exit status, how long to wait for output still in flight
+# The first stderr line of every command names its process group (see remote_command).
+PID_HEADER_COMMAND = "printf '@@corral-pid %s@@\\n' \"$$\" >&2; "
+_PID_HEADER = re.compile(rb"^@@corral-pid (\d+)@@$")
+
+
+class Collected:
+    """One output stream of a command: its bytes, decoded at the end; with a callback,
+    also decoded line by line as they arrive."""
+
+    def __init__(self, stream: str, on_output, pid_header: bool = False):
+        self.chunks: list[bytes] = []
+        self._lines = None if on_output is None else LineDecoder(
+            lambda line: on_output(stream, line))
+        self._header: bytes | None = b"" if pid_header else None
+        self.remote_pid: int | None = None
+
+    def append(self, data: bytes) -> bytes:
+        """Take a chunk; returns what of it is the command's output (for the log)."""
+        if self._header is not None:
+            self._header += data
+            if b"\n" not in self._header and len(self._header) < 64:
+                return b""
+            line, newline, rest = self._header.partition(b"\n")
+            self._header = None
+            match = _PID_HEADER.match(line)
+            if match:
+                self.remote_pid = int(match.group(1))
+                data = rest
+            else:
+                data = line + newline + rest
+        if data:
+            self.chunks.append(data)
+            if self._lines is not None:
+                self._lines.feed(data)
+        return data
+
+    def text(self) -> str:
+        if self._header:  # a header never completed: it was output after all
+            self.chunks.append(self._header)
+        self._header = None
+        if self._lines is not None:
+            self._lines.feed(b"", final=True)
+            self._lines = None
+        return _decode(self.chunks)
+
+
+def drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
+           out: Collected, err: Collected, cancel: threading.Event | None = None) -> int:
+    """Run `command` on `channel`; collect (into out/err, and the log) its output until it
+    exits; returns the exit code."""
+    channel.exec_command(command)
+    channel.shutdown_write()  # no stdin: a command that reads it sees EOF at once
+    deadline = time.monotonic() + timeout_s + LOCAL_TIMEOUT_GRACE_S if timeout_s else None
+    exited_at = None
+    while True:
+        drain(channel, out, err, log)
+        now = time.monotonic()
+        if channel.exit_status_ready():
+            exited_at = exited_at or now
+            if channel.eof_received or channel.closed or now - exited_at > EOF_GRACE_S:
+                break  # (a background process may keep the output open: don't wait for it)
+        if cancel is not None and cancel.is_set() and exited_at is None:
+            channel.close()
+            note = b"\ninterrupted (channel closed)\n"
+            log_write(log, note)
+            err.append(note)
+            return INTERRUPTED_EXIT_CODE
+        if deadline is not None and now > deadline:
+            channel.close()
+            note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
+            log_write(log, note)
+            err.append(note)
+            return 124
+        # The exit status alone does not wake select (only output, EOF and close do), so
+        # poll at 10 Hz for it: a background process may keep the output open.
+        wait_s = 0.1 if exited_at is None else 0.05
+        if deadline is not None:
+            wait_s = min(wait_s, max(0.0, deadline - now))
+        if channel.eof_received:  # output done; the exit status is on its way
+            channel.status_event.wait(wait_s)
+        else:
+            select.select([channel], [], [], wait_s)
+    drain(channel, out, err, log)
+    status = channel.exit_status
+    signal_name = getattr(channel, "exit_signal", None)
+    if status == -1 and signal_name:  # like a shell: 128 + the signal's number
+        number = getattr(signal, f"SIG{signal_name}", None)
+        err.append(f"\nkilled by signal SIG{signal_name}\n".encode())
+        status = 128 + int(number) if number is not None else 255
+    elif status == -1:
+        err.append(b"\nremote command ended without an exit status (killed by a signal?)\n")
+        status = 255
+    if timeout_s and status == 124:
+        err.append(f"\ntimed out after {timeout_s:g} s\n".encode())
+    return status
+
+
+def drain(channel: paramiko.Channel, out: Collected, err: Collected, log) -> None:
+    """Read whatever output is buffered, until both streams are empty."""
+    while True:
+        got = False
+        if channel.recv_ready():
+            log_write(log, out.append(channel.recv(65536)))
+            got = True
+        if channel.recv_stderr_ready():
+            log_write(log, err.append(channel.recv_stderr(65536)))
+            got = True
+        if not got:
+            return
+
+
+def _decode(chunks: list[bytes]) -> str:
+    return b"".join(chunks).decode(errors="replace")
+
+
+def open_log(log_path: str, cmd: str):
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.fdopen(fd, "ab", buffering=0)
+    log.write(f"$ {cmd}\n".encode())
+    return log
+
+
+def log_write(log, data: bytes) -> None:
+    if log is not None and data:
+        log.write(data)
+
+
+def close_log(log, exit_code: int, duration_s: float) -> None:
+    log.write(f"\n[exit {exit_code} after {duration_s:.2f} s]\n".encode())
+    log.close()
