@@ -205,3 +205,19 @@ def test_configured_head_port_is_used():
         assert provider.head_port() == 16390
     finally:
         provider.terminate_nodes([node.id for node in provider.non_terminated_nodes()])
+
+
+def test_reading_a_cluster_that_never_existed_creates_nothing(corral_home):
+    import stat
+    provider = ProcessProvider(process_config("ghost"))
+    try:
+        assert provider.non_terminated_nodes() == []
+        assert provider.head_port() is None
+        provider.terminate_nodes(["ghost-worker-abc123"])
+        assert not (corral_home / "clusters" / "ghost").exists()
+        provider.create_nodes(WORKER_TYPE, {}, WORKER_TAGS, 1)  # the first write makes it
+        nodes_dir = corral_home / "clusters" / "ghost" / "nodes"
+        assert stat.S_IMODE(nodes_dir.stat().st_mode) == 0o700
+        assert len(provider.non_terminated_nodes()) == 1
+    finally:
+        provider.terminate_nodes([node.id for node in provider.non_terminated_nodes()])
