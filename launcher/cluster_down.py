@@ -70,7 +70,14 @@ def take_down(provider: NodeProvider, config, *, workers_only: bool = False,
     nodes = nodes_to_take_down(provider, workers_only)
     heads = [node for node in provider.non_terminated_nodes({TAG_NODE_KIND: KIND_HEAD})]
     head = heads[0] if heads else None
-    stop_failures = stop_runtime(provider, config, nodes, head, on_event)
+    # The head first: its runtime takes the autoscaler's monitor with it, so nothing can
+    # launch a worker behind our back; then list again and stop the workers at once.
+    head_nodes = [node for node in nodes if node.kind == KIND_HEAD]
+    stop_failures = stop_runtime(provider, config, head_nodes, head, on_event)
+    if head_nodes:
+        nodes = nodes_to_take_down(provider, workers_only)
+    stop_failures.update(stop_runtime(
+        provider, config, [node for node in nodes if node.kind != KIND_HEAD], head, on_event))
     terminate_error = None
     if nodes:
         # Workers first, so the head's autoscaler (if still alive) cannot replace them

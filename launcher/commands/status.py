@@ -1,6 +1,8 @@
-"""`corral status CONFIG`: the cluster's nodes as their tags describe them."""
+"""`corral status CONFIG`: the cluster's nodes as their tags describe them, then the
+autoscaler's view (read from the head) when the autoscaler is installed."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import click
@@ -12,9 +14,21 @@ from launcher.tags import KIND_HEAD, TAG_FAILURE
 
 STATUS_HEADERS = ("node", "kind", "type", "ip", "status", "failure")
 
-# Extra sections printed after the node table: fn(config, provider, nodes) -> None.
-# The autoscaler adds its summary here (kept pluggable so the launcher does not import it).
-STATUS_SECTIONS: list[Callable] = []
+# Extra sections printed after the node table: "module:function" called as
+# fn(config, provider, nodes, explain=bool). Loaded by name, so the launcher does not
+# import the autoscaler (DESIGN.md: imports run one way).
+STATUS_SECTIONS: list[str] = ["autoscaler.explain:status_section"]
+
+
+def _section(target: str) -> Callable | None:
+    module_name, attribute = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            return None  # that part is not installed: nothing to show
+        raise
+    return getattr(module, attribute)
 
 
 def status_rows(nodes) -> list[tuple]:
@@ -24,9 +38,14 @@ def status_rows(nodes) -> list[tuple]:
 
 @click.command(name="status")
 @click.argument("config_path", metavar="[CONFIG]", required=False)
-def status(config_path: str | None) -> None:
+@click.option("--explain", is_flag=True,
+              help="Also give the reason behind each autoscaler decision (launched, kept, "
+                   "capped, backing off, quarantined).")
+def status(config_path: str | None, explain: bool) -> None:
     """Show the nodes of CONFIG's cluster: id, kind, type, IP, bootstrap stage and last
-    failure, read from the provider's tags (the same truth the head sees).
+    failure, read from the provider's tags (the same truth the head sees); then the
+    autoscaler's summary from the head: nodes active / idle / pending / failed, resources
+    used and total, and pending demand.
     Exit code 1 when the cluster has no head. On a head node CONFIG may be left out."""
     with open_cluster(config_path) as (config, provider):
         nodes = provider.non_terminated_nodes()
@@ -41,5 +60,7 @@ def status(config_path: str | None) -> None:
         for host, problem in unreachable.items():
             click.secho(f"warning: could not read {host}: {problem.splitlines()[0]}",
                         fg="yellow", err=True)
-        for section in STATUS_SECTIONS:
-            section(config, provider, nodes)
+        for target in STATUS_SECTIONS:
+            section = _section(target)
+            if section is not None:
+                section(config, provider, nodes, explain=explain)

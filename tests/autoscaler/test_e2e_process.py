@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,8 +127,13 @@ def test_queued_work_launches_workers_that_go_when_idle(cluster_factory):
     cluster.wait_for(lambda: cluster.worker_ids_alive() == [], 60, "idle workers to go")
     terminated = [event for event in cluster.events() if event["kind"] == "terminated"]
     assert terminated and all("idle for" in event["message"] for event in terminated)
-    status = corral("status", str(cluster.path))
+    status = corral("status", str(cluster.path), "--explain")
     assert status.returncode == 0 and "-worker-" not in status.stdout
+    # The autoscaler's view, read from the head through `corral status` (the launcher
+    # loads it by name): the head is listed among the idle nodes, and nothing is queued.
+    assert re.search(r"Autoscaler \(as of", status.stdout), status.stdout
+    assert re.search(r"idle\s+\d+: \S+-head-", status.stdout), status.stdout
+    assert "no queued demand" in status.stdout, status.stdout
 
 
 def test_monitor_killed_mid_scale_up_restarts_without_duplicates(cluster_factory):
