@@ -63,6 +63,8 @@ class NodeAgent(ObjectService, WorkersMixin):
         self.idle_since_s: float | None = time.time()
         self.registered = False
         self.on_registered = None
+        self.draining = False      # told by the control service: hand back new work
+        self.returned_actors: set[bytes] = set()   # creations handed back while draining
         self.next_heartbeat = 0.0
         self.running = True
         self.poller = zmq.Poller()
@@ -147,8 +149,11 @@ class NodeAgent(ObjectService, WorkersMixin):
         elif self.idle_since_s is None:
             self.idle_since_s = time.time()
         demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
+        drained_idle = self.draining and not busy and not self.queue and \
+            not any(w.next for w in self.workers.values())
         kwargs = dict(node_id=self.node_id, resources_available=self.available,
-                      idle_since_s=self.idle_since_s, queued_demand=dict(demand))
+                      idle_since_s=self.idle_since_s, queued_demand=dict(demand),
+                      drained_idle=drained_idle)
         protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
 
     def _from_control(self, kind, header) -> None:
@@ -160,12 +165,17 @@ class NodeAgent(ObjectService, WorkersMixin):
             log.error("control rejected %s: %s", request_id, result)
             return
         if request_id == "register":
+            if result.get("removed"):   # the autoscaler took this node out: stay out
+                self.draining = True
+                self.next_heartbeat = time.monotonic() + 5.0
+                return
             self.registered = True
             log.info("registered with control at %s", self.control_address)
             if self.on_registered is not None:
                 self.on_registered()
             self._learn_nodes(result["nodes"])
         elif request_id == "heartbeat":
+            self.draining = bool(result.get("draining"))
             if not result["known"]:
                 self.registered = False
                 self.next_heartbeat = 0.0
@@ -202,6 +212,8 @@ class NodeAgent(ObjectService, WorkersMixin):
     # ------------------------------------------------------------------ drivers
     def _on_submit(self, sock, identity, tasks, frames) -> None:
         for task in tasks:
+            if self._hand_back(task):
+                continue
             task["args"] = [self._arg(a, frames) for a in task["args"]]
             task["kwargs"] = {k: self._arg(v, frames) for k, v in task["kwargs"].items()}
             task["missing"] = 0
@@ -214,6 +226,33 @@ class NodeAgent(ObjectService, WorkersMixin):
                 if task["kind"] == "actor_create":
                     self.unplaced_calls[task["actor_id"]] = []
                 self.queue.append(task)
+
+    def _hand_back(self, task: dict) -> bool:
+        """While draining, new tasks and actor creations (and calls to an actor whose
+        creation went back) return to their driver, which places them elsewhere."""
+        if not self.draining:
+            return False
+        if task["kind"] == "actor_call" and task["actor_id"] not in self.returned_actors:
+            return False
+        if task["kind"] == "actor_create":
+            self.returned_actors.add(task["actor_id"])
+        self._to_driver(task["driver"], (task["task_id"], "returned", self.node_id, True))
+        return True
+
+    def _on_reclaim(self, sock, identity, request, frames) -> None:
+        """A driver takes back up to `count` of its tasks still queued here (not started,
+        not waiting for arguments), to place them on a node that joined since."""
+        driver, count = request
+        kept, taken = collections.deque(), []
+        for task in reversed(self.queue):
+            if len(taken) < count and task["kind"] == "task" and task["driver"] == driver \
+                    and not task["missing"]:
+                taken.append(task)
+            else:
+                kept.appendleft(task)
+        self.queue = kept
+        for task in reversed(taken):
+            self._to_driver(driver, (task["task_id"], "returned", self.node_id, False))
 
     def _on_stats(self, sock, identity, request_id, frames) -> None:
         stats = {"objects": len(self.store), "object_bytes": self.store.size_bytes,

@@ -10,6 +10,7 @@ The load the autoscaler reads, `get_load` (client side: runtime.state.get_load()
     {"now_s": float,                               # wall clock (time.time())
      "nodes": [{"node_id": str, "node_type": str|None, "address": "ip:port",
                 "alive": bool,
+                "draining": bool,                  # drain_nodes: no new work goes there
                 "resources_total": {"CPU": 2.0, ...},
                 "resources_available": {"CPU": 1.0, ...},
                 "idle_since_s": float|None,        # time.time() when the node last
@@ -19,6 +20,8 @@ The load the autoscaler reads, `get_load` (client side: runtime.state.get_load()
      "infeasible": [{"GPU": 8.0}, ...],            # shapes no live node nor node type fits
      "request_resources": [{"CPU": 1.0}, ...],     # bundles from request_resources()
      "node_types": {"type": {"CPU": 2.0}, ...}}    # from --autoscaling-config/set_node_types
+
+Nodes removed by `drain_nodes`/`remove_nodes` (runtime.control_drain) are left out of it.
 """
 from __future__ import annotations
 
@@ -29,13 +32,14 @@ import time
 import zmq
 
 from runtime import protocol, scheduling
+from runtime.control_drain import DrainMixin
 from runtime.keys import ClusterKeys, has_cluster_keys, load_cluster_keys
 
 log = logging.getLogger("corral.control")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 
 
-class ControlService:
+class ControlService(DrainMixin):
     def __init__(self, bind_address: str, keys: ClusterKeys | None,
                  heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
                  node_types: dict | None = None):
@@ -50,6 +54,7 @@ class ControlService:
         self.kv: dict[str, bytes] = {}
         self.node_types: dict[str, dict] = dict(node_types or {})
         self.request_bundles: list[dict] = []
+        self.removed_nodes: set[str] = set()     # dropped by drain/remove: not let back
         self.running = True
 
     # ------------------------------------------------------------------ loop
@@ -101,6 +106,7 @@ class ControlService:
                 log.warning("node %s missed heartbeats for %.1f s: dead",
                             node["node_id"], self.heartbeat_timeout_s)
                 self._broadcast_nodes()
+        self._expire_drains(now)
         for driver_id, driver in list(self.drivers.items()):
             if now - driver["last_heartbeat"] > self.heartbeat_timeout_s:
                 log.warning("driver %s missed heartbeats: cleaning up", driver_id)
@@ -119,7 +125,7 @@ class ControlService:
 
     def _node_table(self) -> list[dict]:
         keys = ("node_id", "node_type", "address", "ipc", "hostname", "alive",
-                "resources_total")
+                "draining", "resources_total")
         return [{k: n[k] for k in keys} for n in self.nodes.values()]
 
     def _broadcast_nodes(self) -> None:
@@ -130,25 +136,29 @@ class ControlService:
     # ------------------------------------------------------------------ agents
     def rpc_register_node(self, identity, node_id, node_type, address, ipc, hostname,
                           resources_total):
+        if node_id in self.removed_nodes:   # terminated by the autoscaler: stays out
+            return {"removed": True, "nodes": []}
         self.nodes[node_id] = {
             "node_id": node_id, "node_type": node_type, "address": address, "ipc": ipc,
             "hostname": hostname, "alive": True, "identity": identity,
             "resources_total": dict(resources_total),
             "resources_available": dict(resources_total), "idle_since_s": time.time(),
-            "queued_demand": {}, "last_heartbeat": time.monotonic()}
+            "queued_demand": {}, "last_heartbeat": time.monotonic(),
+            "draining": False, "drained_idle": False, "drain_since": 0.0, "drain_until": 0.0}
         log.info("node %s joined (%s, %s)", node_id, address, resources_total)
         self._broadcast_nodes()
         return {"nodes": self._node_table()}
 
     def rpc_heartbeat(self, identity, node_id, resources_available, idle_since_s,
-                      queued_demand):
+                      queued_demand, drained_idle=False):
         node = self.nodes.get(node_id)
         if node is None or not node["alive"]:
-            return {"known": False}
+            return {"known": False, "draining": node_id in self.removed_nodes}
         node.update(last_heartbeat=time.monotonic(), identity=identity,
                     resources_available=resources_available, idle_since_s=idle_since_s,
-                    queued_demand=queued_demand)
-        return {"known": True, "nodes": self._node_table(),
+                    queued_demand=queued_demand,
+                    drained_idle=bool(drained_idle) and node["draining"])
+        return {"known": True, "draining": node["draining"], "nodes": self._node_table(),
                 "dead_drivers": self.dead_drivers[-100:]}
 
     # ------------------------------------------------------------------ drivers
@@ -211,10 +221,13 @@ class ControlService:
         now = time.time()
         nodes, demand = [], {}
         for node in self.nodes.values():
+            if node.get("removed"):
+                continue
             idle = node["idle_since_s"]
             nodes.append({
                 "node_id": node["node_id"], "node_type": node["node_type"],
                 "address": node["address"], "alive": node["alive"],
+                "draining": node["draining"],
                 "resources_total": node["resources_total"],
                 "resources_available": node["resources_available"],
                 "idle_since_s": idle, "idle_for_s": max(0.0, now - idle) if idle else 0.0})

@@ -32,9 +32,13 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin):
     # ------------------------------------------------------------ nodes
     def learn_nodes(self, table) -> None:
         core = self.core
+        joined = []
         for node in table:
             node_id = node["node_id"]
             old = core.nodes.get(node_id)
+            if node["alive"] and not node.get("draining") and \
+                    (old is None or not old["alive"] or old.get("draining")):
+                joined.append(node_id)
             if old is not None and old["alive"] and node["alive"] and \
                     (old["address"], old.get("ipc")) != (node["address"], node.get("ipc")):
                 self._node_died(node_id)     # the same node id came back as a new agent
@@ -45,6 +49,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin):
                 self._node_died(node_id)
             elif not node["alive"] and node_id in core.agents:
                 self._close_agent(node_id)
+        if joined and len(core.agents) > len(joined):
+            self.rebalance(joined)
         self._drain()
 
     def _connect(self, node) -> zmq.Socket:

@@ -156,7 +156,7 @@ class PlacementMixin:
     def _choose(self, shape: dict, limit: bool) -> str | None:
         best, best_load = None, None
         for node_id, node in self.core.nodes.items():
-            if not node["alive"] or node_id not in self.core.agents:
+            if not node["alive"] or node.get("draining") or node_id not in self.core.agents:
                 continue
             total = node["resources_total"]
             if not scheduling.fits(shape, total):
@@ -169,6 +169,21 @@ class PlacementMixin:
             if best_load is None or load < best_load:
                 best, best_load = node_id, load
         return best
+
+    def rebalance(self, joined: list[str]) -> None:
+        """Nodes joined: take back the tasks queued behind busy workers elsewhere (more
+        in flight than the node has CPUs) so that they start on the new nodes now."""
+        core = self.core
+        if not any(scheduling.fits({"CPU": 1.0}, core.nodes[n]["resources_total"])
+                   for n in joined):
+            return
+        for node_id, sock in core.agents.items():
+            if node_id in joined:
+                continue
+            cpus = max(1.0, core.nodes[node_id]["resources_total"].get("CPU", 1.0))
+            surplus = core.inflight[node_id] - int(cpus)
+            if surplus > 0:
+                protocol.send(sock, b"reclaim", (core.driver_id, surplus))
 
     def _drain(self) -> None:
         for key, queue in list(self.waiting.items()):

@@ -92,6 +92,22 @@ class ResultsMixin:
                 self._fail(record, ActorDiedError(record.actor_id.hex(), item[3]))
         elif status == "lost":
             self._fail(record, ObjectLostError(item[2].hex(), f"on node {item[3]}"))
+        elif status == "returned":
+            self._returned(record, node_id=item[2], draining=item[3])
+
+    def _returned(self, record: TaskRecord, node_id: str, draining: bool) -> None:
+        """A node agent handed work back unstarted: it is draining, or this driver
+        reclaimed queued tasks for a node that joined. Placed again (not a retry)."""
+        node = self.core.nodes.get(node_id)
+        if draining and node is not None:
+            node["draining"] = True       # until the control service's table says else
+        record.node_id = None
+        if record.kind == "actor_create":
+            actor = self.core.actors.get(record.actor_id)
+            if actor is None or actor.create is not record or actor.state != "creating":
+                return
+            actor.node_id, actor.state = None, "pending"
+        self.place(record)
 
     def _print(self, node_id, pid, text, stream) -> None:
         if not self.core.log_to_driver:

@@ -31,3 +31,18 @@ def set_node_types(node_types: dict, address: str | None = None,
 def request_resources(bundles: list[dict], address: str | None = None,
                       keys_dir: str | None = None) -> None:
     _call("request_resources", address, keys_dir, bundles=bundles)
+
+
+def drain_nodes(node_ids: list[str], address: str | None = None,
+                keys_dir: str | None = None) -> list[str]:
+    """Mark these nodes draining (no new work is placed there); returns the ids that are
+    drained and idle, which are removed from the node table at once (safe to terminate).
+    See runtime.control_drain."""
+    return list(_call("drain_nodes", address, keys_dir, node_ids=list(node_ids)))
+
+
+def remove_nodes(node_ids: list[str], address: str | None = None,
+                 keys_dir: str | None = None) -> list[str]:
+    """Drop these nodes from the node table now (they were terminated); their work is
+    retried elsewhere. Returns the ids that were known."""
+    return list(_call("remove_nodes", address, keys_dir, node_ids=list(node_ids)))
