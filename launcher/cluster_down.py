@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from launcher.cluster import command_env
+from launcher.command_runner import run_on_many
 from launcher.errors import ClusterError
 from launcher.providers.base import Node, NodeProvider
 from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND
@@ -40,24 +40,20 @@ def stop_runtime(provider: NodeProvider, config, nodes: list[Node], head: Node |
                  on_event: Callable[[str], None] | None = None) -> dict[str, str]:
     """Run `corral stop` on every node at once, best effort. Returns {node id: problem}
     for the nodes where it did not work (they are terminated anyway)."""
-    def one(node: Node) -> tuple[str, str | None]:
+    runners, envs, failures = {}, {}, {}
+    for node in nodes:
         try:
             runner = provider.command_runner(node)
-            env = command_env(provider, config, node, head or node, runner)
-            result = runner.run(RUNTIME_STOP_COMMAND, timeout_s=RUNTIME_STOP_TIMEOUT_S,
-                                env=env)
+            envs[node.id] = command_env(provider, config, node, head or node, runner)
+            runners[node.id] = runner
         except (ClusterError, OSError) as error:
-            return node.id, str(error)
+            failures[node.id] = str(error)
+    results = run_on_many(runners, RUNTIME_STOP_COMMAND, timeout_s=RUNTIME_STOP_TIMEOUT_S,
+                          envs=envs, max_parallel=MAX_PARALLEL)
+    for node_id, result in results.items():
         if not result.ok:
-            return node.id, f"`{RUNTIME_STOP_COMMAND}` exited {result.exit_code}: " \
-                            f"{result.tail(2)}"
-        return node.id, None
-
-    if not nodes:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(nodes))) as pool:
-        results = list(pool.map(one, nodes))
-    failures = {node_id: problem for node_id, problem in results if problem}
+            failures[node_id] = (f"`{RUNTIME_STOP_COMMAND}` exited {result.exit_code}: "
+                                 f"{result.tail(2)}")
     if on_event is not None:
         for node_id, problem in failures.items():
             on_event(f"{node_id}: runtime stop skipped ({problem.splitlines()[0]})")
