@@ -9,11 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(170)
 
@@ -82,13 +83,8 @@ class ProcessCluster:
                                 stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
     def wait_for(self, predicate, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; events: {self.events()}")
+        return wait_for(predicate, timeout_s, what, interval_s=0.2,
+                        describe=lambda: f"events: {self.events()}")
 
 
 @pytest.fixture

@@ -7,31 +7,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from tests.e2e.test_lifecycle_process import Cluster, corral, processes_of
+from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Background:

@@ -11,6 +11,7 @@ import pytest
 
 from launcher.file_sync import SyncSourceMissingError
 from launcher.ssh_runner import SSHRunner
+from tests.helpers import make_tree
 
 pytestmark = pytest.mark.netns
 
@@ -19,13 +20,6 @@ def make_runner(test_hosts, host) -> SSHRunner:
     return SSHRunner(host.ip, user=test_hosts.ssh_user,
                      private_key_path=test_hosts.ssh_private_key, cluster_name="sync")
 
-
-def make_tree(root, files: dict[str, str]):
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def remote_listing(host, root: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from launcher import paths, ssh_pool
 from launcher.errors import CommandError, HostKeyMismatchError, SSHUnreachableError
 from launcher.ssh_runner import SSHRunner, env_prefix
 from tests import testhosts
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.netns
 CLUSTER = "sshtest"
@@ -26,16 +26,6 @@ def make_runner(test_hosts, host, **kwargs) -> SSHRunner:
     return SSHRunner(host.ip, user=test_hosts.ssh_user,
                      private_key_path=test_hosts.ssh_private_key, cluster_name=CLUSTER,
                      **kwargs)
-
-
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(60)

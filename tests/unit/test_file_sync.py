@@ -10,14 +10,8 @@ from launcher.errors import ClusterError
 from launcher.file_sync import (SyncEntry, SyncSourceMissingError, _parse_state,
                                 copy_tree_local, is_excluded, plan_local_source, remote_path,
                                 sync_plan)
+from tests.helpers import make_tree
 
-
-def make_tree(root, files: dict[str, str]):
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def listing(root) -> dict[str, str]:

@@ -10,17 +10,10 @@ import pytest
 
 from launcher.command_runner import (INTERRUPTED_EXIT_CODE, LineDecoder, LocalRunner,
                                      run_on_many)
+from tests.helpers import alive
 
 pytestmark = pytest.mark.timeout(60)
 
-
-def alive(pid: int) -> bool:
-    """True while `pid` is a live (not zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(predicate, timeout_s: float = 10.0):
