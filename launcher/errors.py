@@ -58,6 +58,19 @@ class ProviderError(ClusterError):
         super().__init__(message)
 
 
+class PartialTerminateError(ProviderError):
+    """Some nodes could not be terminated (the others were). Retrying may help;
+    `failed_ids` names the nodes still there, `reasons` says why for each."""
+
+    retryable = True
+
+    def __init__(self, summary: str, reasons: dict[str, str]):
+        self.failed_ids = list(reasons)
+        self.reasons = dict(reasons)
+        super().__init__(f"{summary}: " + "; ".join(
+            f"{node_id}: {reason}" for node_id, reason in reasons.items()))
+
+
 class CapacityError(ProviderError):
     """The cloud has no capacity for this node type here now (retry later or elsewhere)."""
 

@@ -32,6 +32,7 @@ from typing import Mapping
 
 from launcher import tags as T
 from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
+                             PartialTerminateError,
                              ProviderError, SSHUnreachableError, UsageError)
 from launcher.providers import host_tags, node_processes
 from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
@@ -247,11 +248,7 @@ class LocalProvider(NodeProvider):
         known = [ip for ip in dict.fromkeys(ids) if ip in self._all_ips()]
         failures = {ip: error for ip, error in _parallel(self._terminate_one, known) if error}
         if failures:
-            error = ProviderError("could not terminate " + "; ".join(
-                f"{ip}: {reason}" for ip, reason in failures.items()))
-            error.retryable = True
-            error.failed_ids = list(failures)
-            raise error
+            raise PartialTerminateError("could not terminate", failures)
 
     def _terminate_one(self, ip: str) -> tuple[str, str | None]:
         try:

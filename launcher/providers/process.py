@@ -33,7 +33,7 @@ from filelock import FileLock
 from launcher import paths
 from launcher import tags as T
 from launcher.command_runner import LocalRunner
-from launcher.errors import NodeNotFoundError, ProviderError, UsageError
+from launcher.errors import NodeNotFoundError, PartialTerminateError, UsageError
 from launcher.providers.base import (STATE_RUNNING, STATE_STOPPING, STATE_TERMINATED, Node,
                                      NodeId, NodeProvider, matches)
 from launcher.providers.node_processes import stop_processes_of
@@ -181,11 +181,8 @@ class ProcessProvider(NodeProvider):
                 continue
             self._remove(node_id)
         if survivors:
-            error = ProviderError("processes survived SIGKILL: " + "; ".join(
-                f"node {node_id}: pids {left}" for node_id, left in survivors.items()))
-            error.retryable = True
-            error.failed_ids = list(survivors)
-            raise error
+            raise PartialTerminateError("processes survived SIGKILL", {
+                node_id: f"pids {left}" for node_id, left in survivors.items()})
 
     def _is_mine(self, node_id: NodeId) -> bool:
         record = self._record(node_id)
