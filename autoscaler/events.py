@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from autoscaler.decisions import Plan, Reason
+from launcher.paths import write_json_atomic
 
 EVENTS_FILE = "autoscaler.events"
 STATUS_FILE = "autoscaler.status.json"
@@ -85,11 +86,7 @@ class EventLog:
 
     def write_status(self, now_s: float, plan: Plan, extra: dict | None = None) -> None:
         data = {"at_s": now_s, **plan.to_dict(), **(extra or {})}
-        temporary = self.status_file.with_name(self.status_file.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.replace(temporary, self.status_file)
+        write_json_atomic(self.status_file, data)
 
 
 def parse_events(lines: Iterable[str]) -> list[dict]:

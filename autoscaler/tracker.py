@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from autoscaler.snapshot import LaunchBackoff
 from launcher.errors import (CapacityError, ClusterError, ProviderAuthError, QuotaError,
                              RateLimitError)
+from launcher.paths import write_json_atomic
 
 # First wait after a failed launch, per error; doubled for each failure in a row.
 BACKOFF_BASE_S = {CapacityError: 30.0, QuotaError: 300.0, RateLimitError: 15.0,
@@ -74,11 +74,7 @@ class MonitorState:
         data = {"failed_nodes": {name: sorted(ids) for name, ids in self.failed_nodes.items()},
                 "backoffs": [dataclasses.asdict(backoff) for backoff in self.backoffs.values()],
                 "failure_streak": self.failure_streak, "config_token": self.config_token}
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True)
-        os.replace(temporary, self.path)
+        write_json_atomic(self.path, data)
 
     @classmethod
     def load(cls, path: str | Path | None, config_token: str = "") -> "MonitorState":

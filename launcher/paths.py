@@ -1,8 +1,11 @@
 """Per-cluster local state: ~/.corral/clusters/<name>/ (keys, known_hosts, logs), 0700."""
 from __future__ import annotations
 
+import json
 import os
+import secrets
 from pathlib import Path
+from typing import Any
 
 
 def corral_home() -> Path:
@@ -76,3 +79,21 @@ def write_private(path: Path | str, data: bytes | str) -> None:
         raise
     with os.fdopen(fd, "wb") as handle:
         handle.write(payload)
+
+
+def write_json_atomic(path: Path | str, data: Any, indent: int | None = None) -> None:
+    """Replace `path` with `data` as JSON, owner-only (0600), atomically: a unique temp
+    file in the same directory (two writers never share one), fsync, then rename. A
+    reader sees the old content or the new, never a torn file."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=indent, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -54,16 +54,6 @@ def free_tcp_port(host: str = LOCAL_IP) -> int:
         return probe.getsockname()[1]
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         with open(path) as handle:
@@ -155,10 +145,10 @@ class ProcessProvider(NodeProvider):
                 if kind == T.KIND_HEAD:
                     port = int(self.config.provider.get("head_port") or 0)
                     node_tags[T.TAG_HEAD_PORT] = str(port or free_tcp_port())
-                _write_json_atomic(node_dir / NODE_FILE, {
+                paths.write_json_atomic(node_dir / NODE_FILE, {
                     "id": node_id, "kind": kind, "node_type": node_type,
                     "state": STATE_RUNNING, "created_s": time.time(),
-                    "node_config": _plain(node_config), "tags": node_tags})
+                    "node_config": _plain(node_config), "tags": node_tags}, indent=1)
                 created.append(node_id)
         return created
 
@@ -206,7 +196,7 @@ class ProcessProvider(NodeProvider):
             if record is None or record.get("state") == STATE_TERMINATED:
                 return False
             record["state"] = state
-            _write_json_atomic(self.node_dir(node_id) / NODE_FILE, record)
+            paths.write_json_atomic(self.node_dir(node_id) / NODE_FILE, record, indent=1)
             return True
 
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
@@ -216,7 +206,7 @@ class ProcessProvider(NodeProvider):
                 raise NodeNotFoundError(f"no process node {node_id!r} in cluster "
                                         f"{self.cluster_name!r}")
             record["tags"].update({key: str(value) for key, value in tags.items()})
-            _write_json_atomic(self.node_dir(node_id) / NODE_FILE, record)
+            paths.write_json_atomic(self.node_dir(node_id) / NODE_FILE, record, indent=1)
 
     def command_runner(self, node: Node) -> LocalRunner:
         node_dir = str(self.node_dir(node.id))
