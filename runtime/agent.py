@@ -231,6 +231,8 @@ class NodeAgent(ObjectService, WorkersMixin):
         """While draining, new tasks and actor creations (and calls to an actor whose
         creation went back) return to their driver, which places them elsewhere."""
         if not self.draining:
+            if task["kind"] == "actor_create":
+                self.returned_actors.discard(task["actor_id"])
             return False
         if task["kind"] == "actor_call" and task["actor_id"] not in self.returned_actors:
             return False

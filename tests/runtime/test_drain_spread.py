@@ -30,6 +30,12 @@ def hold(started_dir: str, release_file: str, index: int):
     return os.environ["CORRAL_NODE_ID"]
 
 
+@runtime.remote(num_cpus=1)
+class Placed:
+    def node(self):
+        return os.environ["CORRAL_NODE_ID"]
+
+
 def _node(load, node_id):
     return next((n for n in load["nodes"] if n["node_id"] == node_id), None)
 
@@ -66,6 +72,9 @@ def test_drained_node_gets_no_work_and_reply_lists_only_idle_nodes(local_cluster
 
     # new work goes only to the node that is not draining
     assert set(runtime.get([where.remote() for _ in range(6)], timeout=60)) == {kept}
+    actor = Placed.remote()
+    assert runtime.get(actor.node.remote(), timeout=60) == kept
+    runtime.kill(actor)
 
     # the task in flight on the draining node finishes there, then the node is idle
     release.touch()
