@@ -9,6 +9,8 @@ they share with this machine: tests/hostnet.py.
         test_hosts.more(12)         -> 12 extra hosts (created on demand, then reused)
         test_hosts.restart_host(host, new_host_key=True)
 
+    def test_y(hosts_run_this_checkout):   # the hosts run corral from this checkout
+
 The hosts are created once per session (lazily) and reset after every test: pooled SSH
 connections closed, every process of each host killed except its sshd, /tmp and /dev/shm
 wiped. The session's end (or atexit, as a backstop) tears everything down by PID. Tests
@@ -18,7 +20,10 @@ Scripts outside pytest: `with host_network(4) as network: ...` (re-exported here
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +85,23 @@ def test_hosts():
         yield TestHosts(network)
     finally:
         network.reset_hosts()
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def hosts_run_this_checkout(test_hosts):
+    """`test_hosts`, for tests whose hosts run corral itself (this checkout, this
+    interpreter). Each host has a private /tmp, so a clone or virtualenv under /tmp is
+    invisible there: skip saying so rather than fail with "can't cd"."""
+    probe = (f"test -f {shlex.quote(str(CHECKOUT / 'launcher' / '__init__.py'))} && "
+             f"test -x {shlex.quote(sys.executable)}")
+    if test_hosts.hosts[0].run(probe).returncode != 0:
+        pytest.skip(f"the test hosts cannot see this checkout ({CHECKOUT}) or this "
+                    f"interpreter ({sys.executable}): each host has a private /tmp; "
+                    f"clone and install outside /tmp to run this test")
+    return test_hosts
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -33,7 +33,8 @@ def corral(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def onprem(tmp_path, test_hosts):
+def onprem(tmp_path, hosts_run_this_checkout):
+    test_hosts = hosts_run_this_checkout
     head, first, second = test_hosts.hosts[:3]
     path = tmp_path / "onprem.yaml"
     path.write_text(yaml.safe_dump({

@@ -33,7 +33,8 @@ def total(array):
     return float(array.sum())
 
 
-def test_agent_on_another_host_joins_and_runs_tasks(test_hosts, tmp_path):
+def test_agent_on_another_host_joins_and_runs_tasks(hosts_run_this_checkout, tmp_path):
+    test_hosts = hosts_run_this_checkout
     host = test_hosts.hosts[1]
     bridge_ip = test_hosts.network.bridge_ip
     head_dir = tmp_path / "head"
