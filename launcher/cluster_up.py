@@ -220,11 +220,17 @@ def apply_up(config, provider: NodeProvider, plan: UpPlan, *,
             if kind == KIND_HEAD:
                 return UpResult(plan, [], [], launch_errors, time.monotonic() - started)
         created_ids += ids
+    # The plan's listing is fresh enough for the nodes it had (ids, kinds, addresses);
+    # created nodes come from the provider when it knows them whole (local: the claim it
+    # just wrote), else from listing again until each has an address.
+    nodes_now = {action.node.id: action.node for action in plan.actions
+                 if action.node is not None}
     if created_ids:
-        nodes_now = _wait_for_addresses(provider, created_ids)
-    else:  # nothing new: the plan's listing is fresh enough (ids, kinds, addresses)
-        nodes_now = {action.node.id: action.node for action in plan.actions
-                     if action.node is not None}
+        known = [provider.known_node(node_id) for node_id in created_ids]
+        if all(node is not None and node_ip(node) for node in known):
+            nodes_now.update((node.id, node) for node in known)
+        else:
+            nodes_now = _wait_for_addresses(provider, created_ids)
     created = [nodes_now[node_id] for node_id in created_ids]
     head = next((node for node in nodes_now.values() if node.kind == KIND_HEAD
                  and node.id not in replaced), None)

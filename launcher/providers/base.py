@@ -90,6 +90,11 @@ class NodeProvider(abc.ABC):
                 return node
         return None
 
+    def known_node(self, node_id: NodeId) -> Node | None:
+        """The node as this provider itself just made or read it, without asking any host
+        or cloud; None when it cannot say (the caller then lists)."""
+        return None
+
     def close(self) -> None:
         """Release connections; the provider is not used afterwards."""
 

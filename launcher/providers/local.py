@@ -244,6 +244,15 @@ class LocalProvider(NodeProvider):
             raise NodeNotFoundError(f"host {node_id} is not a node of cluster "
                                     f"{self.cluster_name!r}")
 
+    def known_node(self, node_id: NodeId) -> Node | None:
+        """From the tag file this provider last read or wrote on the host (a claim it just
+        made, say): a host's IP is its node id, so `up` need not list every host again."""
+        with self._known_lock:
+            tags = self._known.get(node_id)
+        if tags is None or not tags.belongs_to(self.cluster_name):
+            return None
+        return self._node(node_id, tags)
+
     def terminate_nodes(self, ids: list[NodeId]) -> None:
         known = [ip for ip in dict.fromkeys(ids) if ip in self._all_ips()]
         failures = {ip: error for ip, error in _parallel(self._terminate_one, known) if error}
@@ -303,9 +312,21 @@ def stop_script(node_dir: str, grace_s: float) -> str:
     ])
 
 
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
 def _parallel(function, items):
+    """function over items on one process-wide pool: its threads are made once and
+    reused, where a pool per call started up to 32 new threads for every listing, claim
+    and terminate. function must not call _parallel itself (the pool could be full)."""
     items = list(items)
     if not items:
         return []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(items))) as pool:
-        return list(pool.map(function, items))
+    if len(items) == 1:
+        return [function(items[0])]
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=MAX_PARALLEL,
+                                            thread_name_prefix="local-provider"))
+    return list(_POOL[0].map(function, items))

@@ -32,7 +32,13 @@ def test_create_list_terminate(contract):
         assert node.kind == T.KIND_WORKER
         assert node.node_type == contract.node_type
         assert node.tags[T.TAG_CLUSTER_NAME] == provider.cluster_name
+        # known_node may not know (None); when it answers, it answers what a listing says
+        known = provider.known_node(node.id)
+        if known is not None:
+            assert (known.id, known.kind, known.node_type, known.internal_ip, known.tags) \
+                == (node.id, node.kind, node.node_type, node.internal_ip, node.tags)
     provider.terminate_nodes(ids)
+    assert all(provider.known_node(node_id) is None for node_id in ids)
     gone = wait_for(lambda: not [n for n in provider.non_terminated_nodes() if n.id in ids],
                     contract.settle_timeout_s)
     assert gone
