@@ -65,9 +65,22 @@ def current_core() -> DriverCore | None:
     return _core
 
 
+_connect_on_first_use = False
+
+
+def connect_on_first_use() -> None:
+    """In a worker process: the first API call connects to this node's runtime (as
+    init(address="auto") would), so tasks and actors can call remote functions and
+    actors themselves. A task blocked in get() keeps its resources meanwhile."""
+    global _connect_on_first_use
+    _connect_on_first_use = True
+
+
 def _get_core() -> DriverCore:
     if _core is None:
-        raise NotInitializedError()
+        if not _connect_on_first_use:
+            raise NotInitializedError()
+        init(address="auto", ignore_reinit_error=True)
     return _core
 
 
@@ -285,6 +298,24 @@ def submit_task(core, kind, name, blob, fn_id, args, kwargs, shape, retries=0,
 
 def register_actor(core, record: ActorRecord) -> None:
     core._run(lambda: core.actors.setdefault(record.actor_id, record))
+
+
+def actor_node_for_handoff(actor_id: bytes, created_here: bool,
+                           wait_s: float = 10.0) -> str | None:
+    """The node this process knows an actor to run on. An actor created here (its record
+    reaches the IO thread a moment after .remote() returns) is waited for up to wait_s
+    until it is placed. None when unknown."""
+    core = _core
+    if core is None:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        record = core.actors.get(actor_id)
+        if record is not None and (record.node_id or record.state in ("dead", "killed")):
+            return record.node_id
+        if (record is None and not created_here) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)
 
 
 def wait_for_actor_info(name: str, timeout_s: float = 10.0) -> dict:

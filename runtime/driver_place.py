@@ -25,7 +25,11 @@ class PlacementMixin:
     def place(self, record: TaskRecord) -> None:
         core = self.core
         if record.kind == "actor_call":
-            actor = core.actors[record.actor_id]
+            actor = core.actors.get(record.actor_id)
+            if actor is None:
+                self._fail(record, ActorDiedError(record.actor_id.hex(),
+                                                  "this process does not know the actor"))
+                return
             if actor.state in ("dead", "killed"):
                 self._fail(record, actor.error or ActorDiedError(record.actor_id.hex(), "dead"))
                 return

@@ -1,6 +1,8 @@
 """Records the driver keeps: object entries, task records and actor records."""
 from __future__ import annotations
 
+import pickle
+
 from runtime.errors import TaskError
 from runtime.protocol import Serialized
 
@@ -92,14 +94,18 @@ class ActorRecord:
 
 
 def user_error(function_name: str, value: Serialized) -> BaseException:
-    """The TaskError for a user exception sent back as (exception, traceback text)."""
-    try:
-        error, text = value.value()
-    except Exception as decode_error:  # the exception's class may not exist here
-        return TaskError(function_name, f"undecodable remote error: {decode_error!r}")
+    """The TaskError for a user exception, sent back by runtime.worker.remote_error as
+    (type name, message, traceback text, pickled exception or None)."""
+    type_name, message, text, pickled = value.value()
+    error = None
+    if pickled is not None:
+        try:
+            error = pickle.loads(pickled)
+        except Exception:  # its class may not exist here: the text still tells
+            error = None
     if isinstance(error, TaskError):
         return error
-    return TaskError(function_name, f"{type(error).__name__}: {error}", text, error)
+    return TaskError(function_name, f"{type_name}: {message}", text, error)
 
 
 def error_for(entry: Entry) -> BaseException:

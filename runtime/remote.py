@@ -105,10 +105,25 @@ class ActorClass:
 
 
 class ActorHandle:
-    def __init__(self, actor_id: bytes, class_name: str, name: str | None = None):
+    """Calls an actor. A handle passed to a task or actor (pickled) carries the node the
+    actor runs on, so the receiving process can call it too (it does not learn of a
+    later restart elsewhere; a named actor can be looked up again with get_actor)."""
+
+    def __init__(self, actor_id: bytes, class_name: str, name: str | None = None,
+                 node_id: str | None = None):
         self._actor_id = actor_id
         self._class_name = class_name
         self._name = name
+        self._node_id = node_id
+
+    def __reduce__(self):
+        node_id = api.actor_node_for_handoff(self._actor_id, self._node_id is None) \
+            or self._node_id
+        if node_id is None:
+            raise TypeError(f"actor {self._class_name} has not been placed on a node yet "
+                            f"(it waits for resources), so its handle cannot be passed on; "
+                            f"pass it once the actor has started")
+        return (ActorHandle, (self._actor_id, self._class_name, self._name, node_id))
 
     def __getattr__(self, method: str) -> "ActorMethod":
         if method.startswith("__"):
@@ -127,6 +142,11 @@ class ActorMethod:
     def remote(self, *args, **kwargs) -> api.ObjectRef:
         core = api._get_core()
         handle = self._handle
+        if handle._node_id is not None and handle._actor_id not in core.actors:
+            borrowed = ActorRecord(handle._actor_id, None, 0, handle._name, False,
+                                   handle._class_name)
+            borrowed.node_id, borrowed.state = handle._node_id, "alive"
+            api.register_actor(core, borrowed)
         return api.submit_task(core, "actor_call", f"{handle._class_name}.{self._method}",
                                None, None, args, kwargs, {}, 0, handle._actor_id,
                                self._method)

@@ -14,7 +14,7 @@ import traceback
 
 import zmq
 
-from runtime import protocol, sync_channel
+from runtime import api, protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
@@ -189,11 +189,21 @@ class Worker:
                     self.actor, value = value, None
             return True, serialize(value)
         except BaseException as error:  # user code: everything goes back to get()
-            text = traceback.format_exc()
-            try:
-                return False, serialize((error, text))
-            except Exception:
-                return False, serialize((RuntimeError(repr(error)), text))
+            return False, serialize(remote_error(error, traceback.format_exc()))
+
+
+def remote_error(error: BaseException, text: str) -> tuple:
+    """(type name, message, traceback text, pickled exception or None): the text parts
+    always reach get(); the exception object only when it survives a pickle round trip
+    here (an exception class whose __init__ takes other arguments than it passes to
+    Exception does not), so a driver never fails to decode the error itself."""
+    import cloudpickle
+    try:
+        pickled = cloudpickle.dumps(error)
+        cloudpickle.loads(pickled)
+    except Exception:
+        pickled = None
+    return type(error).__name__, str(error), text, pickled
 
 
 def main(argv=None) -> None:
@@ -205,6 +215,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A task that calls remote functions or actors connects to the cluster on first use.
+    api.connect_on_first_use()
     worker = Worker(args.endpoint, args.worker_id, args.direct)
     sys.stdout = DriverOutput(worker, "stdout")
     sys.stderr = DriverOutput(worker, "stderr")

@@ -1,0 +1,78 @@
+"""Tasks and actors that call remote functions and actors themselves (their worker
+connects to its node's runtime on first use), actor handles passed to tasks, and user
+exceptions that cannot be rebuilt on the driver."""
+from __future__ import annotations
+
+import pytest
+
+import runtime
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@runtime.remote(num_cpus=0, resources={"leaf": 1})
+def leaf(x):
+    import os
+    return x * 2, os.environ.get("CORRAL_NODE_ID")
+
+
+@runtime.remote(num_cpus=1)
+def parent(x):
+    value, node = runtime.get(leaf.remote(x), timeout=30)
+    return value + 1, node
+
+
+@runtime.remote(num_cpus=0)
+class Tally:
+    def __init__(self):
+        self.total = 0
+
+    def add(self, amount):
+        self.total += amount
+        return self.total
+
+
+@runtime.remote(num_cpus=1)
+def add_through(tally, amount):
+    return runtime.get(tally.add.remote(amount), timeout=30)
+
+
+@runtime.remote(num_cpus=0)
+class Delegator:
+    def twice(self, x):
+        return runtime.get(leaf.remote(x), timeout=30)[0]
+
+
+class NeedsTwoArguments(Exception):
+    def __init__(self, code, detail):   # pickles as (message,): cannot be rebuilt
+        super().__init__(f"code {code}: {detail}")
+
+
+@runtime.remote
+def raises_odd_exception():
+    raise NeedsTwoArguments(7, "out of widgets")
+
+
+def test_a_task_calls_a_task_on_another_node(local_cluster):
+    local_cluster.start_head(num_cpus=1)
+    local_cluster.add_node("leafy", num_cpus=1, resources={"leaf": 2})
+    local_cluster.connect()
+    assert runtime.get(parent.remote(20), timeout=60) == (41, "leafy")
+
+
+def test_actor_handles_passed_to_tasks_and_actors_calling_tasks(local_cluster):
+    local_cluster.start_head(num_cpus=2, resources={"leaf": 1})
+    local_cluster.connect()
+    tally = Tally.remote()            # passed on before it is even placed
+    assert runtime.get([add_through.remote(tally, 5), add_through.remote(tally, 5)],
+                       timeout=60) in ([5, 10], [10, 5])
+    assert runtime.get(tally.add.remote(1)) == 11     # the same actor, seen by its owner
+    assert runtime.get(Delegator.remote().twice.remote(4), timeout=60) == 8
+
+
+def test_an_exception_that_cannot_be_rebuilt_still_reports_its_message(one_node):
+    with pytest.raises(runtime.TaskError) as caught:
+        runtime.get(raises_odd_exception.remote())
+    text = str(caught.value)
+    assert "NeedsTwoArguments: code 7: out of widgets" in text
+    assert "Remote traceback" in text and "raises_odd_exception" in text
