@@ -285,7 +285,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         if task["kind"] != "task":
             return False
         for worker in self.workers.values():
-            if worker.task is not None and worker.next is None and \
+            if worker.task is not None and worker.next is None and not worker.blocked and \
                     worker.task["shape"] == task["shape"]:
                 worker.next = task
                 self._send_to_worker(worker, task)
@@ -304,7 +304,8 @@ class NodeAgent(ObjectService, WorkersMixin):
             worker = next((w for w in self.workers.values()
                            if w.ready and w.actor_id is None and w.task is None), None)
             if worker is None:
-                count = sum(1 for w in self.workers.values() if w.actor_id is None)
+                count = sum(1 for w in self.workers.values()
+                            if w.actor_id is None and not w.blocked)
                 starting = any(not w.ready and w.actor_id is None
                                for w in self.workers.values())
                 if count < self.max_task_workers and not starting:

@@ -23,6 +23,7 @@ class WorkerProcess:
         self.next: dict | None = None          # prefetched task, same shape
         self.backlog: list = []                # messages waiting for `ready`
         self.killed_reason: str | None = None
+        self.blocked = False    # its task waits in get(): its resources are lent out
 
 
 class WorkersMixin:
@@ -52,14 +53,27 @@ class WorkersMixin:
         elif kind == b"log":
             driver, text, stream = header
             self._to_driver(driver, ("", "log", self.node_id, worker.proc.pid, text, stream))
+        elif kind == b"blocked":
+            if worker.task is not None and not worker.blocked:
+                worker.blocked = True
+                scheduling.release(self.available, worker.task["shape"])
+        elif kind == b"unblocked":
+            if worker.blocked:    # taken back even if that oversubscribes for a while
+                worker.blocked = False
+                scheduling.acquire(self.available, worker.task["shape"])
+        elif kind == b"returned":   # a task queued early at a worker that then blocked
+            if worker.next is not None and worker.next["task_id"] == header:
+                self.queue.appendleft(worker.next)
+                worker.next = None
         elif kind == b"done":
             task_id, ok, packed = header
             if worker.actor_id is not None:
                 task = worker.pending.pop(task_id, None)
             else:
                 task, worker.task, worker.next = worker.task, worker.next, None
-                if task:
+                if task and not worker.blocked:
                     scheduling.release(self.available, task["shape"])
+                worker.blocked = False   # (a thread of the task may still be waiting)
                 if worker.task:   # the prefetched task starts now
                     scheduling.acquire(self.available, worker.task["shape"])
             if task is None:
@@ -101,7 +115,8 @@ class WorkersMixin:
                     self._to_driver(task["driver"], (task["task_id"], "actor_died",
                                                      worker.actor_id, cause))
             elif worker.task is not None:
-                scheduling.release(self.available, worker.task["shape"])
+                if not worker.blocked:   # a blocked task's resources are out on loan
+                    scheduling.release(self.available, worker.task["shape"])
                 self._to_driver(worker.task["driver"], (worker.task["task_id"],
                                                         "worker_died", cause))
                 if worker.next is not None and worker.next["driver"] in self.routes:

@@ -71,7 +71,7 @@ _connect_on_first_use = False
 def connect_on_first_use() -> None:
     """In a worker process: the first API call connects to this node's runtime (as
     init(address="auto") would), so tasks and actors can call remote functions and
-    actors themselves. A task blocked in get() keeps its resources meanwhile."""
+    actors themselves (see set_blocking_hooks for what a task waiting in get() lends)."""
     global _connect_on_first_use
     _connect_on_first_use = True
 
@@ -175,10 +175,63 @@ def put(value) -> ObjectRef:
     return ObjectRef(object_id, core)
 
 
+# In a task worker: (enter, leave, tick) around a get/wait that has to block, so the
+# node agent lends the task's resources to other work meanwhile (see runtime.worker).
+_blocking_hooks: tuple | None = None
+
+
+def set_blocking_hooks(enter, leave, tick) -> None:
+    global _blocking_hooks
+    _blocking_hooks = (enter, leave, tick)
+
+
+def _blocking_wait(attempt, timeout: float | None):
+    """attempt(timeout_s) -> (done, result). Outside workers one call; in a worker a
+    first try that does not wait, then the hooks around waits of at most TICK_S."""
+    if _blocking_hooks is None:
+        return attempt(timeout)[1]
+    done, result = attempt(0)
+    if done:
+        return result
+    enter, leave, tick = _blocking_hooks
+    deadline = None if timeout is None else time.monotonic() + timeout
+    enter()
+    try:
+        while True:
+            tick()
+            slice_s = BLOCKED_TICK_S if deadline is None else \
+                max(0.0, min(BLOCKED_TICK_S, deadline - time.monotonic()))
+            done, result = attempt(slice_s)
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return result
+    finally:
+        leave()
+
+
+BLOCKED_TICK_S = 0.02
+
+
+def _wait_one_blocking(core, object_id: bytes, timeout: float | None):
+    def attempt(slice_s):
+        ready, entry = core.wait_one(object_id, slice_s)
+        return ready, (ready, entry)
+    return _blocking_wait(attempt, timeout)
+
+
+def _wait_flags(core, ids: list, num_ready: int, timeout: float | None, fetch: bool):
+    def attempt(slice_s):
+        flags = core.wait_ready(ids, num_ready, slice_s, fetch=fetch)
+        return flags.count(True) >= num_ready, flags
+    return _blocking_wait(attempt, timeout)
+
+
 def get(refs, timeout: float | None = None):
     core = _get_core()
     if type(refs) is ObjectRef:      # the sync path: one ref, no lists
-        ready, entry = core.wait_one(refs.id, timeout)
+        if _blocking_hooks is None:
+            ready, entry = core.wait_one(refs.id, timeout)
+        else:
+            ready, entry = _wait_one_blocking(core, refs.id, timeout)
         if not ready:
             raise GetTimeoutError(timeout, 1)
         if entry is None:
@@ -192,7 +245,7 @@ def get(refs, timeout: float | None = None):
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"get() expects ObjectRefs, got {type(ref).__name__}")
     ids = [ref.id for ref in items]
-    flags = core.wait_ready(ids, len(ids), timeout)
+    flags = _wait_flags(core, ids, len(ids), timeout, fetch=True)
     if not all(flags):
         raise GetTimeoutError(timeout, flags.count(False))
     values = []
@@ -213,7 +266,8 @@ def wait(refs, num_returns: int = 1, timeout: float | None = None):
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError("num_returns is larger than the number of refs")
-    flags = core.wait_ready(list(map(_ID, refs)), num_returns, timeout, fetch=False)
+    ids = list(map(_ID, refs))
+    flags = _wait_flags(core, ids, num_returns, timeout, fetch=False)
     if num_returns == len(refs) and all(flags):
         return refs, []
     ready, rest = [], []

@@ -71,6 +71,8 @@ class Worker:
         self.functions: dict[bytes, object] = {}
         self.actor = None
         self.driver = ""
+        self.blocked_depth = 0      # get()/wait() calls of the running task now waiting
+        self.exit_requested = False
 
     def send_log(self, text: str, stream: str) -> None:
         with self.lock:
@@ -100,8 +102,39 @@ class Worker:
                     with self.lock:
                         protocol.send(self.sock, b"done", (task["task_id"], ok, payload),
                                       packer.frames)
+                    if self.exit_requested:   # asked while the task was blocked
+                        self._close()
+                        return
                 else:
                     self._serve_direct()
+
+    # -- a task blocked in get()/wait() (runtime.api.set_blocking_hooks) --------------------
+    def blocked_enter(self) -> None:
+        """The agent lends this task's resources to other work until blocked_leave."""
+        with self.lock:
+            self.blocked_depth += 1
+            if self.blocked_depth == 1:
+                protocol.send(self.sock, b"blocked", None)
+
+    def blocked_leave(self) -> None:
+        with self.lock:
+            self.blocked_depth -= 1
+            if self.blocked_depth == 0:
+                protocol.send(self.sock, b"unblocked", None)
+
+    def blocked_tick(self) -> None:
+        """Tasks the agent queued here early (the next one of the same shape) go back to
+        it: waiting behind this task, one of them could be the very task it waits for."""
+        with self.lock:
+            while True:
+                try:
+                    _, kind, task, _ = protocol.recv(self.sock, False, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if kind == b"exit":
+                    self.exit_requested = True
+                else:
+                    protocol.send(self.sock, b"returned", task["task_id"])
 
     def _close(self) -> None:
         for path in (self.direct_endpoint and protocol.ipc_path(self.direct_endpoint),
@@ -218,6 +251,9 @@ def main(argv=None) -> None:
     # A task that calls remote functions or actors connects to the cluster on first use.
     api.connect_on_first_use()
     worker = Worker(args.endpoint, args.worker_id, args.direct)
+    if not args.direct:   # an actor keeps its resources for its whole life
+        api.set_blocking_hooks(worker.blocked_enter, worker.blocked_leave,
+                               worker.blocked_tick)
     sys.stdout = DriverOutput(worker, "stdout")
     sys.stderr = DriverOutput(worker, "stderr")
     worker.run()

@@ -76,3 +76,25 @@ def test_an_exception_that_cannot_be_rebuilt_still_reports_its_message(one_node)
     text = str(caught.value)
     assert "NeedsTwoArguments: code 7: out of widgets" in text
     assert "Remote traceback" in text and "raises_odd_exception" in text
+
+
+@runtime.remote(num_cpus=1)
+def depth_first(depth):
+    if depth == 0:
+        return 1
+    return 1 + runtime.get(depth_first.remote(depth - 1), timeout=60)
+
+
+@runtime.remote(num_cpus=1)
+def fan_out(width):
+    return sum(runtime.get([depth_first.remote(0) for _ in range(width)], timeout=60))
+
+
+def test_a_task_waiting_in_get_lends_its_cpu_so_deeper_work_runs(one_node):
+    # 2 CPUs: seven nested levels, each waiting for the next, and twelve parents of the
+    # same shape (queued early behind each other) each waiting for children of that shape
+    assert runtime.get(depth_first.remote(6), timeout=60) == 7
+    assert runtime.get([fan_out.remote(3) for _ in range(12)], timeout=60) == [3] * 12
+    # once everything finished, every CPU is back
+    from tests.runtime.conftest import wait_until
+    wait_until(lambda: runtime.available_resources().get("CPU") == 2.0, 10)
