@@ -22,6 +22,7 @@ from runtime.objects import BUFFER_POOL
 
 log = logging.getLogger("corral.driver")
 HEARTBEAT_INTERVAL_S = 0.5
+EARLY_HEARTBEAT_S = 0.05  # a newly waiting shape is reported this soon after the last one
 
 
 class DriverCore:
@@ -261,8 +262,10 @@ class DriverCore:
                     command()
             io.free_unreferenced()
             io.flush()
-            if time.monotonic() >= self.next_heartbeat:
-                self.next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+            now = time.monotonic()
+            if now >= self.next_heartbeat or (io.demand_changed and now >= self.next_heartbeat
+                                              - HEARTBEAT_INTERVAL_S + EARLY_HEARTBEAT_S):
+                self.next_heartbeat = now + HEARTBEAT_INTERVAL_S
                 io.heartbeat()
 
     def _learn_nodes(self, table) -> None:

@@ -24,6 +24,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin):
     def __init__(self, core):
         self.core = core
         self.waiting: dict[tuple, collections.deque] = {}     # shape key -> records
+        self.demand_changed = False   # a shape began waiting since the last heartbeat
         self.fetch_ids = 0
         self.fetches: dict[int, bytes] = {}
         self.frees: dict[str, list] = collections.defaultdict(list)
@@ -94,6 +95,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin):
             core.cv.notify_all()
 
     def heartbeat(self) -> None:
+        self.demand_changed = False
         demand = collections.Counter()
         for key, queue in self.waiting.items():
             if queue:

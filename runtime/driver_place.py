@@ -53,8 +53,11 @@ class PlacementMixin:
             return
         node_id = self._choose(record.shape, limit=record.kind == "task")
         if node_id is None:
-            self.waiting.setdefault(scheduling.shape_key(record.shape),
-                                    collections.deque()).append(record)
+            queue = self.waiting.setdefault(scheduling.shape_key(record.shape),
+                                            collections.deque())
+            if not queue:   # a shape newly waiting: tell the control (and autoscaler) now
+                self.demand_changed = True
+            queue.append(record)
             return
         self._send(record, node_id)
         if record.kind == "actor_create":
