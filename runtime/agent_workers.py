@@ -51,8 +51,9 @@ class WorkersMixin:
                 self._send(self.local, worker.identity, b"task", message, message_frames)
             worker.backlog.clear()
         elif kind == b"log":
-            driver, text, stream = header
-            self._to_driver(driver, ("", "log", self.node_id, worker.proc.pid, text, stream))
+            driver, text, stream, *origin = header  # origin: a nested task's (node, pid)
+            node_id, pid = origin if origin else (self.node_id, worker.proc.pid)
+            self._to_driver(driver, ("", "log", node_id, pid, text, stream))
         elif kind == b"blocked":
             if worker.task is not None and not worker.blocked:
                 worker.blocked = True

@@ -113,6 +113,10 @@ class ResultsMixin:
         if not self.core.log_to_driver:
             return
         out = sys.stderr if stream == "stderr" else sys.stdout
+        forward = getattr(out, "forward_log", None)
+        if forward is not None:  # this driver is a task in a worker: its driver prints
+            forward(node_id, pid, text)
+            return
         prefix = f"({node_id[:12]} pid={pid}) "
         out.write("".join(prefix + line + "\n" for line in text.rstrip("\n").split("\n")))
         out.flush()

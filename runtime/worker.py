@@ -50,6 +50,12 @@ class DriverOutput(io.TextIOBase):
             text, self.pending = self.pending, ""
             self.worker.send_log(text, self.stream)
 
+    def forward_log(self, node_id: str, pid: int, text: str) -> None:
+        """Output of a task this worker's task submitted: passed on under its own origin
+        (node, pid), so the driver prints it once with the right prefix."""
+        self.flush()
+        self.worker.send_log(text, self.stream, origin=(node_id, pid))
+
 
 class Worker:
     def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
@@ -74,9 +80,12 @@ class Worker:
         self.blocked_depth = 0      # get()/wait() calls of the running task now waiting
         self.exit_requested = False
 
-    def send_log(self, text: str, stream: str) -> None:
+    def send_log(self, text: str, stream: str, origin: tuple[str, int] | None = None) -> None:
+        """`origin`: (node id, pid) of the process that printed it, when not this one."""
+        payload = (self.driver, text, stream) if origin is None else \
+            (self.driver, text, stream, *origin)
         with self.lock:
-            protocol.send(self.sock, b"log", (self.driver, text, stream))
+            protocol.send(self.sock, b"log", payload)
 
     def run(self) -> None:
         with self.lock:

@@ -98,3 +98,30 @@ def test_a_task_waiting_in_get_lends_its_cpu_so_deeper_work_runs(one_node):
     # once everything finished, every CPU is back
     from tests.runtime.conftest import wait_until
     wait_until(lambda: runtime.available_resources().get("CPU") == 2.0, 10)
+
+
+@runtime.remote(num_cpus=0)
+def speak_inner():
+    import os
+    print("said by the inner task")
+    return os.getpid()
+
+
+@runtime.remote(num_cpus=0)
+def speak_outer():
+    import os
+    return os.getpid(), runtime.get(speak_inner.remote(), timeout=30)
+
+
+def test_a_nested_task_prints_once_under_its_own_node_and_pid(one_node, capfd):
+    outer_pid, inner_pid = runtime.get(speak_outer.remote(), timeout=60)
+    from tests.runtime.conftest import wait_until
+    seen = []
+
+    def printed():
+        seen.append(capfd.readouterr().out)
+        return "said by the inner task" in "".join(seen)
+    wait_until(printed, timeout_s=10)
+    lines = [line for line in "".join(seen).splitlines() if "said by the inner task" in line]
+    assert lines == [f"(head pid={inner_pid}) said by the inner task"]
+    assert outer_pid != inner_pid
