@@ -191,16 +191,26 @@ RunScript = Callable[[str, bytes], bytes]
 OpenSFTP = Callable[[], ContextManager]
 """Returns a context manager giving a paramiko SFTPClient (closed on exit)."""
 
+# Few processes (each one costs the host a fork and exec): the listing is split with bash
+# builtins, and each tool runs once through xargs (which keeps within the argument limit).
 _PUT_STATE_SCRIPT = r"""
 mkdir -p -- {root} && cd -- {root} || exit 3
-list=$(mktemp) || exit 3
-trap 'rm -f "$list"' EXIT
-cat > "$list"
-grep -z '^d/' "$list" | cut -z -c3- | xargs -0 -r mkdir -p --
+dirs=() files=()
+while IFS= read -r -d '' entry; do
+  case $entry in
+    d/*) dirs+=("${{entry:2}}") ;;
+    f/*) files+=("${{entry:2}}") ;;
+  esac
+done
+if [ ${{#dirs[@]}} -gt 0 ]; then printf '%s\0' "${{dirs[@]}}" | xargs -0 mkdir -p --; fi
 printf 'HASHES\0'
-grep -z '^f/' "$list" | cut -z -c3- | xargs -0 -r sha256sum -z -- 2>/dev/null
-printf 'MODES\0'
-grep -z '^f/' "$list" | cut -z -c3- | xargs -0 -r stat --printf '%a %s %n\0' -- 2>/dev/null
+if [ ${{#files[@]}} -gt 0 ]; then
+  printf '%s\0' "${{files[@]}}" | xargs -0 sha256sum -z -- 2>/dev/null
+  printf 'MODES\0'
+  printf '%s\0' "${{files[@]}}" | xargs -0 stat --printf '%a %s %n\0' -- 2>/dev/null
+else
+  printf 'MODES\0'
+fi
 exit 0
 """
 
