@@ -10,7 +10,6 @@ import sys
 import click
 
 from launcher.errors import ClusterError
-from runtime.errors import RuntimeSystemError
 
 # name -> ("module:attribute", one-line help shown in `corral --help`)
 COMMANDS = {
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(2 if isinstance(error, click.UsageError) else error.exit_code)
-    except (ClusterError, RuntimeSystemError) as error:
+    except (ClusterError, *_runtime_errors()) as error:
         click.secho(f"Error: {error}", err=True, fg="red")
         sys.exit(getattr(error, "exit_code", 1))
     except KeyboardInterrupt:
@@ -102,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:  # e.g. CORRAL_HOME is a file, a disk full, a permission
         click.secho(f"Error: {error}", err=True, fg="red")
         sys.exit(1)
+
+
+def _runtime_errors() -> tuple[type[Exception], ...]:
+    """The runtime's error type, once a command has imported the runtime (importing it
+    only to catch its errors would cost every command ~0.1 s of zmq and the API)."""
+    errors = sys.modules.get("runtime.errors")
+    return (errors.RuntimeSystemError,) if errors is not None else ()
 
 
 def _interrupted() -> None:

@@ -34,11 +34,15 @@ def boom(what):
         click.confirm("Go on?", abort=True)
     if what == "oserror":
         raise NotADirectoryError(20, "Not a directory", "/some/where")
+    if what == "runtime":
+        from runtime.errors import RuntimeConnectionError
+        raise RuntimeConnectionError("198.18.0.9:6390", "no answer")
 
 
 @pytest.mark.parametrize("what, code, message", [
     ("ctrl-c", 130, "Interrupted."), ("decline", 1, "Aborted."),
-    ("oserror", 1, "Error: [Errno 20] Not a directory: '/some/where'")])
+    ("oserror", 1, "Error: [Errno 20] Not a directory: '/some/where'"),
+    ("runtime", 1, "Error: ")])
 def test_main_maps_interrupts_declines_and_os_errors(monkeypatch, capsys, what, code,
                                                      message):
     monkeypatch.setitem(cli.COMMANDS, "boom", (f"{__name__}:boom", "test"))
@@ -48,6 +52,13 @@ def test_main_maps_interrupts_declines_and_os_errors(monkeypatch, capsys, what, 
     assert exited.value.code == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_cli_does_not_import_the_runtime_just_to_catch_its_errors():
+    run = subprocess.run([sys.executable, "-c", "import sys, launcher.cli; "
+                          "print('runtime' in sys.modules)"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stderr
 
 
 def test_corral_home_that_is_a_file_is_a_message_not_a_traceback(tmp_path):
