@@ -32,8 +32,11 @@ also documents the autoscaler-monitor hook). Tools read the load with runtime.st
 ($CORRAL_NODE_DIR/session/address.json), else starts an embedded one-node runtime
 (loopback only) that stops when the program exits.
 
-Limits: ObjectRefs are resolved when passed as top-level task arguments (positional or
-keyword); refs nested inside containers are refused (TypeError). Results of actor calls
+ObjectRefs passed as task arguments (positional or keyword) are replaced by their
+values; refs inside arguments (a list of refs...) reach the task as refs whose values
+are already there (runtime.nested_refs).
+
+Limits: refs cannot be put() or returned by a task (TypeError). Results of actor calls
 made directly (driver on the actor's host) come back inline whatever their size. An
 object on a node that died is lost (ObjectLostError), not reconstructed.
 """

@@ -53,9 +53,8 @@ class ObjectRef:
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other.id == self.id
 
-    def __reduce__(self):
-        raise TypeError("ObjectRefs can be passed as top-level task arguments only; "
-                        "pass the ref itself, not inside a container")
+    def __reduce__(self):  # inside a task's arguments only: see runtime.nested_refs
+        return nested_refs.reduce_ref(self)
 
 
 _ID = operator.attrgetter("id")
@@ -226,6 +225,8 @@ def _wait_flags(core, ids: list, num_ready: int, timeout: float | None, fetch: b
 
 
 def get(refs, timeout: float | None = None):
+    if type(refs) is nested_refs.ResolvedRef:   # in a task: a ref passed inside an arg
+        return refs.value()
     core = _get_core()
     if type(refs) is ObjectRef:      # the sync path: one ref, no lists
         if _blocking_hooks is None:
@@ -244,12 +245,16 @@ def get(refs, timeout: float | None = None):
     for ref in items:
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"get() expects ObjectRefs, got {type(ref).__name__}")
-    ids = [ref.id for ref in items]
-    flags = _wait_flags(core, ids, len(ids), timeout, fetch=True)
+    ids = [ref.id for ref in items if type(ref) is not nested_refs.ResolvedRef] \
+        if nested_refs.made_any else [ref.id for ref in items]
+    flags = _wait_flags(core, ids, len(ids), timeout, fetch=True) if ids else []
     if not all(flags):
         raise GetTimeoutError(timeout, flags.count(False))
     values = []
     for ref in items:
+        if type(ref) is nested_refs.ResolvedRef:
+            values.append(ref.value())
+            continue
         entry = core.entry(ref.id)
         if entry is None:
             raise ObjectLostError(ref.hex(), "freed")
@@ -262,12 +267,19 @@ def get(refs, timeout: float | None = None):
 def wait(refs, num_returns: int = 1, timeout: float | None = None):
     """-> (ready, not_ready): the first num_returns refs that finished (value or error),
     in the order given, and the rest."""
-    core = _get_core()
     refs = list(refs)
     if num_returns > len(refs):
         raise ValueError("num_returns is larger than the number of refs")
-    ids = list(map(_ID, refs))
-    flags = _wait_flags(core, ids, num_returns, timeout, fetch=False)
+    if nested_refs.made_any:   # refs that came inside this task's arguments are ready
+        owned = [ref for ref in refs if type(ref) is not nested_refs.ResolvedRef]
+        flags = iter(_wait_flags(_get_core(), list(map(_ID, owned)),
+                                 max(0, num_returns - (len(refs) - len(owned))), timeout,
+                                 fetch=False) if owned else ())
+        flags = [True if type(ref) is nested_refs.ResolvedRef else next(flags)
+                 for ref in refs]
+    else:
+        flags = _wait_flags(_get_core(), list(map(_ID, refs)), num_returns, timeout,
+                            fetch=False)
     if num_returns == len(refs) and all(flags):
         return refs, []
     ready, rest = [], []
@@ -329,13 +341,24 @@ def _fn_blob(target) -> tuple[bytes, bytes]:
 
 def _convert(value):
     if isinstance(value, ObjectRef):
+        if type(value) is nested_refs.ResolvedRef:  # its value is here: pass that
+            return ("v", value.serialized)
         return ("ref", value)
     return ("v", serialize(value))
 
 
 def _args(core, args, kwargs):
-    return [_convert(a) for a in args] if args else [], \
-        {k: _convert(v) for k, v in kwargs.items()} if kwargs else {}
+    """Arguments as ("v", Serialized) / ("ref", ObjectRef); refs found inside arguments
+    are added as hidden keyword refs (runtime.nested_refs)."""
+    nested = nested_refs.start_collecting()
+    try:
+        conv_args = [_convert(a) for a in args] if args else []
+        conv_kwargs = {k: _convert(v) for k, v in kwargs.items()} if kwargs else {}
+    finally:
+        nested_refs.stop_collecting()
+    for index, ref in enumerate(nested):
+        conv_kwargs[f"{nested_refs.NESTED_PREFIX}{index}"] = ("ref", ref)
+    return conv_args, conv_kwargs
 
 
 def submit_task(core, kind, name, blob, fn_id, args, kwargs, shape, retries=0,
@@ -388,6 +411,8 @@ def make_shape(options: dict, default_cpus: float) -> dict:
     return scheduling.make_shape(options.get("num_cpus"), options.get("num_gpus"),
                                  options.get("resources"), default_cpus)
 
+
+from runtime import nested_refs  # noqa: E402 - it subclasses ObjectRef, defined above
 
 __all__ = ["init", "shutdown", "put", "get", "wait", "nodes", "cluster_resources",
            "available_resources", "request_resources", "ObjectRef"]

@@ -260,6 +260,7 @@ class DriverCore:
                     io.place(command)
                 else:
                     command()
+            command = None  # the last record placed holds its argument refs: let go
             io.free_unreferenced()
             io.flush()
             now = time.monotonic()

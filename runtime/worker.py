@@ -14,7 +14,7 @@ import traceback
 
 import zmq
 
-from runtime import api, protocol, sync_channel
+from runtime import api, nested_refs, protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
@@ -213,10 +213,20 @@ class Worker:
                                 "hostname": socket.gethostname()})
         return ok, result
 
+    @staticmethod
+    def _arguments(task: dict, frames: list) -> tuple[list, dict]:
+        return ([unpack_value(a, frames).value() for a in task["args"]],
+                {k: unpack_value(v, frames).value() for k, v in task["kwargs"].items()})
+
     def _execute(self, task: dict, frames: list):
         try:
-            args = [unpack_value(a, frames).value() for a in task["args"]]
-            kwargs = {k: unpack_value(v, frames).value() for k, v in task["kwargs"].items()}
+            nested = nested_refs.take_nested(task["kwargs"])
+            if nested:   # refs inside the arguments: see runtime.nested_refs
+                with nested_refs.resolving({index: unpack_value(packed, frames)
+                                            for index, packed in nested.items()}):
+                    args, kwargs = self._arguments(task, frames)
+            else:
+                args, kwargs = self._arguments(task, frames)
             kind = task["kind"]
             if kind == "actor_call":
                 if self.actor is None:
