@@ -34,9 +34,10 @@ also documents the autoscaler-monitor hook). Tools read the load with runtime.st
 
 ObjectRefs passed as task arguments (positional or keyword) are replaced by their
 values; refs inside arguments (a list of refs...) reach the task as refs whose values
-are already there (runtime.nested_refs).
+are already there, and refs inside a put() value or a task's result carry a copy of
+their values (runtime.nested_refs).
 
-Limits: refs cannot be put() or returned by a task (TypeError). Results of actor calls
+Limits: Results of actor calls
 made directly (driver on the actor's host) come back inline whatever their size. An
 object on a node that died is lost (ObjectLostError), not reconstructed.
 """

@@ -53,7 +53,7 @@ class ObjectRef:
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other.id == self.id
 
-    def __reduce__(self):  # inside a task's arguments only: see runtime.nested_refs
+    def __reduce__(self):  # see runtime.nested_refs
         return nested_refs.reduce_ref(self)
 
 
@@ -262,6 +262,21 @@ def get(refs, timeout: float | None = None):
             raise entry.error
         values.append(entry.value.value())
     return values[0] if single else values
+
+
+def serialized_value(ref: ObjectRef) -> Serialized:
+    """A ref's value, still pickled, once it is ready (fetched here if it is stored on a
+    node); raises the error of a failed ref."""
+    if type(ref) is nested_refs.ResolvedRef:
+        return ref.serialized
+    core = _get_core()
+    _wait_flags(core, [ref.id], 1, None, fetch=True)
+    entry = core.entry(ref.id)
+    if entry is None:
+        raise ObjectLostError(ref.hex(), "freed")
+    if entry.state == FAILED:
+        raise entry.error
+    return entry.value
 
 
 def wait(refs, num_returns: int = 1, timeout: float | None = None):

@@ -17,10 +17,16 @@ task as a ref, as in Ray. How it travels:
 
 So a nested ref is ready before its task starts (Ray fetches it on first get), and one
 whose task failed fails the task that received it, as a top-level ref does.
+
+Anywhere else a ref is pickled (inside a put() value, a task's result, an actor's
+state) it waits for its value and carries it: what arrives is a ResolvedRef. So a task
+can return refs (`return [runtime.put(part) for part in parts]`), at the price of a copy
+of their values and of waiting for them before the result is sent.
 """
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
 
 from runtime.api import ObjectRef
@@ -49,16 +55,24 @@ def stop_collecting() -> None:
 
 
 def reduce_ref(ref):
-    """ObjectRef.__reduce__: a placeholder while collecting, else a clear refusal."""
+    """ObjectRef.__reduce__: a placeholder while a task's arguments are pickled;
+    anywhere else (put(), a task's result, a closure) the ref carries its value, waited
+    for here (a failed ref raises its error)."""
     refs = getattr(_local, "collected", None)
     if refs is None:
-        raise TypeError("an ObjectRef can be pickled only inside a task's arguments "
-                        "(put() and task results cannot hold refs)")
+        from runtime import api
+        return _with_value(ref.id, api.serialized_value(ref))
     index = _local.positions.get(ref.id)
     if index is None:
         index = _local.positions[ref.id] = len(refs)
         refs.append(ref)
     return _placeholder, (index, ref.id)
+
+
+def _with_value(object_id: bytes, value: Serialized) -> tuple:
+    """Reduce to a ResolvedRef holding `value`; its large buffers stay out of band."""
+    return _rebuild, (object_id, value.data,
+                      [pickle.PickleBuffer(buffer) for buffer in value.buffers])
 
 
 def take_nested(kwargs: dict) -> dict:
@@ -90,7 +104,7 @@ def _placeholder(index: int, object_id: bytes):
 
 
 def _rebuild(object_id: bytes, data: bytes, buffers: list):
-    return ResolvedRef(object_id, Serialized(data, buffers))
+    return ResolvedRef(object_id, Serialized(data, [memoryview(b) for b in buffers]))
 
 
 class ResolvedRef(ObjectRef):
@@ -110,5 +124,4 @@ class ResolvedRef(ObjectRef):
         return self.serialized.value()
 
     def __reduce__(self):  # passed on to another task or returned: it carries its value
-        return _rebuild, (self.id, self.serialized.data,
-                          [bytes(memoryview(b)) for b in self.serialized.buffers])
+        return _with_value(self.id, self.serialized)

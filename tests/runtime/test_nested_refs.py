@@ -1,7 +1,7 @@
 """ObjectRefs inside task arguments (lists, dicts) reach the task as refs, whose values
 are already there; they can be waited on, passed on and kept by actors, and the values
-are freed once the task is done and the driver drops them. Refs cannot be put() or
-returned (a clear TypeError)."""
+are freed once the task is done and the driver drops them. Refs inside put() values
+and task results carry their values."""
 from __future__ import annotations
 
 import pytest
@@ -42,8 +42,8 @@ def fails():
 
 
 @runtime.remote(num_cpus=0)
-def returns_a_ref():
-    return [runtime.put(1)]
+def returns_refs(count):
+    return [runtime.put(number * 10) for number in range(count)]
 
 
 @runtime.remote(num_cpus=0)
@@ -78,17 +78,33 @@ def test_a_failed_ref_inside_an_argument_fails_the_task_with_its_error(one_node)
         runtime.get(kinds_and_total.remote([fails.remote()]), timeout=60)
 
 
-def test_refs_cannot_be_put_or_returned(one_node):
-    with pytest.raises(TypeError, match="only inside a task's arguments"):
-        runtime.put([runtime.put(1)])
-    with pytest.raises(runtime.TaskError, match="TypeError"):
-        runtime.get(returns_a_ref.remote(), timeout=60)
+def test_refs_inside_put_values_and_results_carry_their_values(one_node):
+    refs = [runtime.put("a"), slow_value.remote("b")]
+    holder = runtime.put({"parts": refs})        # waits for "b", then copies both
+    parts = runtime.get(holder)["parts"]
+    assert [type(ref).__name__ for ref in parts] == ["ResolvedRef"] * 2
+    assert runtime.get(parts) == ["a", "b"]
+    assert runtime.wait(parts, num_returns=2, timeout=5) == (parts, [])
+    returned = runtime.get(returns_refs.remote(3), timeout=60)
+    assert runtime.get(returned) == [0, 10, 20]
+    assert runtime.get(kinds_and_total.remote(returned), timeout=60)[2] == 30  # passed on
+    with pytest.raises(runtime.TaskError, match="no widgets"):
+        runtime.put([fails.remote()])             # a failed ref: its error, at once
+    with pytest.raises(TypeError):
+        runtime.put(refs[0])                      # as in Ray: put() of a ref itself
 
 
 @runtime.remote(num_cpus=1, resources={"maker": 1})
 def make_array(fill):
     import numpy
     return numpy.full(1_000_000, fill, dtype=numpy.float64)   # 8 MB: stays on its node
+
+
+@runtime.remote(num_cpus=1, resources={"maker": 1})
+def make_parts(count):
+    import numpy
+    return [runtime.put(numpy.full(1_000_000, part, dtype=numpy.float64))
+            for part in range(count)]
 
 
 @runtime.remote(num_cpus=1, resources={"user": 1})
@@ -105,6 +121,9 @@ def test_large_values_inside_arguments_come_from_the_node_that_made_them(local_c
     local_cluster.connect()
     arrays = [make_array.remote(1.0), make_array.remote(2.0)]
     assert runtime.get(sum_arrays.remote(arrays), timeout=90) == (3_000_000.0, "user")
-    del arrays
+    parts = runtime.get(make_parts.remote(3), timeout=90)   # refs made inside a task
+    assert [float(runtime.get(part).sum()) for part in parts] == [0.0, 1e6, 2e6]
+    assert runtime.get(sum_arrays.remote(parts), timeout=90) == (3_000_000.0, "user")
+    del arrays, parts
     from tests.runtime.conftest import wait_until
     wait_until(lambda: runtime.api.object_count() == 0, 10)   # nothing held after
