@@ -53,6 +53,7 @@ class DriverCore:
         self.cv = threading.Condition(self.lock)
         self.objects: dict[bytes, Entry] = {}
         self.unfinished: set[bytes] = set()      # ids of entries still PENDING
+        self.stored_seq = 0    # counts results that arrived as "stored on a node"
         self.refcounts: dict[bytes, int] = {}
         self.ref_lock = threading.Lock()
         self.to_free: list[bytes] = []
@@ -185,31 +186,50 @@ class DriverCore:
         flags = [False] * len(object_ids)
         pending = list(range(len(object_ids)))
         count = 0
+        stored_seen = None
         with self.cv:
             while True:
-                still = []
-                for index in pending:   # entries only move forward: skip the ready ones
-                    oid = object_ids[index]
-                    entry = self.objects.get(oid)
-                    if not fetch:
-                        ready = entry is None or entry.state != 0
-                    else:
-                        ready = entry is None or entry.local_ready
-                        if entry is not None and entry.needs_fetch and oid not in requested:
-                            requested.add(oid)
-                            self._run(lambda oid=oid: self._fetch(oid))
-                    if ready:
-                        flags[index] = True
-                        count += 1
-                    else:
-                        still.append(index)
-                pending = still
+                # When every remaining entry is needed, a pass may stop at the first one
+                # not ready (results come mostly in order, so a wait on n refs costs
+                # O(n), not O(n) per wake-up); it looks at all of them when values
+                # stored on nodes arrived (fetches to ask for) and before returning.
+                full = stored_seen != self.stored_seq or num_ready < len(object_ids)
+                stored_seen = self.stored_seq
+                pending, count = self._scan(object_ids, pending, flags, count, fetch,
+                                            requested, stop_early=not full)
                 if count >= num_ready:
                     return flags
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    if not full:
+                        self._scan(object_ids, pending, flags, count, fetch, requested,
+                                   stop_early=False)
                     return flags
                 self.cv.wait(remaining)
+
+    def _scan(self, object_ids, pending, flags, count, fetch, requested, stop_early):
+        """One pass (cv held) over the pending indexes: flags the ready ones, asks for
+        the fetches they need. -> (indexes still pending, count of ready ones)."""
+        still = []
+        for position, index in enumerate(pending):  # entries only move forward
+            oid = object_ids[index]
+            entry = self.objects.get(oid)
+            if not fetch:
+                ready = entry is None or entry.state != 0
+            else:
+                ready = entry is None or entry.local_ready
+                if entry is not None and entry.needs_fetch and oid not in requested:
+                    requested.add(oid)
+                    self._run(lambda oid=oid: self._fetch(oid))
+            if ready:
+                flags[index] = True
+                count += 1
+            elif stop_early:
+                still.extend(pending[position:])
+                break
+            else:
+                still.append(index)
+        return still, count
 
     def entry(self, object_id: bytes) -> Entry | None:
         with self.lock:

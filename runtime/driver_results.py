@@ -131,6 +131,8 @@ class ResultsMixin:
                 return
             entry.value, entry.node_id, entry.state = value, node_id, READY
             core.unfinished.discard(object_id)
+            if value is None:      # stored on its node: waiters look for fetches to ask
+                core.stored_seq += 1
             core.cv.notify_all()
         self._wake_dependents(object_id)
 

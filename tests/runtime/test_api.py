@@ -59,6 +59,10 @@ def test_get_timeout(one_node):
         runtime.get(slow.remote(), timeout=0.2)
     ready, rest = runtime.wait([slow.remote()], timeout=0.1)
     assert ready == [] and len(rest) == 1
+    # the not-ready one first: the count still sees the ready ones after it
+    with pytest.raises(runtime.GetTimeoutError) as caught:
+        runtime.get([slow.remote(), runtime.put(1), runtime.put(2)], timeout=0.2)
+    assert caught.value.pending == 1
 
 
 def test_user_exception_carries_remote_traceback(one_node):
