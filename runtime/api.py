@@ -393,20 +393,21 @@ def register_actor(core, record: ActorRecord) -> None:
 
 
 def actor_node_for_handoff(actor_id: bytes, created_here: bool,
-                           wait_s: float = 10.0) -> str | None:
-    """The node this process knows an actor to run on. An actor created here (its record
-    reaches the IO thread a moment after .remote() returns) is waited for up to wait_s
-    until it is placed. None when unknown."""
+                           wait_s: float = 10.0) -> tuple[str | None, int]:
+    """(node, epoch): the node this process knows an actor to run on, and its restarts
+    so far. An actor created here (its record reaches the IO thread a moment after
+    .remote() returns) is waited for up to wait_s until it is placed. (None, 0) when
+    unknown."""
     core = _core
     if core is None:
-        return None
+        return None, 0
     deadline = time.monotonic() + wait_s
     while True:
         record = core.actors.get(actor_id)
         if record is not None and (record.node_id or record.state in ("dead", "killed")):
-            return record.node_id
+            return record.node_id, record.epoch
         if (record is None and not created_here) or time.monotonic() > deadline:
-            return None
+            return None, 0
         time.sleep(0.005)
 
 

@@ -51,6 +51,10 @@ class ControlService(DrainMixin):
         self.drivers: dict[str, dict] = {}
         self.dead_drivers: list[str] = []
         self.actors: dict[str, dict] = {}        # name -> actor handle info
+        # actor id -> {"node_id", "epoch", "owner", "detached"}: where each live actor
+        # runs, published by its owner once it is up (epoch: restarts so far), so
+        # processes holding a passed-on handle follow a restart
+        self.actor_nodes: dict[bytes, dict] = {}
         self.kv: dict[str, bytes] = {}
         self.node_types: dict[str, dict] = dict(node_types or {})
         self.request_bundles: list[dict] = []
@@ -119,6 +123,9 @@ class ControlService(DrainMixin):
         for name, info in list(self.actors.items()):
             if info.get("owner") == driver_id and not info.get("detached"):
                 del self.actors[name]
+        for actor_id, info in list(self.actor_nodes.items()):
+            if info.get("owner") == driver_id and not info.get("detached"):
+                del self.actor_nodes[actor_id]
         for node in self.nodes.values():
             if node["alive"]:
                 self._send(node["identity"], b"driver_dead", driver_id)
@@ -207,7 +214,15 @@ class ControlService(DrainMixin):
     def rpc_remove_actor(self, identity, name, actor_id):
         if name in self.actors and self.actors[name]["actor_id"] == actor_id:
             del self.actors[name]
+        self.actor_nodes.pop(actor_id, None)
         return True
+
+    def rpc_actor_up(self, identity, actor_id, info):
+        self.actor_nodes[actor_id] = info
+        return True
+
+    def rpc_actor_location(self, identity, actor_id):
+        return self.actor_nodes.get(actor_id)
 
     def rpc_kv_put(self, identity, key, value):
         self.kv[key] = value

@@ -281,6 +281,7 @@ class DriverCore:
                 else:
                     command()
             command = None  # the last record placed holds its argument refs: let go
+            io.run_due()
             io.free_unreferenced()
             io.flush()
             now = time.monotonic()

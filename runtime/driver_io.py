@@ -4,7 +4,8 @@ DriverCore's IO thread; touches shared object entries under core.cv.
 
 By responsibility: this module (node table, heartbeats), runtime.driver_place
 (placement and sending), runtime.driver_results (results, failures, retries, actor
-restarts), runtime.driver_objects (uploads, fetches, frees)."""
+restarts), runtime.driver_objects (uploads, fetches, frees), runtime.driver_relocate
+(where actors run, for passed-on handles; IO-thread timers)."""
 from __future__ import annotations
 
 import collections
@@ -15,12 +16,13 @@ import zmq
 from runtime import protocol
 from runtime.driver_objects import ObjectsMixin
 from runtime.driver_place import PlacementMixin
+from runtime.driver_relocate import RelocateMixin
 from runtime.driver_results import ResultsMixin
 from runtime.driver_state import FAILED, READY
 from runtime.errors import ActorDiedError, NodeDiedError, ObjectLostError
 
 
-class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin):
+class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
     def __init__(self, core):
         self.core = core
         self.waiting: dict[tuple, collections.deque] = {}     # shape key -> records

@@ -68,7 +68,7 @@ class PlacementMixin:
                     "name": actor.name, "info": {
                         "actor_id": actor.actor_id, "node_id": node_id,
                         "owner": core.driver_id, "detached": record.detached,
-                        "class_name": actor.class_name}}))
+                        "class_name": actor.class_name, "epoch": actor.epoch}}))
             calls, actor.waiting_calls = actor.waiting_calls, []
             for call in calls:
                 self.place(call)

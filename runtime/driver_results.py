@@ -77,6 +77,7 @@ class ResultsMixin:
                 if actor is not None and actor.create is record:
                     actor.state = "alive"
                     self._connect_direct(actor, value)
+                    self.publish_actor_up(actor, record.detached)
             else:
                 self._complete(task_id, value=value)
         elif status == "stored":
@@ -90,6 +91,8 @@ class ResultsMixin:
                     self._actor_failed(actor, item[3])
             else:
                 self._fail(record, ActorDiedError(record.actor_id.hex(), item[3]))
+                if actor is not None and not actor.owned and actor.state == "alive":
+                    self.relocate(actor, item[3])     # its owner may restart it
         elif status == "lost":
             self._fail(record, ObjectLostError(item[2].hex(), f"on node {item[3]}"))
         elif status == "returned":
@@ -177,9 +180,13 @@ class ResultsMixin:
 
     def _actor_failed(self, actor, cause: str) -> None:
         core = self.core
+        if not actor.owned and actor.state != "killed":
+            self.relocate(actor, cause)     # a borrowed handle: follow its owner's restart
+            return
         self._close_direct(actor)
         if actor.state != "killed" and actor.restarts_left > 0 and actor.create is not None:
             actor.restarts_left -= 1
+            actor.epoch += 1
             old = actor.create
             new = TaskRecord(core.new_id(), "actor_create", old.name, old.fn, old.fn_id,
                              old.args, old.kwargs, old.shape, actor_id=old.actor_id,
@@ -197,10 +204,8 @@ class ResultsMixin:
         calls, actor.waiting_calls = actor.waiting_calls, []
         for call in calls:
             self._fail(call, error)
-        if actor.name and actor.owned:
-            request_id = self._rpc_id()
-            protocol.send(self.core.control, b"rpc", (request_id, "remove_actor", {
-                "name": actor.name, "actor_id": actor.actor_id}))
+        if actor.owned:
+            self.publish_actor_gone(actor)
 
     def kill_actor(self, actor_id: bytes) -> None:
         actor = self.core.actors.get(actor_id)

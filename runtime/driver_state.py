@@ -71,7 +71,7 @@ class TaskRecord:
 class ActorRecord:
     __slots__ = ("actor_id", "name", "create", "node_id", "state", "restarts_left",
                  "waiting_calls", "owned", "error", "class_name", "direct",
-                 "via_agent", "sync", "direct_inflight", "sync_task", "held")
+                 "via_agent", "sync", "direct_inflight", "sync_task", "held", "epoch")
 
     def __init__(self, actor_id: bytes, create: TaskRecord | None, restarts_left: int,
                  name: str | None, owned: bool, class_name: str):
@@ -91,6 +91,7 @@ class ActorRecord:
         self.direct_inflight = 0    # calls in flight straight to its worker
         self.sync_task = None       # the call in flight on the sync channel
         self.held: list = []        # later calls, sent once that one is answered
+        self.epoch = 0              # restarts so far (a borrowed record: as last seen)
 
 
 def user_error(function_name: str, value: Serialized) -> BaseException:

@@ -106,24 +106,27 @@ class ActorClass:
 
 class ActorHandle:
     """Calls an actor. A handle passed to a task or actor (pickled) carries the node the
-    actor runs on, so the receiving process can call it too (it does not learn of a
-    later restart elsewhere; a named actor can be looked up again with get_actor)."""
+    actor runs on and its restarts so far (epoch), so the receiving process can call it
+    too; when that node or worker dies, the receiver asks the control service where the
+    owner restarted it (runtime.driver_relocate)."""
 
     def __init__(self, actor_id: bytes, class_name: str, name: str | None = None,
-                 node_id: str | None = None):
+                 node_id: str | None = None, epoch: int = 0):
         self._actor_id = actor_id
         self._class_name = class_name
         self._name = name
         self._node_id = node_id
+        self._epoch = epoch
 
     def __reduce__(self):
-        node_id = api.actor_node_for_handoff(self._actor_id, self._node_id is None) \
-            or self._node_id
+        node_id, epoch = api.actor_node_for_handoff(self._actor_id, self._node_id is None)
+        if node_id is None:
+            node_id, epoch = self._node_id, self._epoch
         if node_id is None:
             raise TypeError(f"actor {self._class_name} has not been placed on a node yet "
                             f"(it waits for resources), so its handle cannot be passed on; "
                             f"pass it once the actor has started")
-        return (ActorHandle, (self._actor_id, self._class_name, self._name, node_id))
+        return (ActorHandle, (self._actor_id, self._class_name, self._name, node_id, epoch))
 
     def __getattr__(self, method: str) -> "ActorMethod":
         if method.startswith("__"):
@@ -146,6 +149,7 @@ class ActorMethod:
             borrowed = ActorRecord(handle._actor_id, None, 0, handle._name, False,
                                    handle._class_name)
             borrowed.node_id, borrowed.state = handle._node_id, "alive"
+            borrowed.epoch = handle._epoch
             api.register_actor(core, borrowed)
         return api.submit_task(core, "actor_call", f"{handle._class_name}.{self._method}",
                                None, None, args, kwargs, {}, 0, handle._actor_id,
@@ -165,5 +169,6 @@ def get_actor(name: str) -> ActorHandle:
     actor_id = info["actor_id"]
     record = ActorRecord(actor_id, None, 0, name, False, info.get("class_name", "Actor"))
     record.node_id, record.state = info["node_id"], "alive"
+    record.epoch = info.get("epoch", 0)
     api.register_actor(core, record)
     return ActorHandle(actor_id, record.class_name, name)
