@@ -27,6 +27,7 @@ import posixpath
 import shlex
 import shutil
 import stat
+import uuid
 from typing import Callable, ContextManager, Iterable
 
 from launcher.errors import UsageError
@@ -160,6 +161,13 @@ def copy_tree_local(src: str, dst: str, exclude: list[str] | None = None) -> int
     return _apply_locally(plan)
 
 
+def partial_name(target: str) -> str:
+    """Where a file is written before it is renamed over `target`: unique per copy, so
+    two copies to one path at once (nodes of the `process` provider share this
+    machine's disk) never rename each other's half-written file."""
+    return f"{target}.corral-partial-{uuid.uuid4().hex[:12]}"
+
+
 def _apply_locally(plan: SyncPlan, fetch: Callable[[SyncEntry, str], None] | None = None
                    ) -> int:
     """Bring local plan.root up to date; `fetch(entry, path)` writes one file (default: a
@@ -172,13 +180,18 @@ def _apply_locally(plan: SyncPlan, fetch: Callable[[SyncEntry, str], None] | Non
     for entry in to_copy:
         target = os.path.join(plan.root, entry.rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        partial = f"{target}.corral-partial"
-        if fetch is None:
-            shutil.copyfile(entry.source, partial)
-        else:
-            fetch(entry, partial)
-        os.chmod(partial, entry.mode)
-        os.replace(partial, target)
+        partial = partial_name(target)
+        try:
+            if fetch is None:
+                shutil.copyfile(entry.source, partial)
+            else:
+                fetch(entry, partial)
+            os.chmod(partial, entry.mode)
+            os.replace(partial, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
     for entry in to_chmod:
         os.chmod(os.path.join(plan.root, entry.rel), entry.mode)
     return len(to_copy)
@@ -279,10 +292,15 @@ def sftp_put(open_sftp: OpenSFTP, run_script: RunScript, src: str, dst: str,
     with open_sftp() as sftp:
         for entry in to_copy:
             target = posixpath.join(plan.root, entry.rel)
-            partial = target + ".corral-partial"
-            sftp.put(entry.source, partial, confirm=False)
-            sftp.chmod(partial, entry.mode)
-            sftp.posix_rename(partial, target)
+            partial = partial_name(target)
+            try:
+                sftp.put(entry.source, partial, confirm=False)
+                sftp.chmod(partial, entry.mode)
+                sftp.posix_rename(partial, target)
+            except OSError:   # e.g. the host's disk is full: leave no partial file
+                with contextlib.suppress(OSError):
+                    sftp.remove(partial)
+                raise
         for entry in to_chmod:
             sftp.chmod(posixpath.join(plan.root, entry.rel), entry.mode)
     return len(to_copy)

@@ -54,7 +54,7 @@ def test_copy_tree_skips_unchanged_and_honours_excludes(tmp_path):
     (dst / "extra.txt").write_text("mine")   # nothing at the destination is deleted
     assert copy_tree_local(str(src), str(dst), exclude) == 0
     assert (dst / "extra.txt").read_text() == "mine"
-    assert not list(dst.rglob("*.corral-partial"))
+    assert not list(dst.rglob("*.corral-partial*"))
 
 
 def test_modes_are_preserved_also_when_only_the_mode_changes(tmp_path):
@@ -131,3 +131,40 @@ def test_symlinks_are_followed_without_looping(tmp_path):
     assert copy_tree_local(str(src), str(dst), []) == 2
     assert listing(dst) == {"alias.txt": "d", "real/data.txt": "d"}
     assert not (dst / "alias.txt").is_symlink()
+
+
+def test_two_copies_into_one_place_at_once_both_succeed(tmp_path):
+    # the `process` provider's nodes share this disk: `rsync-up --all-nodes` copies the
+    # same files to the same paths at the same time
+    import threading
+    src = make_tree(tmp_path / "src", {f"f{i}.txt": "x" * 4096 * i for i in range(30)})
+    for attempt in range(20):
+        dst = tmp_path / f"dst{attempt}"
+        errors = []
+
+        def copy():
+            try:
+                copy_tree_local(str(src), str(dst))
+            except OSError as error:
+                errors.append(error)
+        threads = [threading.Thread(target=copy) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert listing(dst) == listing(src)
+
+
+def test_a_failed_copy_leaves_no_partial_file(tmp_path):
+    from launcher.file_sync import _apply_locally
+
+    def fetch(entry, path):
+        with open(path, "w") as handle:
+            handle.write("half")
+        raise OSError(28, "No space left on device")
+    src = make_tree(tmp_path / "src", {"big.bin": "data"})
+    plan = plan_local_source(str(src), str(tmp_path / "dst"))
+    with pytest.raises(OSError, match="No space"):
+        _apply_locally(plan, fetch)
+    assert list((tmp_path / "dst").iterdir()) == []
