@@ -241,6 +241,9 @@ def get(refs, timeout: float | None = None):
             raise entry.error
         return entry.value.value()
     single = isinstance(refs, ObjectRef)
+    if not single and not isinstance(refs, (list, tuple)):
+        raise TypeError(f"get() expects an ObjectRef or a list of them, got "
+                        f"{type(refs).__name__}")
     items = [refs] if single else list(refs)
     for ref in items:
         if not isinstance(ref, ObjectRef):
@@ -283,6 +286,8 @@ def wait(refs, num_returns: int = 1, timeout: float | None = None):
     """-> (ready, not_ready): the first num_returns refs that finished (value or error),
     in the order given, and the rest."""
     refs = list(refs)
+    if not refs:
+        return [], []
     if num_returns > len(refs):
         raise ValueError("num_returns is larger than the number of refs")
     if nested_refs.made_any:   # refs that came inside this task's arguments are ready
