@@ -9,17 +9,25 @@ restarts), runtime.driver_objects (uploads, fetches, frees), runtime.driver_relo
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import time
 
 import zmq
 
-from runtime import protocol
+from runtime import protocol, scheduling
 from runtime.driver_objects import ObjectsMixin
 from runtime.driver_place import PlacementMixin
 from runtime.driver_relocate import RelocateMixin
 from runtime.driver_results import ResultsMixin
 from runtime.driver_state import FAILED, READY
 from runtime.errors import ActorDiedError, NodeDiedError, ObjectLostError
+
+
+log = logging.getLogger("corral.driver")
+
+# Work waiting this long for resources that no live node has is logged (once per shape).
+UNFIT_WARNING_S = 10.0
 
 
 class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
@@ -31,6 +39,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
         self.fetches: dict[int, bytes] = {}
         self.frees: dict[str, list] = collections.defaultdict(list)
         self.rpc_stats: dict[int, object] = {}
+        self.waiting_since: dict[tuple, float] = {}   # shape key -> first seen waiting
+        self.warned_unfit: set = set()
 
     # ------------------------------------------------------------ nodes
     def learn_nodes(self, table) -> None:
@@ -102,9 +112,32 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
         for key, queue in self.waiting.items():
             if queue:
                 demand[key] += len(queue)
+        self._warn_unfit(demand)
         request_id = self._rpc_id()
         protocol.send(self.core.control, b"rpc", (request_id, "driver_heartbeat", {
             "driver_id": self.core.driver_id, "pending_demand": dict(demand)}))
+
+    def _warn_unfit(self, demand: collections.Counter) -> None:
+        """Once per shape: work that has waited UNFIT_WARNING_S for resources no live
+        node has in total is logged, so a program does not just hang in silence."""
+        now = time.monotonic()
+        for key in list(self.waiting_since):
+            if key not in demand:
+                del self.waiting_since[key]
+        totals = [node["resources_total"] for node in self.core.nodes.values()
+                  if node["alive"]]
+        for key, count in demand.items():
+            since = self.waiting_since.setdefault(key, now)
+            shape = dict(key)
+            if key in self.warned_unfit or now - since < UNFIT_WARNING_S or \
+                    any(scheduling.fits(shape, total) for total in totals):
+                continue
+            self.warned_unfit.add(key)
+            largest = max(totals, key=lambda total: total.get("CPU", 0.0), default={})
+            log.warning("%d task(s) or actor(s) need %s, more than any node of the cluster "
+                        "has (largest: %s); they wait until a node that fits joins (the "
+                        "autoscaler launches one if a node type fits)", count, shape,
+                        largest)
 
     def _rpc_id(self) -> int:
         return next(self.core.rpc_ids)

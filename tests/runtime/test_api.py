@@ -165,3 +165,32 @@ def test_node_types_from_cluster_yaml(tmp_path):
     assert node_types_from_config(str(config)) == {"head": {"CPU": 1.0},
                                                    "gpu": {"CPU": 4.0, "GPU": 1.0}}
     assert node_types_from_config(str(tmp_path / "missing.yaml")) == {}
+
+
+def test_work_no_node_can_fit_is_logged_once_and_keeps_waiting(one_node, caplog,
+                                                              monkeypatch):
+    import logging
+    import time
+    from runtime import driver_io
+    monkeypatch.setattr(driver_io, "UNFIT_WARNING_S", 0.3)
+
+    @runtime.remote(num_cpus=64)
+    def huge():
+        return 1
+    refs = [huge.remote() for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="corral.driver"):
+        from tests.runtime.conftest import wait_until
+        wait_until(lambda: any("need {'CPU': 64.0}" in r.getMessage()
+                               for r in caplog.records), timeout_s=10)
+        time.sleep(1.5)    # a few more heartbeats: still one warning
+    warnings = [r.getMessage() for r in caplog.records if "CPU': 64.0" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("2 task(s)")
+    ready, _ = runtime.wait(refs, timeout=0)
+    assert ready == []     # waiting, not failed
+
+
+def test_get_and_wait_edges_as_in_ray(one_node):
+    assert runtime.get([]) == []
+    assert runtime.wait([]) == ([], [])
+    with pytest.raises(TypeError, match="ObjectRef or a list of them, got int"):
+        runtime.get(5)
