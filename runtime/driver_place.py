@@ -63,6 +63,8 @@ class PlacementMixin:
         if record.kind == "actor_create":
             actor = core.actors[record.actor_id]
             actor.node_id, actor.state = node_id, "creating"
+            if actor.owned:
+                self.publish_actor_creating(actor, record.detached)
             if actor.name and actor.owned:
                 protocol.send(core.control, b"rpc", (self._rpc_id(), "register_actor", {
                     "name": actor.name, "info": {

@@ -2,15 +2,17 @@
 publishes where each of its actors runs once it is up, and a process that holds a
 passed-on ("borrowed") handle follows the actor when its node or worker dies.
 
-Owner: `publish_actor_up` after each creation or restart (node and epoch, the restarts
-so far), `publish_actor_gone` when it is dead for good. The control service keeps the
-table (rpc actor_up / actor_location / remove_actor) and drops a driver's entries when
-the driver exits.
+Owner: it publishes each actor's state with its node and epoch (the restarts so far):
+"creating" when it is placed, "up" once it runs, "restarting" when a restart begins,
+and removes it (`publish_actor_gone`) when it is dead for good. The control service
+keeps the table (rpc actor_up / actor_location / remove_actor) and drops a driver's
+entries when the driver exits.
 
 Borrower: `relocate(actor, cause)` parks the actor (its calls wait, as during an
-owner's restart) and asks the control where it runs, every RELOCATE_POLL_S, until an
-entry with a newer epoch on a live node appears (the calls go there), the entry is gone
-(ActorDiedError: no restart left, or its owner exited), or RELOCATE_WAIT_S passes.
+owner's restart) and asks the control where it runs, every RELOCATE_POLL_S, until the
+entry says "up" on a live node at the epoch it knew or a newer one (the calls go
+there), the entry is gone (ActorDiedError: no restart left, or its owner exited), or
+RELOCATE_WAIT_S passes.
 Calls already in flight when it died fail, as they do for the owner.
 """
 from __future__ import annotations
@@ -51,9 +53,18 @@ class RelocateMixin:
 
     # -- owner ------------------------------------------------------------------------
     def publish_actor_up(self, actor, detached: bool) -> None:
+        self._publish(actor, "up", detached)
+
+    def publish_actor_creating(self, actor, detached: bool) -> None:
+        self._publish(actor, "creating", detached)
+
+    def publish_actor_restarting(self, actor, detached: bool) -> None:
+        self._publish(actor, "restarting", detached)
+
+    def _publish(self, actor, state: str, detached: bool) -> None:
         protocol.send(self.core.control, b"rpc", (self._rpc_id(), "actor_up", {
             "actor_id": actor.actor_id,
-            "info": {"node_id": actor.node_id, "epoch": actor.epoch,
+            "info": {"state": state, "node_id": actor.node_id, "epoch": actor.epoch,
                      "owner": self.core.driver_id, "detached": detached}}))
 
     def publish_actor_gone(self, actor) -> None:
@@ -64,15 +75,20 @@ class RelocateMixin:
     def relocate(self, actor, cause: str) -> None:
         self._close_direct(actor)
         actor.node_id, actor.state = None, "pending"
-        self._ask_location(actor, cause, time.monotonic() + RELOCATE_WAIT_S)
+        deadline = time.monotonic() + RELOCATE_WAIT_S
+        # the owner learns of the death about when we do: give its "restarting" a moment
+        self.later(RELOCATE_POLL_S, lambda: self._ask_location(actor, cause, deadline))
 
     def _ask_location(self, actor, cause: str, deadline: float) -> None:
         def answer(ok, info):
             if actor.state != "pending":      # killed meanwhile
                 return
             node = self.core.nodes.get((info or {}).get("node_id"))
-            if ok and info is not None and info.get("epoch", 0) > actor.epoch and \
-                    node is not None and node["alive"]:
+            # "up" on a live node: restarted (a newer epoch), or never down (the call
+            # that failed reached its node before the actor did)
+            if ok and info is not None and info.get("state") == "up" and \
+                    info.get("epoch", 0) >= actor.epoch and node is not None and \
+                    node["alive"]:
                 actor.node_id, actor.state = info["node_id"], "alive"
                 actor.epoch = info["epoch"]
                 calls, actor.waiting_calls = actor.waiting_calls, []

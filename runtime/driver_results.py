@@ -192,6 +192,7 @@ class ResultsMixin:
                              old.args, old.kwargs, old.shape, actor_id=old.actor_id,
                              detached=old.detached)
             actor.create, actor.node_id, actor.state = new, None, "pending"
+            self.publish_actor_restarting(actor, old.detached)
             self.place(new)
             return
         self._actor_dead(actor, ActorDiedError(actor.actor_id.hex(), cause))

@@ -31,8 +31,14 @@ class Caller:
     def __init__(self, counter):
         self.counter = counter
 
-    def call(self):
-        return runtime.get(self.counter.add.remote(), timeout=60)
+    def call(self, method="add"):
+        return runtime.get(getattr(self.counter, method).remote(), timeout=60)
+
+
+@runtime.remote(num_cpus=0, max_restarts=1)
+class Pid:
+    def pid(self):
+        return os.getpid()
 
 
 def _kill_node(cluster, node_id: str) -> None:
@@ -68,3 +74,22 @@ def test_a_borrowed_handle_fails_at_once_when_no_restart_is_left(local_cluster):
         runtime.get(counter.add.remote(), timeout=30)
     with pytest.raises(runtime.TaskError, match="ActorDiedError"):
         runtime.get(caller.call.remote(), timeout=15)   # not after the 30 s relocation wait
+
+
+def test_a_borrowed_handle_follows_a_restart_after_its_worker_dies(one_node):
+    target = Pid.remote()
+    caller = Caller.remote(target)
+    first = runtime.get(caller.call.remote("pid"), timeout=60)
+    os.kill(first, signal.SIGKILL)
+    # the owner restarts it on the same node; a call in flight at the death may fail,
+    # later ones reach the new worker
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            second = runtime.get(caller.call.remote("pid"), timeout=60)
+            break
+        except runtime.TaskError:
+            assert time.monotonic() < deadline
+    assert second != first
+    assert runtime.get(target.pid.remote(), timeout=60) == second
