@@ -32,7 +32,7 @@ class WorkersMixin:
     def _spawn_worker(self, actor_id: bytes | None) -> WorkerProcess:
         worker_id = uuid.uuid4().hex[:12]
         argv = [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
-                "--worker-id", worker_id]
+                "--worker-id", worker_id, "--parent-pid", str(os.getpid())]
         proc = subprocess.Popen(
             argv + (["--direct"] if actor_id is not None else []), stdin=subprocess.DEVNULL,
             env=dict(os.environ, CORRAL_NODE_ID=self.node_id))

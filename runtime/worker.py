@@ -20,11 +20,16 @@ from runtime.protocol import Packer, serialize, unpack_value
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None) -> None:
+    """SIGKILL this worker when its node agent dies. An agent that died before this
+    ran (while the worker was starting) sends nothing: the worker, reparented by now,
+    exits here instead of waiting forever for an agent that is gone."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)
 
 
 class DriverOutput(io.TextIOBase):
@@ -264,8 +269,10 @@ def main(argv=None) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--direct", action="store_true",
                         help="actor worker: also accept calls from local drivers")
+    parser.add_argument("--parent-pid", type=int,
+                        help="the node agent's pid: exit at once if it is already gone")
     args = parser.parse_args(argv)
-    die_with_parent()
+    die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A task that calls remote functions or actors connects to the cluster on first use.
     api.connect_on_first_use()

@@ -295,3 +295,38 @@ def test_zap_enforcement_missing_in_old_libzmq_warns_once(monkeypatch, caplog):
             sock.close()
     finally:
         ctx.term()
+
+
+_ORPHANING_PARENT = """
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-m", "runtime.worker", "--endpoint",
+                           "ipc://" + sys.argv[1], "--worker-id", "orphan",
+                           "--parent-pid", str(__import__("os").getpid())],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(worker.pid, flush=True)   # and exit at once, before the worker is even running
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_worker_whose_agent_died_while_it_started_exits(tmp_path):
+    # the agent's death signal (PDEATHSIG) reaches only a worker that already asked for it
+    parent = subprocess.run([sys.executable, "-c", _ORPHANING_PARENT,
+                             str(tmp_path / "no-agent.sock")], capture_output=True,
+                            text=True, timeout=60, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    pid = int(parent.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 30
+        while not _gone(pid):
+            assert time.monotonic() < deadline, "the orphaned worker kept running"
+            time.sleep(0.05)
+    finally:
+        if not _gone(pid):
+            os.kill(pid, 9)
