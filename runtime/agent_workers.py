@@ -70,6 +70,11 @@ class WorkersMixin:
             task_id, ok, packed = header
             if worker.actor_id is not None:
                 task = worker.pending.pop(task_id, None)
+                if task is not None and task["kind"] == "actor_create" and not ok:
+                    # its __init__ raised: no actor to serve. The worker goes, and its
+                    # reaping gives the actor's resources back (its driver has the error)
+                    worker.killed_reason = "the actor's __init__ raised an exception"
+                    worker.proc.kill()
             else:
                 task, worker.task, worker.next = worker.task, worker.next, None
                 if task and not worker.blocked:

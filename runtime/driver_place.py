@@ -131,7 +131,9 @@ class PlacementMixin:
             return
         self.handle(actor.sync, b"results", entries, [])
 
-    def _close_direct(self, actor) -> None:
+    def _close_direct(self, actor, error: BaseException | None = None) -> None:
+        """Close the actor's direct channels; calls in flight fail with `error` (by
+        default: its worker died)."""
         self.close_sync(actor)
         actor.direct_inflight, actor.sync_task, actor.held = 0, None, []
         if actor.direct is not None:
@@ -139,7 +141,7 @@ class PlacementMixin:
             actor.direct.close(0)
             actor.direct = None
         actor.via_agent = 0
-        error = ActorDiedError(actor.actor_id.hex(), "the actor's worker died")
+        error = error or ActorDiedError(actor.actor_id.hex(), "the actor's worker died")
         for record in [r for r in self.core.tasks.values()
                        if r.kind == "actor_call" and r.actor_id == actor.actor_id]:
             del self.core.tasks[record.task_id]

@@ -90,7 +90,8 @@ class ResultsMixin:
                 if actor is not None and actor.create is record:
                     self._actor_failed(actor, item[3])
             else:
-                self._fail(record, ActorDiedError(record.actor_id.hex(), item[3]))
+                known = actor.error if actor is not None and actor.state == "dead" else None
+                self._fail(record, known or ActorDiedError(record.actor_id.hex(), item[3]))
                 if actor is not None and not actor.owned and actor.state == "alive":
                     self.relocate(actor, item[3])     # its owner may restart it
         elif status == "lost":
@@ -198,7 +199,7 @@ class ResultsMixin:
         self._actor_dead(actor, ActorDiedError(actor.actor_id.hex(), cause))
 
     def _actor_dead(self, actor, error: BaseException) -> None:
-        self._close_direct(actor)
+        self._close_direct(actor, error)
         if actor.state != "killed":
             actor.state = "dead"
         actor.error = error
