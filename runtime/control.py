@@ -202,9 +202,10 @@ class ControlService(DrainMixin):
 
     # ------------------------------------------------------------------ actors and KV
     def rpc_register_actor(self, identity, name, info):
+        """False when another actor has the name (the caller says so to the user)."""
         existing = self.actors.get(name)
         if existing is not None and existing["actor_id"] != info["actor_id"]:
-            raise ValueError(f"an actor named {name!r} already exists")
+            return False
         self.actors[name] = info
         return True
 

@@ -22,6 +22,16 @@ class RuntimeStartError(RuntimeSystemError):
     """`corral start` (or the embedded runtime) could not bring its processes up."""
 
 
+class ActorNameTakenError(RuntimeSystemError, ValueError):
+    def __init__(self, name: str):
+        super().__init__(f"an actor named {name!r} already exists in this cluster; "
+                         f"use runtime.get_actor({name!r}) to call it, or another name")
+        self.name = name
+
+    def __reduce__(self):
+        return (ActorNameTakenError, (self.name,))
+
+
 class TaskError(RuntimeSystemError):
     """A task failed: user code raised (the remote traceback is kept), or its worker died
     more often than max_retries allows."""

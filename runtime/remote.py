@@ -6,6 +6,7 @@ import inspect
 
 from runtime import api
 from runtime.driver_state import ActorRecord, TaskRecord
+from runtime.errors import ActorNameTakenError
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "name"}
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "name", "lifetime"}
@@ -32,7 +33,23 @@ def _check(options: dict, allowed: set) -> dict:
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for key in ("num_cpus", "num_gpus"):
+        if options.get(key) is not None:
+            _quantity(key, options[key])
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict of name -> amount, got "
+                            f"{type(resources).__name__}")
+        for name, amount in resources.items():
+            _quantity(f"resources[{name!r}]", amount)
     return dict(options)
+
+
+def _quantity(what: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not value >= 0 or value == float("inf"):
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}")
 
 
 class RemoteFunction:
@@ -88,10 +105,10 @@ class ActorClass:
         name = self._options.get("name")
         detached = self._options.get("lifetime") == "detached"
         actor_id = core.new_id()
-        if name:
-            core.call_control("register_actor", name=name, info={
+        if name and not core.call_control("register_actor", name=name, info={
                 "actor_id": actor_id, "node_id": None, "owner": core.driver_id,
-                "detached": detached, "class_name": self.__name__})
+                "detached": detached, "class_name": self.__name__}):
+            raise ActorNameTakenError(name)
         conv_args, conv_kwargs = api._args(core, args, kwargs)
         create = TaskRecord(core.new_id(), "actor_create", f"{self.__name__}.__init__",
                             blob, fn_id, conv_args, conv_kwargs,

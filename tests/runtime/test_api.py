@@ -96,8 +96,9 @@ def test_named_actor(one_node):
     assert runtime.get(handle.increment.remote()) == 101
     with pytest.raises(ValueError):
         runtime.get_actor("nobody")
-    with pytest.raises(runtime.RuntimeSystemError):
+    with pytest.raises(runtime.RuntimeSystemError, match="'shared' already exists") as taken:
         Counter.options(name="shared").remote()
+    assert isinstance(taken.value, ValueError)     # as Ray raises
 
 
 def test_worker_print_reaches_driver_with_prefix(one_node, capfd):
@@ -194,3 +195,39 @@ def test_get_and_wait_edges_as_in_ray(one_node):
     assert runtime.wait([]) == ([], [])
     with pytest.raises(TypeError, match="ObjectRef or a list of them, got int"):
         runtime.get(5)
+
+
+@runtime.remote(num_cpus=1)
+class FailsToStart:
+    def __init__(self):
+        raise ValueError("no config here")
+
+    def ping(self):
+        return "pong"
+
+
+def test_an_actor_whose_init_raises_reports_it_and_frees_its_resources(one_node):
+    actors = [FailsToStart.remote() for _ in range(2)]      # 2 of the node's 2 CPUs
+    for actor in actors:
+        with pytest.raises(runtime.ActorDiedError, match="ValueError: no config here"):
+            runtime.get(actor.ping.remote(), timeout=30)
+    from tests.runtime.conftest import wait_until
+    wait_until(lambda: runtime.available_resources().get("CPU") == 2.0, 10)
+
+    @runtime.remote(num_cpus=2)
+    def needs_both():
+        return "ran"
+    assert runtime.get(needs_both.remote(), timeout=30) == "ran"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_cpus": -1}, "num_cpus must be a number >= 0, got -1"),
+    ({"num_gpus": "1"}, "num_gpus must be a number >= 0, got '1'"),
+    ({"resources": {"ssd": -2}}, "resources\\['ssd'\\] must be a number >= 0"),
+    ({"num_cpus": float("nan")}, "num_cpus must be a number >= 0"),
+])
+def test_bad_resource_amounts_are_refused_where_they_are_written(options, message):
+    with pytest.raises(ValueError, match=message):
+        runtime.remote(**options)(lambda: None)
+    with pytest.raises(ValueError, match=message):
+        runtime.remote(lambda: None).options(**options)
