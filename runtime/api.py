@@ -224,6 +224,24 @@ def _wait_flags(core, ids: list, num_ready: int, timeout: float | None, fetch: b
     return _blocking_wait(attempt, timeout)
 
 
+def _ready_value(ref: ObjectRef, entry) -> Serialized:
+    """The value of a finished ref's entry; raises its error, or ObjectLostError when
+    the entry is gone."""
+    if entry is None:
+        raise ObjectLostError(ref.hex(), "freed")
+    if entry.state == FAILED:
+        raise entry.error
+    return entry.value
+
+
+def _owned(refs: list) -> list:
+    """The refs to wait for: all but those that came with their values (ResolvedRefs,
+    which only a task that received refs inside its arguments holds)."""
+    if not nested_refs.made_any:
+        return refs
+    return [ref for ref in refs if type(ref) is not nested_refs.ResolvedRef]
+
+
 def get(refs, timeout: float | None = None):
     if type(refs) is nested_refs.ResolvedRef:   # in a task: a ref passed inside an arg
         return refs.value()
@@ -235,11 +253,7 @@ def get(refs, timeout: float | None = None):
             ready, entry = _wait_one_blocking(core, refs.id, timeout)
         if not ready:
             raise GetTimeoutError(timeout, 1)
-        if entry is None:
-            raise ObjectLostError(refs.hex(), "freed")
-        if entry.state == FAILED:
-            raise entry.error
-        return entry.value.value()
+        return _ready_value(refs, entry).value()
     single = isinstance(refs, ObjectRef)
     if not single and not isinstance(refs, (list, tuple)):
         raise TypeError(f"get() expects an ObjectRef or a list of them, got "
@@ -248,22 +262,13 @@ def get(refs, timeout: float | None = None):
     for ref in items:
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"get() expects ObjectRefs, got {type(ref).__name__}")
-    ids = [ref.id for ref in items if type(ref) is not nested_refs.ResolvedRef] \
-        if nested_refs.made_any else [ref.id for ref in items]
-    flags = _wait_flags(core, ids, len(ids), timeout, fetch=True) if ids else []
+    owned = _owned(items)
+    flags = _wait_flags(core, [ref.id for ref in owned], len(owned), timeout,
+                        fetch=True) if owned else []
     if not all(flags):
         raise GetTimeoutError(timeout, flags.count(False))
-    values = []
-    for ref in items:
-        if type(ref) is nested_refs.ResolvedRef:
-            values.append(ref.value())
-            continue
-        entry = core.entry(ref.id)
-        if entry is None:
-            raise ObjectLostError(ref.hex(), "freed")
-        if entry.state == FAILED:
-            raise entry.error
-        values.append(entry.value.value())
+    values = [ref.value() if type(ref) is nested_refs.ResolvedRef
+              else _ready_value(ref, core.entry(ref.id)).value() for ref in items]
     return values[0] if single else values
 
 
@@ -274,12 +279,7 @@ def serialized_value(ref: ObjectRef) -> Serialized:
         return ref.serialized
     core = _get_core()
     _wait_flags(core, [ref.id], 1, None, fetch=True)
-    entry = core.entry(ref.id)
-    if entry is None:
-        raise ObjectLostError(ref.hex(), "freed")
-    if entry.state == FAILED:
-        raise entry.error
-    return entry.value
+    return _ready_value(ref, core.entry(ref.id))
 
 
 def wait(refs, num_returns: int = 1, timeout: float | None = None):
@@ -290,16 +290,14 @@ def wait(refs, num_returns: int = 1, timeout: float | None = None):
         return [], []
     if num_returns > len(refs):
         raise ValueError("num_returns is larger than the number of refs")
-    if nested_refs.made_any:   # refs that came inside this task's arguments are ready
-        owned = [ref for ref in refs if type(ref) is not nested_refs.ResolvedRef]
-        flags = iter(_wait_flags(_get_core(), list(map(_ID, owned)),
-                                 max(0, num_returns - (len(refs) - len(owned))), timeout,
-                                 fetch=False) if owned else ())
-        flags = [True if type(ref) is nested_refs.ResolvedRef else next(flags)
+    owned = _owned(refs)
+    flags = _wait_flags(_get_core(), list(map(_ID, owned)),
+                        max(0, num_returns - (len(refs) - len(owned))), timeout,
+                        fetch=False) if owned else []
+    if owned is not refs:   # refs that came inside this task's arguments are ready
+        found = iter(flags)
+        flags = [True if type(ref) is nested_refs.ResolvedRef else next(found)
                  for ref in refs]
-    else:
-        flags = _wait_flags(_get_core(), list(map(_ID, refs)), num_returns, timeout,
-                            fetch=False)
     if num_returns == len(refs) and all(flags):
         return refs, []
     ready, rest = [], []

@@ -9,6 +9,7 @@ restarts), runtime.driver_objects (uploads, fetches, frees), runtime.driver_relo
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import time
@@ -40,6 +41,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
         self.frees: dict[str, list] = collections.defaultdict(list)
         self.rpc_stats: dict[int, object] = {}
         self.waiting_since: dict[tuple, float] = {}   # shape key -> first seen waiting
+        self.timers: list = []         # heap of (due, seq, action): later() / run_due()
+        self.timer_ids = itertools.count()
         self.warned_unfit: set = set()
 
     # ------------------------------------------------------------ nodes

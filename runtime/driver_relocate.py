@@ -1,6 +1,7 @@
-"""Actors across processes, on the driver's IO thread (a mixin of DriverIO): the owner
-publishes where each of its actors runs once it is up, and a process that holds a
-passed-on ("borrowed") handle follows the actor when its node or worker dies.
+"""Actors across processes, on the driver's IO thread (a mixin of DriverIO; its state,
+such as the timers, lives there): the owner publishes where each of its actors runs,
+and a process that holds a passed-on ("borrowed") handle follows the actor when its
+node or worker dies.
 
 Owner: it publishes each actor's state with its node and epoch (the restarts so far):
 "creating" when it is placed, "up" once it runs, "restarting" when a restart begins,
@@ -18,7 +19,6 @@ Calls already in flight when it died fail, as they do for the owner.
 from __future__ import annotations
 
 import heapq
-import itertools
 import time
 from concurrent.futures import Future
 
@@ -40,16 +40,13 @@ class RelocateMixin:
         protocol.send(self.core.control, b"rpc", (request_id, method, kwargs))
 
     def later(self, delay_s: float, action) -> None:
-        if not hasattr(self, "_timers"):
-            self._timers, self._timer_ids = [], itertools.count()
-        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._timer_ids),
-                                      action))
+        heapq.heappush(self.timers, (time.monotonic() + delay_s, next(self.timer_ids),
+                                     action))
 
     def run_due(self) -> None:
-        timers = getattr(self, "_timers", None)
         now = time.monotonic()
-        while timers and timers[0][0] <= now:
-            heapq.heappop(timers)[2]()
+        while self.timers and self.timers[0][0] <= now:
+            heapq.heappop(self.timers)[2]()
 
     # -- owner ------------------------------------------------------------------------
     def publish_actor_up(self, actor, detached: bool) -> None:
