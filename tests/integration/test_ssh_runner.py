@@ -326,7 +326,10 @@ def test_fixture_reset_kills_processes_and_wipes_tmp(test_hosts):
     runner = make_runner(test_hosts, host)
     runner.run("mkdir -p /tmp/corral && echo x > /tmp/corral/f; "
                "setsid sleep 200 >/dev/null 2>&1 < /dev/null &")
-    assert any("sleep 200" in cmd for _, cmd in host.processes())
+    # the shell returns once it has forked the background job, maybe before that job
+    # has become `sleep`
+    wait_for(lambda: any("sleep 200" in cmd for _, cmd in host.processes()), 10,
+             "the background sleep on the host")
     assert host.run("cat /tmp/corral/f").stdout == "x\n"
     other = test_hosts.hosts[0]
     assert other.run("ls /tmp").stdout == ""  # /tmp is per host
