@@ -52,6 +52,13 @@ class Collected:
                 self._lines.feed(data)
         return data
 
+    def note(self, text: str) -> bytes:
+        """Add a line of our own (why the command ended) on a line of its own; returns
+        the bytes added (for the log)."""
+        last = self.chunks[-1] if self.chunks else b"\n"
+        data = (text if last.endswith(b"\n") else "\n" + text).encode() + b"\n"
+        return self.append(data)
+
     def text(self) -> str:
         if self._header:  # a header never completed: it was output after all
             self.chunks.append(self._header)
@@ -78,16 +85,13 @@ def drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
             if channel.eof_received or channel.closed or now - exited_at > EOF_GRACE_S:
                 break  # (a background process may keep the output open: don't wait for it)
         if cancel is not None and cancel.is_set() and exited_at is None:
+            drain(channel, out, err, log)  # keep what already arrived
             channel.close()
-            note = b"\ninterrupted (channel closed)\n"
-            log_write(log, note)
-            err.append(note)
+            log_write(log, err.note("interrupted (channel closed)"))
             return INTERRUPTED_EXIT_CODE
         if deadline is not None and now > deadline:
             channel.close()
-            note = f"\ntimed out after {timeout_s:g} s (channel closed)\n".encode()
-            log_write(log, note)
-            err.append(note)
+            log_write(log, err.note(f"timed out after {timeout_s:g} s (channel closed)"))
             return 124
         # The exit status alone does not wake select (only output, EOF and close do), so
         # poll at 10 Hz for it: a background process may keep the output open.
@@ -103,13 +107,13 @@ def drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
     signal_name = getattr(channel, "exit_signal", None)
     if status == -1 and signal_name:  # like a shell: 128 + the signal's number
         number = getattr(signal, f"SIG{signal_name}", None)
-        err.append(f"\nkilled by signal SIG{signal_name}\n".encode())
+        err.note(f"killed by signal SIG{signal_name}")
         status = 128 + int(number) if number is not None else 255
     elif status == -1:
-        err.append(b"\nremote command ended without an exit status (killed by a signal?)\n")
+        err.note("remote command ended without an exit status (killed by a signal?)")
         status = 255
     if timeout_s and status == 124:
-        err.append(f"\ntimed out after {timeout_s:g} s\n".encode())
+        err.note(f"timed out after {timeout_s:g} s")
     return status
 
 

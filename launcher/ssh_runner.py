@@ -200,10 +200,8 @@ class SSHRunner(CommandRunner):
                 # Like ssh(1): a connection lost mid-command is exit code 255, with why.
                 ssh_pool.POOL.discard(self.spec)
                 exit_code = 255
-                note = (f"\nconnection to {self.host} lost while the command ran: "
-                        f"{_describe(error)}\n")
-                err.append(note.encode())
-                log_write(log, note.encode())
+                log_write(log, err.note(f"connection to {self.host} lost while the "
+                                        f"command ran: {_describe(error)}"))
         if exit_code == INTERRUPTED_EXIT_CODE and cancel is not None and cancel.is_set():
             self._stop_group(err.remote_pid)
         duration_s = time.monotonic() - started

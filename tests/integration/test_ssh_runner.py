@@ -495,12 +495,16 @@ def test_output_streams_and_cancel_stops_the_remote_process_group(test_hosts):
 
     def on_output(stream, line):
         lines.append((stream, line))
-        if line == "started":
-            cancel.set()  # only once the line arrived while the command still runs
-    result = runner.run("echo caf$'\\xe9' >&2; sleep 301 & echo started; wait",
-                        on_output=on_output, cancel=cancel)
+        # Only within one stream is the order kept: cancel once both streams' lines
+        # arrived while the command still runs.
+        if {("stdout", "ready"), ("stderr", "started")} <= set(lines):
+            cancel.set()
+    result = runner.run("echo caf$'\\xe9' >&2; echo ready; sleep 301 & echo started >&2;"
+                        " wait", on_output=on_output, cancel=cancel)
     assert result.exit_code == 130 and "interrupted" in result.stderr
-    assert ("stdout", "started") in lines and ("stderr", "caf\ufffd") in lines
+    assert lines[-1] == ("stderr", "interrupted (channel closed)")
+    assert sorted(lines[:-1]) == [("stderr", "caf\ufffd"), ("stderr", "started"),
+                                  ("stdout", "ready")]  # no blank line before the note
     assert "@@corral-pid" not in result.stderr  # the group header is not output
     wait_for(lambda: not [cmd for _, cmd in host.processes() if "sleep 301" in cmd],
              what="the interrupted command's child to be gone")
