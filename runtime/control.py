@@ -120,12 +120,10 @@ class ControlService(DrainMixin):
         self.drivers.pop(driver_id, None)
         self.dead_drivers.append(driver_id)
         del self.dead_drivers[:-1000]
-        for name, info in list(self.actors.items()):
-            if info.get("owner") == driver_id and not info.get("detached"):
-                del self.actors[name]
-        for actor_id, info in list(self.actor_nodes.items()):
-            if info.get("owner") == driver_id and not info.get("detached"):
-                del self.actor_nodes[actor_id]
+        for table in (self.actors, self.actor_nodes):   # by name; by actor id
+            for key, info in list(table.items()):
+                if info.get("owner") == driver_id and not info.get("detached"):
+                    del table[key]
         for node in self.nodes.values():
             if node["alive"]:
                 self._send(node["identity"], b"driver_dead", driver_id)

@@ -64,7 +64,7 @@ class PlacementMixin:
             actor = core.actors[record.actor_id]
             actor.node_id, actor.state = node_id, "creating"
             if actor.owned:
-                self.publish_actor_creating(actor, record.detached)
+                self.publish_actor(actor, "creating")
             if actor.name and actor.owned:
                 protocol.send(core.control, b"rpc", (self._rpc_id(), "register_actor", {
                     "name": actor.name, "info": {

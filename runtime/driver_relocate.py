@@ -49,20 +49,12 @@ class RelocateMixin:
             heapq.heappop(self.timers)[2]()
 
     # -- owner ------------------------------------------------------------------------
-    def publish_actor_up(self, actor, detached: bool) -> None:
-        self._publish(actor, "up", detached)
-
-    def publish_actor_creating(self, actor, detached: bool) -> None:
-        self._publish(actor, "creating", detached)
-
-    def publish_actor_restarting(self, actor, detached: bool) -> None:
-        self._publish(actor, "restarting", detached)
-
-    def _publish(self, actor, state: str, detached: bool) -> None:
+    def publish_actor(self, actor, state: str) -> None:
+        """state: "creating", "up" or "restarting" (an actor this process owns)."""
         protocol.send(self.core.control, b"rpc", (self._rpc_id(), "actor_up", {
             "actor_id": actor.actor_id,
             "info": {"state": state, "node_id": actor.node_id, "epoch": actor.epoch,
-                     "owner": self.core.driver_id, "detached": detached}}))
+                     "owner": self.core.driver_id, "detached": actor.create.detached}}))
 
     def publish_actor_gone(self, actor) -> None:
         protocol.send(self.core.control, b"rpc", (self._rpc_id(), "remove_actor", {

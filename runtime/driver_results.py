@@ -77,7 +77,7 @@ class ResultsMixin:
                 if actor is not None and actor.create is record:
                     actor.state = "alive"
                     self._connect_direct(actor, value)
-                    self.publish_actor_up(actor, record.detached)
+                    self.publish_actor(actor, "up")
             else:
                 self._complete(task_id, value=value)
         elif status == "stored":
@@ -193,7 +193,7 @@ class ResultsMixin:
                              old.args, old.kwargs, old.shape, actor_id=old.actor_id,
                              detached=old.detached)
             actor.create, actor.node_id, actor.state = new, None, "pending"
-            self.publish_actor_restarting(actor, old.detached)
+            self.publish_actor(actor, "restarting")
             self.place(new)
             return
         self._actor_dead(actor, ActorDiedError(actor.actor_id.hex(), cause))

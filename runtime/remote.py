@@ -163,11 +163,8 @@ class ActorMethod:
         core = api._get_core()
         handle = self._handle
         if handle._node_id is not None and handle._actor_id not in core.actors:
-            borrowed = ActorRecord(handle._actor_id, None, 0, handle._name, False,
-                                   handle._class_name)
-            borrowed.node_id, borrowed.state = handle._node_id, "alive"
-            borrowed.epoch = handle._epoch
-            api.register_actor(core, borrowed)
+            _borrow(core, handle._actor_id, handle._class_name, handle._name,
+                    handle._node_id, handle._epoch)
         return api.submit_task(core, "actor_call", f"{handle._class_name}.{self._method}",
                                None, None, args, kwargs, {}, 0, handle._actor_id,
                                self._method)
@@ -183,9 +180,16 @@ def get_actor(name: str) -> ActorHandle:
     """The handle of a named actor, from any driver of the cluster."""
     core = api._get_core()
     info = api.wait_for_actor_info(name)
-    actor_id = info["actor_id"]
-    record = ActorRecord(actor_id, None, 0, name, False, info.get("class_name", "Actor"))
-    record.node_id, record.state = info["node_id"], "alive"
-    record.epoch = info.get("epoch", 0)
+    record = _borrow(core, info["actor_id"], info.get("class_name", "Actor"), name,
+                     info["node_id"], info.get("epoch", 0))
+    return ActorHandle(record.actor_id, record.class_name, name)
+
+
+def _borrow(core, actor_id: bytes, class_name: str, name: str | None, node_id: str,
+            epoch: int) -> ActorRecord:
+    """Register, in this process, an actor another process owns: it runs on `node_id`
+    after `epoch` restarts."""
+    record = ActorRecord(actor_id, None, 0, name, False, class_name)
+    record.node_id, record.state, record.epoch = node_id, "alive", epoch
     api.register_actor(core, record)
-    return ActorHandle(actor_id, record.class_name, name)
+    return record
