@@ -27,32 +27,10 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def descendants(root: int) -> list[int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
 def agent_pid() -> int:
-    for pid in descendants(os.getpid()):
-        try:
-            if b"runtime.node" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    raise SystemExit("no node agent found under this process")
+    """The embedded runtime's node agent, from its session's pid files."""
+    from runtime import session
+    return session.running_pids(runtime.api._embedded["session"])["agent"]
 
 
 def report(label: str, done: int, started: float, agent: int) -> None:

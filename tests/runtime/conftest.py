@@ -11,6 +11,7 @@ import pytest
 import runtime
 from runtime import session
 from runtime.startup import start_node
+from tests.helpers import wait_for
 
 
 class LocalCluster:
@@ -68,11 +69,5 @@ def one_node(local_cluster):
 
 
 def wait_until(predicate, timeout_s=30.0, interval_s=0.05):
-    import time
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not reached")
+    """tests.helpers.wait_for, under the name the runtime tests use."""
+    return wait_for(predicate, timeout_s, interval_s=interval_s)

@@ -16,6 +16,7 @@ import zmq
 import runtime
 from runtime import protocol, session
 from runtime.keys import create_cluster_keys, load_cluster_keys
+from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 REPO = str(Path(runtime.__file__).resolve().parent.parent)
@@ -307,14 +308,6 @@ print(worker.pid, flush=True)   # and exit at once, before the worker is even ru
 """
 
 
-def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
-
-
 def test_a_worker_whose_agent_died_while_it_started_exits(tmp_path):
     # the agent's death signal (PDEATHSIG) reaches only a worker that already asked for it
     parent = subprocess.run([sys.executable, "-c", _ORPHANING_PARENT,
@@ -323,10 +316,7 @@ def test_a_worker_whose_agent_died_while_it_started_exits(tmp_path):
                             env=dict(os.environ, PYTHONPATH=REPO))
     pid = int(parent.stdout.split()[0])
     try:
-        deadline = time.monotonic() + 30
-        while not _gone(pid):
-            assert time.monotonic() < deadline, "the orphaned worker kept running"
-            time.sleep(0.05)
+        wait_for(lambda: not alive(pid), 30, "the orphaned worker to exit")
     finally:
-        if not _gone(pid):
+        if alive(pid):
             os.kill(pid, 9)
