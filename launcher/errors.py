@@ -141,3 +141,16 @@ class BootstrapError(ClusterError):
         self.log_path = log_path
         super().__init__(f"node {node_id} failed in {stage}: {message}"
                          + (f" (log: {log_path})" if log_path else ""))
+
+
+class WheelhouseError(ClusterError):
+    """corral could not gather a wheel it must ship to a node: `requirement` (e.g.
+    "pyzmq==27.3.0") for `platform` (a launcher.ship.platform.NodePlatform); `message`
+    says why and what to do."""
+
+    def __init__(self, platform, requirement: str, message: str):
+        self.platform = platform
+        self.requirement = requirement
+        self.message = message
+        super().__init__(f"cannot ship {requirement} to a node running "
+                         f"{platform.describe()}: {message}")
