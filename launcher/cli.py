@@ -62,7 +62,9 @@ def _unavailable(name: str) -> click.Command:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="corral")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, _param, value: _print_version(ctx) if value else None,
+              help="Show corral's version and where it runs from, then exit.")
 def cli():
     """corral launches clusters from one YAML file, runs Python tasks on them with a
     Ray-shaped API, and grows or shrinks them with the queued work.
@@ -73,6 +75,21 @@ def cli():
       corral exec configs/demo.yaml 'corral status'
       corral down configs/demo.yaml
     """
+
+
+def version_text() -> str:
+    """`corral 0.2.0 (editable checkout /src/corral; Python 3.11.7)`: the version, and
+    whether this is an editable checkout or an installed copy (and where)."""
+    from launcher import resources
+    where = (f"editable checkout {resources.CHECKOUT_DIR}" if resources.is_checkout()
+             else f"installed at {resources.PACKAGE_DIR.parent}")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"corral {resources.version()} ({where}; Python {python})"
+
+
+def _print_version(ctx: click.Context) -> None:
+    click.echo(version_text())
+    ctx.exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

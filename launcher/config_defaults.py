@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "defaults"
+from launcher import resources
+
+DEFAULTS_DIR = resources.defaults_dir()
 
 # Ray's key -> ours.
 ALIASES = {

@@ -13,11 +13,11 @@ import functools
 import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = ROOT / "schemas"
+from launcher import resources
+
+SCHEMA_DIR = resources.schema_dir()
 
 PROVIDER_URI = "urn:corral:provider"
 NODE_CONFIG_URI = "urn:corral:node-config"

@@ -2,9 +2,22 @@
 writes (keys, known_hosts, logs, process-provider nodes) lands in the real ~/.corral."""
 from __future__ import annotations
 
+import compileall
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["tests.testhosts"]
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionstart(session):
+    """Byte-compile our packages once, as pip does for an installed copy: the many
+    `corral` and node processes the tests start then skip compiling them again, which
+    they would do on every start where PYTHONDONTWRITEBYTECODE is set (CI)."""
+    for package in ("launcher", "runtime", "autoscaler"):
+        compileall.compile_dir(str(CHECKOUT / package), quiet=1)
 
 
 @pytest.fixture(autouse=True)

@@ -68,7 +68,7 @@ def missing_requirements() -> str | None:
         missing.append(SSHD)
     if missing:
         return ("SSH test hosts need " + ", ".join(missing)
-                + " (python3 -m launcher.install --test installs them)")
+                + " (python3 -m tests.system_packages installs them)")
     return None
 
 
