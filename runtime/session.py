@@ -13,14 +13,14 @@ import json
 import shutil
 import tempfile
 import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from runtime import processes
 from runtime.errors import RuntimeSystemError
+from runtime.processes import is_alive
 
 DEFAULT_NODE_DIR = "/tmp/corral"
 
@@ -156,24 +156,7 @@ def spawn_daemon(session: Path, name: str, argv: list[str], env: dict | None = N
     return proc.pid
 
 
-def _boot_time_s() -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    raise OSError("no btime in /proc/stat")
-
-
-def process_start_time_s(pid: int) -> float | None:
-    """When the process started (seconds since the epoch), from /proc/<pid>/stat."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])          # field 22 of stat; fields[0] is field 3
-        return _boot_time_s() + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-START_TIME_SLACK_S = 1.0   # btime is whole seconds
+process_start_time_s = processes.start_time_s  # the name the runtime's callers know
 
 
 def _is_our_process(pid: int, pid_path: Path, session: Path) -> bool:
@@ -181,47 +164,21 @@ def _is_our_process(pid: int, pid_path: Path, session: Path) -> bool:
     it started no later than the pid file was written, runs one of our modules, and
     belongs to this node (its argv names this session dir, or its CORRAL_NODE_DIR is
     this node's dir)."""
+    argv = processes.cmdline(pid)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         written_s = pid_path.stat().st_mtime
     except OSError:
         return False
-    if not any(part.startswith((b"runtime.", b"autoscaler.")) for part in cmdline):
+    if not argv or not any(part.startswith(("runtime.", "autoscaler.")) for part in argv):
         return False
-    started_s = process_start_time_s(pid)
-    if started_s is None or started_s > written_s + START_TIME_SLACK_S:
+    if not processes.started_by(pid, written_s):
         return False
     session = Path(session)
-    names = {os.fsencode(str(session)), os.fsencode(str(session.resolve()))}
-    if any(part == name or part.startswith(name + b"/")
-           for part in cmdline for name in names):
+    names = {str(session), str(session.resolve())}
+    if any(part == name or part.startswith(name + "/") for part in argv for name in names):
         return True
-    return _node_dir_of(pid) in {str(session.parent), str(session.resolve().parent)}
-
-
-def _node_dir_of(pid: int) -> str | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in environ:
-        if item.startswith(b"CORRAL_NODE_DIR="):
-            return os.fsdecode(item[len(b"CORRAL_NODE_DIR="):])
-    return None
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return False
+    node_dir_of = (processes.environ(pid) or {}).get(processes.ENV_NODE_DIR)
+    return node_dir_of in {str(session.parent), str(session.resolve().parent)}
 
 
 def running_pids(session: Path) -> dict[str, int]:
@@ -237,38 +194,9 @@ def running_pids(session: Path) -> dict[str, int]:
 
 
 def stop_pids(pids: list[int], grace_s: float = 5.0) -> None:
-    """SIGTERM each pid (and its process group, which it leads), then SIGKILL."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(is_alive(p) for p in pids):
-        _reap(pids)
-        time.sleep(0.05)
-    for pid in pids:
-        if is_alive(pid):
-            _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(is_alive(p) for p in pids):
-        _reap(pids)
-        time.sleep(0.05)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _reap(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    """SIGTERM each pid (and its process group, which it leads), then SIGKILL; the ones
+    that are children of ours are reaped."""
+    processes.stop(pids, grace_s, grace_s, groups=True, reap=True)
 
 
 def stop_session(session: Path) -> list[int]:

@@ -22,7 +22,6 @@ lock (the compare-and-swap still catches most races).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import shlex
 import socket
@@ -270,6 +269,8 @@ class LocalProvider(NodeProvider):
             if not result.ok:
                 return ip, f"stopping processes failed (exit {result.exit_code}): " \
                            f"{result.tail(5)}"
+            if result.stderr.strip():  # e.g. no Python with psutil: nothing searched
+                log.warning("%s: %s", ip, result.stderr.strip())
             host_tags.update_claim(runner, self.state_dir, self.cluster_name, None,
                                    TAG_TIMEOUT_S)
             self._remember(ip, None)
@@ -293,20 +294,36 @@ class LocalProvider(NodeProvider):
             self._runners = {}
 
 
+# The interpreter of the environment corral ships itself into on every node (it has
+# psutil and corral); a host where that never happened is tried with its python3.
+NODE_ENV_PYTHON = "$HOME/.corral/env/bin/python3"
+
+
 def stop_script(node_dir: str, grace_s: float) -> str:
     """Shell script run on a host to stop every runtime process of ours there, by PID:
     node_processes remembers the node's processes (environment tag CORRAL_NODE_DIR=node_dir,
     pid files), runs the runtime's orderly `corral stop`, then stops whatever is left;
-    finally node_dir (keys included) is removed."""
+    finally node_dir (keys included) is removed.
+
+    The stopping runs as a program sent as source (node_processes.remote_program, needing
+    only psutil), under corral's node environment's Python, or python3 when the host has
+    none. Where neither has psutil (or there is no python3), corral never ran on the host:
+    the runtime and everything the launcher runs after shipping itself need that
+    environment; so nothing is searched, a note says so on stderr (terminate_nodes logs
+    it), and the host is freed as usual. There is deliberately no second way to find
+    processes."""
     directory = shlex.quote(node_dir)
-    reaper = shlex.quote(inspect.getsource(node_processes))
+    reaper = shlex.quote(node_processes.remote_program())
     corral_stop = shlex.quote(
-        'PATH="$HOME/.local/bin:$PATH"; command -v corral >/dev/null 2>&1 && corral stop')
+        'PATH="$HOME/.corral/env/bin:$HOME/.local/bin:$PATH"; '
+        'command -v corral >/dev/null 2>&1 && corral stop')
     return "\n".join([
-        "if command -v python3 >/dev/null 2>&1; then",
-        f"  python3 -c {reaper} {directory} {grace_s:g} {corral_stop} || exit 1",
+        f'py="{NODE_ENV_PYTHON}"; [ -x "$py" ] || py=python3',
+        'if command -v "$py" >/dev/null 2>&1; then',
+        f'  "$py" -c {reaper} {directory} {grace_s:g} {corral_stop}; stopped=$?',
+        f"  [ $stopped -eq 0 ] || [ $stopped -eq {node_processes.NO_PSUTIL_EXIT} ] || exit 1",
         "else",  # no Python, so no runtime either; never kill by unverified pid file
-        "  echo 'python3 not found: no processes stopped' >&2",
+        "  echo 'corral: python3 not found: no processes searched' >&2",
         "fi",
         f"rm -rf {directory}",
     ])
