@@ -38,6 +38,10 @@ def check_document(document: dict, base_dir: Path | None, user_keys: set[str],
         found, notes = _check_local(document, provider, check_local_files, base_dir)
         problems += found
         notices += notes
+    if isinstance(provider, dict) and provider.get("type") != "process" and check_local_files:
+        found, notes = _check_private_key(document, provider.get("type"), base_dir)
+        problems += found
+        notices += notes
     if check_local_files:
         problems += _check_file_mounts(document.get("file_mounts"), base_dir)
     return problems, notices
@@ -75,22 +79,13 @@ def _check_local(document: dict, provider: dict, check_local_files: bool,
     problems: list[Problem] = []
     notices: list[Problem] = []
     auth = document.get("auth") if isinstance(document.get("auth"), dict) else {}
-    if not auth.get("ssh_user"):
-        problems.append((("auth", "ssh_user"),
-                         "the local provider needs auth.ssh_user: the user to log in as on "
-                         "head_ip and worker_ips"))
-    key = auth.get("ssh_private_key")
-    if not key:
-        problems.append((("auth", "ssh_private_key"),
-                         "the local provider needs auth.ssh_private_key: the private key "
-                         "that logs auth.ssh_user in on every host"))
-    elif check_local_files and isinstance(key, str):
-        # A notice, not an error: the key may be made after validating (and `up` fails
-        # with the host and the reason if it is still missing then).
-        if not resolve_local_path(key, base_dir).is_file():
-            notices.append((("auth", "ssh_private_key"),
-                            f"no key file at {resolve_local_path(key, base_dir)} yet; "
-                            f"SSH to the hosts will fail without it"))
+    if check_local_files and not auth.get("ssh_private_key"):
+        # ssh_user and ssh_private_key may be left to ~/.ssh/config, ssh-agent and ssh's
+        # defaults (launcher.ssh_config); the head has none of those.
+        notices.append((("auth", "ssh_private_key"),
+                        "no auth.ssh_private_key: this machine logs in with ssh-agent and "
+                        "~/.ssh/config keys, but the head gets no key, so it cannot "
+                        "restart or add workers itself; name a key file to let it"))
     head_ip = provider.get("head_ip")
     worker_ips = provider.get("worker_ips")
     if isinstance(worker_ips, list):
@@ -109,6 +104,52 @@ def _check_local(document: dict, provider: dict, check_local_files: bool,
                 seen[host] = index
         notices += _local_capacity_notices(document, len(worker_ips))
     return problems, notices
+
+
+def _check_private_key(document: dict, provider_type: str | None,
+                       base_dir: Path | None) -> tuple[list[Problem], list[Problem]]:
+    """A key file the user named must be there when SSH is used: a missing one is an
+    error now rather than every host "unreachable" later. One that only ssh-agent can
+    unlock is worth a notice."""
+    auth = document.get("auth")
+    key = auth.get("ssh_private_key") if isinstance(auth, dict) else None
+    if not isinstance(key, str) or not key:
+        return [], []  # none named: ssh-agent, ~/.ssh/config, or a key the cloud makes
+    path = resolve_local_path(key, base_dir)
+    instead = ("to log in with ssh-agent and ~/.ssh/config keys" if provider_type == "local"
+               else "to let corral make a key for this cluster")
+    if not path.exists():
+        return [(("auth", "ssh_private_key"),
+                 f"no such file: {path}; fix the path, or remove auth.ssh_private_key "
+                 f"{instead}")], []
+    if path.is_dir():
+        return [(("auth", "ssh_private_key"), f"{path} is a directory; name a private key "
+                                              f"file")], []
+    from launcher.ssh_keyfile import read_key_facts
+    try:
+        facts = read_key_facts(str(path))
+    except OSError as error:
+        return [(("auth", "ssh_private_key"), f"cannot read {path}: {error.strerror}")], []
+    except ValueError:
+        if _is_public_key(path):
+            return [(("auth", "ssh_private_key"),
+                     f"{path} is a public key; name its private half (the file without "
+                     f".pub)")], []
+        return [], []  # not a format we know: connecting says so, with paramiko's reason
+    if facts.encrypted:
+        return [], [(("auth", "ssh_private_key"),
+                     f"{path} is passphrase-protected: corral uses it from ssh-agent, so "
+                     f"run `ssh-add {path}` before `corral up`")]
+    return [], []
+
+
+def _is_public_key(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(64)
+    except OSError:
+        return False
+    return start.startswith((b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-"))
 
 
 def _local_capacity_notices(document: dict, host_count: int) -> list[Problem]:

@@ -121,6 +121,33 @@ class SSHUnreachableError(ClusterError):
         super().__init__(f"could not reach {host} over SSH within {timeout_s:g} s: {last_error}")
 
 
+class SSHKeyError(ClusterError):
+    """No usable key to log in to `host` with, for a reason only the user can fix: the
+    key file named is missing, unreadable, or passphrase-protected and not in ssh-agent,
+    or there is no key at all. `key_path` is the key (None: no key at all), `fix` says
+    what to do. Not retried: waiting does not help."""
+
+    def __init__(self, host: str, key_path: str | None, problem: str, fix: str):
+        self.host = host
+        self.key_path = key_path
+        self.problem = problem
+        self.fix = fix
+        what = f"SSH key {key_path} {problem}" if key_path else problem
+        super().__init__(f"cannot log in to {host}: {what}; {fix}")
+
+
+class SSHConfigError(ClusterError):
+    """The user's ssh_config (~/.ssh/config, or $CORRAL_SSH_CONFIG) cannot be used:
+    unparsable, or a ProxyJump chain that loops."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
 class HostKeyMismatchError(ClusterError):
     """A host presented a key different from the one pinned on first contact."""
 

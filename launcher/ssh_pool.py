@@ -1,9 +1,17 @@
-"""Pooled SSH connections: one paramiko transport per (user, host, port, proxy, key,
-known_hosts), shared by every runner and thread of this process, with keepalive.
+"""Pooled SSH connections: one paramiko transport per ConnectionSpec (everything that
+decides a connection: the resolved host, port and user, the way in — direct, a proxy
+command, or a ProxyJump chain — the keys to offer and the known_hosts file), shared by
+every runner and thread of this process, with keepalive.
 
 A transport carries many channels at once (sshd's MaxSessions bounds them), so 16 threads
 bootstrapping one host, or a runner re-created per command, still cost one TCP connection
 and one handshake. A transport found dead is dropped and replaced on the next request.
+
+A ProxyJump hop is itself a pooled connection (its spec is `jump` of the next one): the
+next hop's transport runs over a direct-tcpip channel of it, so ten workers behind one
+bastion share one connection to the bastion. Holding a spec holds its whole chain.
+Which keys are offered, in which order: launcher.ssh_auth. Specs are made from the
+cluster YAML and ~/.ssh/config by launcher.ssh_config.resolve.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, MSG_GLOBAL_REQUEST, cMSG_IGNORE
 
 from launcher.host_keys import HostKeyStore, PinningPolicy
+from launcher.ssh_auth import KeyStrategy
 
 KEEPALIVE_INTERVAL_S = 15
 # Channels open at once on one connection. OpenSSH's sshd allows MaxSessions (default 10)
@@ -27,13 +36,33 @@ MAX_SESSIONS_PER_CONNECTION = 8
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionSpec:
-    host: str
+    """One connection, fully resolved. Every field but `name` is part of the pool key."""
+    host: str  # the address connected to (ssh_config's HostName of what the user wrote)
     user: str
     port: int
-    private_key_path: str
+    private_key_path: str | None  # the key the cluster YAML names (offered first)
     known_hosts_path: str
     proxy_command: str | None = None
     host_key_alias: str | None = None  # pin the host key under this name, not `host`
+    identity_files: tuple[str, ...] = ()  # ssh_config IdentityFile (or ssh's defaults)
+    agent_socket: str | None = None  # the ssh-agent to ask for keys (None: no agent)
+    identities_only: bool = False  # ssh_config IdentitiesOnly: agent keys only if listed
+    jump: "ConnectionSpec | None" = None  # the previous ProxyJump hop, reached first
+    name: str = dataclasses.field(default="", compare=False)  # as written, for messages
+
+    @property
+    def label(self) -> str:
+        """How messages name this connection: the name written, and where it leads."""
+        where = f"{self.user}@{self.host}" + (f":{self.port}" if self.port != 22 else "")
+        return where if not self.name or self.name == self.host else f"{self.name} ({where})"
+
+    def chain(self) -> list["ConnectionSpec"]:
+        """This spec, then its jump hops back to the first one."""
+        specs, spec = [], self
+        while spec is not None:
+            specs.append(spec)
+            spec = spec.jump
+        return specs
 
     def proxy_argv(self) -> str | None:
         """The proxy command with %h (host), %p (port), %r (user) and %% filled in."""
@@ -93,26 +122,25 @@ def _channel_request(channel: paramiko.Channel, message: paramiko.Message) -> No
     paramiko.Channel._handle_request(channel, message)
 
 
-_keys_lock = threading.Lock()
-_keys: dict[str, paramiko.PKey] = {}
-
-
-def load_private_key(path: str) -> paramiko.PKey:
-    """Load (once per process) a private key of any type paramiko knows."""
-    with _keys_lock:
-        if path not in _keys:
-            _keys[path] = paramiko.PKey.from_path(path)
-        return _keys[path]
-
-
-def open_client(spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
-    """A new authenticated client (host key checked or pinned). Raises paramiko/socket
-    errors as they are, and HostKeyMismatchError for a changed key."""
+def open_client(spec: ConnectionSpec, timeout_s: float,
+                via: paramiko.Transport | None = None) -> paramiko.SSHClient:
+    """A new authenticated client (host key checked or pinned), reached directly, through
+    the proxy command, or — `via`, the previous hop's transport — over a direct-tcpip
+    channel. Raises paramiko/socket errors as they are (retryable), HostKeyMismatchError
+    for a changed key and SSHKeyError when no key can be offered (not retryable)."""
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(PinningPolicy(HostKeyStore(spec.known_hosts_path),
                                                      alias=spec.host_key_alias))
     proxy_cmd = spec.proxy_argv()
-    if proxy_cmd:
+    if via is not None:
+        try:
+            sock = via.open_channel("direct-tcpip", (spec.host, spec.port), ("127.0.0.1", 0),
+                                    timeout=timeout_s)
+        except paramiko.ChannelException as error:
+            raise paramiko.SSHException(
+                f"jump host {spec.jump.label if spec.jump else '?'} could not connect to "
+                f"{spec.host}:{spec.port}: {error.text or error}") from error
+    elif proxy_cmd:
         sock = paramiko.ProxyCommand(proxy_cmd)
     else:
         sock = socket.create_connection((spec.host, spec.port), timeout=timeout_s)
@@ -120,11 +148,10 @@ def open_client(spec: ConnectionSpec, timeout_s: float) -> paramiko.SSHClient:
         # plus the server's delayed ACK add ~40 ms to every command.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        client.connect(spec.host, port=spec.port, username=spec.user,
-                       pkey=load_private_key(spec.private_key_path), sock=sock,
+        client.connect(spec.host, port=spec.port, username=spec.user, sock=sock,
                        timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
-                       allow_agent=False, look_for_keys=False,
-                       transport_factory=_AckingTransport)
+                       transport_factory=_AckingTransport,
+                       auth_strategy=KeyStrategy(spec))
     except BaseException:
         client.close()
         sock.close()
@@ -148,20 +175,26 @@ class ConnectionPool:
                 spec, threading.BoundedSemaphore(MAX_SESSIONS_PER_CONNECTION))
 
     def hold(self, spec: ConnectionSpec) -> None:
-        """A runner for `spec` exists; its connection stays until every holder releases."""
+        """A runner for `spec` exists; its connection (and those of its jump hops) stays
+        until every holder releases."""
         with self._lock:
-            self._holders[spec] = self._holders.get(spec, 0) + 1
+            for hop in spec.chain():
+                self._holders[hop] = self._holders.get(hop, 0) + 1
 
     def release(self, spec: ConnectionSpec) -> None:
         """A runner is done. The last holder's release closes the connection; commands of
         other runners on the same host are never cut by one runner's close()."""
+        unheld = []
         with self._lock:
-            left = self._holders.get(spec, 0) - 1
-            if left > 0:
-                self._holders[spec] = left
-                return
-            self._holders.pop(spec, None)
-        self.discard(spec)
+            for hop in spec.chain():  # the target first, then the hops it went through
+                left = self._holders.get(hop, 0) - 1
+                if left > 0:
+                    self._holders[hop] = left
+                else:
+                    self._holders.pop(hop, None)
+                    unheld.append(hop)
+        for hop in unheld:
+            self.discard(hop)
 
     def _alive(self, spec: ConnectionSpec) -> paramiko.SSHClient | None:
         client = self._clients.get(spec)
@@ -185,7 +218,8 @@ class ConnectionPool:
                 stale = self._clients.pop(spec, None)
             if stale is not None:
                 stale.close()
-            client = open_client(spec, timeout_s)
+            via = self.client(spec.jump, timeout_s).get_transport() if spec.jump else None
+            client = open_client(spec, timeout_s, via)
             with self._lock:
                 self._clients[spec] = client
             return client
@@ -212,7 +246,9 @@ class ConnectionPool:
 
     def close_all(self) -> None:
         with self._lock:
-            clients = list(self._clients.values())
+            # Connections through jump hosts first, then the hops (the longest chain first).
+            specs = sorted(self._clients, key=lambda spec: -len(spec.chain()))
+            clients = [self._clients[spec] for spec in specs]
             self._clients.clear()
         for client in clients:
             client.close()

@@ -1,7 +1,10 @@
 """SSHRunner: a CommandRunner for a host reached over SSH (paramiko).
 
 - Connections come from the process-wide pool (launcher.ssh_pool): one transport per
-  (user, host, port, proxy, key), keepalive 15 s, reused across runners and threads.
+  resolved connection (host, port, user, way in, keys), keepalive 15 s, reused across
+  runners and threads. What the caller (the cluster YAML) leaves unsaid comes from the
+  user's ~/.ssh/config (HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand) and
+  ssh-agent: launcher.ssh_config, launcher.ssh_auth.
 - Host keys are pinned on first contact in the cluster's known_hosts (launcher.host_keys);
   a changed key raises HostKeyMismatchError.
 - Commands run without a PTY as `bash -c CMD` (not a login shell: no profile files, so
@@ -19,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 import socket
@@ -29,7 +31,7 @@ from typing import Mapping
 
 import paramiko
 
-from launcher import file_sync, paths, ssh_pool
+from launcher import file_sync, paths, ssh_config, ssh_pool
 from launcher.command_runner import INTERRUPTED_EXIT_CODE, CommandResult, CommandRunner
 from launcher.ssh_exec import (PID_HEADER_COMMAND, Collected, close_log, drive, log_write,
                                open_log)
@@ -58,24 +60,27 @@ def env_prefix(env: Mapping[str, str]) -> str:
 
 
 class SSHRunner(CommandRunner):
-    def __init__(self, host: str, *, user: str, private_key_path: str, cluster_name: str,
-                 port: int = 22, proxy_command: str | None = None,
+    def __init__(self, host: str, *, cluster_name: str, user: str | None = None,
+                 private_key_path: str | None = None, port: int | None = None,
+                 proxy_command: str | None = None,
                  timeout_s: float = DEFAULT_SSH_TIMEOUT_S,
                  base_env: Mapping[str, str] | None = None, log_path: str | None = None,
                  known_hosts_path: str | None = None, host_key_alias: str | None = None):
-        """host_key_alias: the name the host key is pinned under instead of `host` (cloud
-        providers pass the node id: clouds reuse private IPs for new machines)."""
+        """host: an address or a ~/.ssh/config Host alias. user, private_key_path, port,
+        proxy_command: what the cluster YAML says; None leaves it to ~/.ssh/config and
+        ssh's defaults. host_key_alias: the name the host key is pinned under instead of
+        `host` (cloud providers pass the node id: clouds reuse private IPs for new
+        machines). Raises SSHConfigError for an unusable ~/.ssh/config."""
         self.host = host
-        self.user = user
-        self.port = port
         self.timeout_s = timeout_s
         self.base_env = dict(base_env or {})
         self.log_path = log_path
-        self.spec = ssh_pool.ConnectionSpec(
-            host=host, user=user, port=port,
-            private_key_path=os.path.expanduser(private_key_path),
+        self.spec = ssh_config.resolve(
+            host, user=user, port=port, private_key_path=private_key_path,
             known_hosts_path=str(known_hosts_path or paths.known_hosts_path(cluster_name)),
             proxy_command=proxy_command, host_key_alias=host_key_alias)
+        self.user = self.spec.user
+        self.port = self.spec.port
         self._holding = True
         ssh_pool.POOL.hold(self.spec)
 

@@ -71,10 +71,10 @@ class LocalProvider(NodeProvider):
 
     # -- SSH -------------------------------------------------------------------------------
     def _new_runner(self, ip: str, base_env: Mapping[str, str] | None = None):
+        """`ip` as the user wrote it (an address or a ~/.ssh/config alias); what auth leaves
+        unset (user, key) comes from ~/.ssh/config, ssh-agent and ssh's defaults."""
         from launcher.ssh_runner import SSHRunner
         auth = self.config.auth
-        if not auth.ssh_user or not auth.ssh_private_key:
-            raise UsageError("provider type local needs auth.ssh_user and auth.ssh_private_key")
         return SSHRunner(ip, user=auth.ssh_user, private_key_path=auth.ssh_private_key,
                          cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
                          timeout_s=auth.ssh_timeout_s, base_env=base_env)
@@ -129,8 +129,11 @@ class LocalProvider(NodeProvider):
         node_type = str(claim.get("node_type") or "")
         node_tags = {**tags.tags, T.TAG_CLUSTER_NAME: self.cluster_name,
                      T.TAG_NODE_KIND: kind, T.TAG_NODE_TYPE: node_type}
+        # A ~/.ssh/config alias is only a name on this machine: the nodes (the workers
+        # reaching the head) get the address it stands for.
+        address = self._runner(ip).spec.host
         return Node(id=ip, kind=kind, node_type=node_type, state=STATE_RUNNING,
-                    internal_ip=ip, external_ip=ip, tags=node_tags)
+                    internal_ip=address, external_ip=ip, tags=node_tags)
 
     def create_nodes(self, node_type: str, node_config: Mapping, tags: Mapping[str, str],
                      count: int) -> list[NodeId]:

@@ -45,7 +45,7 @@ def test_local_example_gets_one_head_type_and_a_worker_type_per_host_list():
     config = load_config(ROOT / "configs" / "local.yaml")
     assert config.provider_type == "local"
     assert config.auth.ssh_user == "corral"
-    assert config.auth.ssh_private_key == str(Path.home() / ".ssh" / "id_ed25519")
+    assert config.auth.ssh_private_key is None  # left to ssh-agent and ~/.ssh/config
     hosts = list(config.provider["worker_ips"])
     assert len(hosts) == 3
     head = config.available_node_types[config.head_node_type]
@@ -313,13 +313,14 @@ def test_x_keys_hold_yaml_anchors_and_whole_floats_become_integers():
     assert "x-common" not in config.to_dict()
 
 
-def test_local_key_file_missing_is_a_notice_not_an_error(tmp_path):
+def test_local_key_file_named_but_missing_is_an_error_at_its_line(tmp_path):
     path = tmp_path / "rack.yaml"
     path.write_text(LOCAL.replace("rack.pem", "keys/rack.pem"))
-    config, notices = load_config_with_notices(path)
-    assert config.auth.ssh_private_key == str(tmp_path / "keys" / "rack.pem")
-    assert notices == [f"{path}:7: no key file at {tmp_path / 'keys' / 'rack.pem'} yet; "
-                       f"SSH to the hosts will fail without it"]
+    with pytest.raises(ConfigErrors) as raised:
+        load_config_with_notices(path)
+    (error,) = raised.value.errors
+    assert (error.path, error.line) == ("auth.ssh_private_key", 7)
+    assert f"no such file: {tmp_path / 'keys' / 'rack.pem'}" in error.message
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "rack.pem").write_text("not really a key\n")
     assert load_config_with_notices(path)[1] == []
