@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
 import zmq
@@ -18,18 +19,32 @@ from runtime import api, nested_refs, protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5  # where the kernel sends no death signal (not Linux)
 
 
 def die_with_parent(parent_pid: int | None) -> None:
     """SIGKILL this worker when its node agent dies. An agent that died before this
     ran (while the worker was starting) sends nothing: the worker, reparented by now,
-    exits here instead of waiting forever for an agent that is gone."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    exits here instead of waiting forever for an agent that is gone. The death signal
+    is Linux's (prctl); elsewhere (macOS) a thread notices that the worker was
+    reparented."""
+    if sys.platform.startswith("linux"):
+        try:  # the C library the process runs with (glibc or musl)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    elif parent_pid is not None:
+        threading.Thread(target=exit_when_reparented, args=(parent_pid,), daemon=True,
+                         name="parent-watch").start()
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(0)
+
+
+def exit_when_reparented(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """Exit the process once its parent is no longer parent_pid (the parent died)."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(0)
 
 
 class DriverOutput(io.TextIOBase):
