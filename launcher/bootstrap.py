@@ -1,7 +1,13 @@
 """Bring one node to up-to-date through its CommandRunner: a small state machine.
 
-    waiting-for-ssh -> syncing-files -> setting-up -> starting -> up-to-date
-                                  (any stage) -> update-failed
+    waiting-for-ssh -> shipping-corral -> syncing-files -> setting-up -> starting
+                  -> up-to-date                     (any stage) -> update-failed
+
+On a node reached over SSH the first round trip (launcher.ship.probe) makes the node dir
+and learns the node's platform and installed corral environments; `shipping-corral` then
+installs the corral that runs here if the node lacks it (launcher.ship.stage), and every
+later command sees that environment first (CORRAL_ENV, PATH). Nodes of the `process`
+provider run on this machine and skip both.
 
 Every stage is written to the node's tags (TAG_NODE_STATUS) as it begins, so the laptop,
 the head's autoscaler and `corral status` all see the same truth. A failure records the
@@ -29,9 +35,11 @@ from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS
 # ClusterContext is part of this module's interface (the autoscaler builds one).
 from launcher.node_context import DEFAULT_NODE_DIR, ClusterContext, known_node_dir, node_ip
 from launcher.providers.base import Node, NodeProvider
+from launcher.ship.layout import ACTIVE_ENV_SHELL, ships_to
+from launcher.ship.probe import NodeProbe, parse_probe, probe_command
 from launcher.tag_writer import TagWriter
-from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_STARTING,
-                           STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
+from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_SHIPPING_CORRAL,
+                           STATUS_STARTING, STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
                            STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_LAUNCH_HASH,
                            TAG_NODE_STATUS, TAG_RUNTIME_HASH)
 
@@ -141,6 +149,8 @@ class NodeBootstrap:
         self._private_sync: _Background | None = None
         self.node_dir = ""
         self.env: dict[str, str] = {}
+        self.probe: NodeProbe | None = None  # SSH nodes: what the first round trip learnt
+        self.shipped = None  # launcher.ship.stage.ShipResult, once shipping-corral ran
 
     def run(self) -> BootstrapOutcome:
         started = time.monotonic()
@@ -175,7 +185,13 @@ class NodeBootstrap:
             node_dir = self._prepare_node_dir()
         except (ClusterError, OSError) as error:
             raise _StageFailed(str(error), f"{self.stage}: {error}") from error
-        self.env = self.context.node_env(self.node, node_dir)
+        corral_env = None
+        if self.probe is not None:
+            corral_env = ACTIVE_ENV_SHELL  # config only: no command runs anyway
+            if not self.steps.config_only:
+                self._enter(STATUS_SHIPPING_CORRAL)
+                corral_env = self._guard(self._ship).env_dir
+        self.env = self.context.node_env(self.node, node_dir, corral_env)
         self.node_dir = node_dir
         if self.steps.sync_files or self.steps.config_only:
             self._enter(STATUS_SYNCING_FILES)
@@ -197,8 +213,18 @@ class NodeBootstrap:
         self._guard(lambda: self.tags.finish(tags))
 
     def _prepare_node_dir(self) -> str:
-        """The node dir: known from the runner's environment (process and local providers
-        set it; every stage script creates it) or asked once from the node."""
+        """The node dir. A node corral ships to is probed (one round trip: the node dir
+        is made and the node's platform learnt). Otherwise it is known from the runner's
+        environment (the process provider sets it; every stage script creates it) or
+        asked once from the node."""
+        if self.context.shipper is not None and ships_to(self.runner):
+            result = self.runner.run(probe_command(DEFAULT_NODE_DIR), timeout_s=60,
+                                     log_path=self.log_path)
+            if not result.ok:
+                raise ClusterError(f"could not prepare {self.runner.host} (probe exited "
+                                   f"{result.exit_code}): {result.tail(5)}")
+            self.probe = parse_probe(self.runner.host, result.stdout or "")
+            return self.probe.node_dir
         known = known_node_dir(self.runner)
         if known:
             return known
@@ -209,6 +235,16 @@ class NodeBootstrap:
             raise ClusterError(f"could not create the node directory on {self.runner.host}: "
                                f"{result.tail(5) or f'exit {result.exit_code}'}")
         return lines[-1].strip()
+
+    def _ship(self):
+        """Install the corral that runs here on the node, unless it has it already."""
+        def notify(text: str) -> None:
+            self._notify(STATUS_SHIPPING_CORRAL, text)
+        self.shipped = self.context.shipper.ship(self.runner, self.probe, self.node.kind,
+                                                 log_path=self.log_path, notify=notify,
+                                                 cancel=self.cancel)
+        notify(self.shipped.describe())
+        return self.shipped
 
     def _sync_files(self) -> None:
         exclude = list(self.config.rsync_exclude)

@@ -92,12 +92,15 @@ def pick_node(provider: NodeProvider, config, node_id: str) -> Node:
 
 def command_env(provider: NodeProvider, config, node: Node, head: Node,
                 runner) -> dict[str, str]:
-    """The common-contract environment for a command run on `node` outside bootstrap."""
+    """The common-contract environment for a command run on `node` outside bootstrap
+    (on a node corral was shipped to, with its active environment first on PATH)."""
+    from launcher.ship.layout import ACTIVE_ENV_SHELL, ships_to
     head_ip = node_ip(head) or ""
     context = ClusterContext(config=config, head_ip=head_ip,
                              head_port=head_port_of(provider, head), keys_dir=None,
                              mounts_digest={}, keys_digest=None)
-    return context.node_env(node, known_node_dir(runner) or DEFAULT_NODE_DIR)
+    return context.node_env(node, known_node_dir(runner) or DEFAULT_NODE_DIR,
+                            ACTIVE_ENV_SHELL if ships_to(runner) else None)
 
 
 def display_ip(node: Node) -> str:

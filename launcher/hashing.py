@@ -3,7 +3,8 @@
 - launch hash: what the node *is* (its type's node_config and the provider essentials).
   A change means the node must be replaced.
 - runtime hash: what runs *on* it (every command, the contents of the file mounts, the
-  cluster keys, the node's resources, where the head is). A change means: sync files
+  cluster keys, the node's resources, where the head is, and on SSH providers the code
+  of the corral shipped there). A change means: ship corral if it is new, sync files
   again, re-run setup, restart.
 - config hash (head only): the normalised config the head's autoscaler reads. A change
   alone only re-uploads `cluster.yaml`; nothing is re-run.
@@ -73,14 +74,17 @@ def file_mounts_digest(config) -> dict[str, str]:
 TAG_RUNTIME_PARTS = "corral-runtime-parts"
 RUNTIME_PARTS = {"setup": "setup commands", "start": "start commands",
                  "files": "file mount contents", "keys": "cluster keys",
-                 "resources": "node resources", "head": "head address"}
+                 "resources": "node resources", "head": "head address",
+                 "corral": "corral's code"}
 _PART_LENGTH = 8
 
 
 def runtime_parts(config, node_kind: str, node_type: str, *, head_ip: str | None,
                   head_port: int | str | None, mounts_digest: Mapping[str, str] | None = None,
-                  keys_digest: str | None = None) -> dict[str, str]:
-    """A short checksum per part of what runs on a node (see runtime_hash)."""
+                  keys_digest: str | None = None,
+                  corral_digest: str | None = None) -> dict[str, str]:
+    """A short checksum per part of what runs on a node (see runtime_hash). The
+    `corral` part (launcher.ship.stage.corral_digest) only for nodes corral ships to."""
     is_head = node_kind == KIND_HEAD
     parts = {
         "setup": [config.cluster_name, node_kind, config.initialization_commands,
@@ -93,19 +97,22 @@ def runtime_parts(config, node_kind: str, node_type: str, *, head_ip: str | None
         "resources": config.available_node_types[node_type].resources,
         "head": [head_ip, str(head_port)],
     }
+    if corral_digest is not None:
+        parts["corral"] = corral_digest
     return {name: _digest(value)[:_PART_LENGTH] for name, value in parts.items()}
 
 
 def runtime_hash(config, node_kind: str, node_type: str, *, head_ip: str | None,
                  head_port: int | str | None, mounts_digest: Mapping[str, str] | None = None,
-                 keys_digest: str | None = None) -> str:
+                 keys_digest: str | None = None, corral_digest: str | None = None) -> str:
     """What runs on a node: a change means re-sync, re-run setup and restart.
 
     Includes where the head is (CORRAL_HEAD_IP/PORT are part of every command's
     environment), so a replaced head restarts its workers."""
     return hash_of_parts(runtime_parts(config, node_kind, node_type, head_ip=head_ip,
                                        head_port=head_port, mounts_digest=mounts_digest,
-                                       keys_digest=keys_digest))
+                                       keys_digest=keys_digest,
+                                       corral_digest=corral_digest))
 
 
 def hash_of_parts(parts: Mapping[str, str]) -> str:

@@ -1,6 +1,7 @@
 """What the bootstraps of one cluster share: where the head is, the environment every
-command on a node gets (the common contract), the hashes a node should carry, and the
-config and file-mount copies the head keeps for its autoscaler."""
+command on a node gets (the common contract), the hashes a node should carry, the config
+and file-mount copies the head keeps for its autoscaler, and (SSH providers) the Shipper
+that gives nodes the corral that runs here."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,20 +49,31 @@ class ClusterContext:
     keys_dir: str | None
     mounts_digest: Mapping[str, str]
     keys_digest: str | None
+    # SSH providers: the running corral's code digest (part of the runtime hash, so a
+    # new corral is shipped and restarted) and the Shipper. None for `process`, whose
+    # nodes run this machine's corral.
+    corral_digest: str | None = None
+    shipper: object | None = None  # launcher.ship.stage.Shipper
 
     @classmethod
     def build(cls, config, head_ip: str, head_port: int,
               keys_dir: str | None = None) -> "ClusterContext":
         has_keys = bool(keys_dir and os.path.isdir(keys_dir) and os.listdir(keys_dir))
+        corral_digest = shipper = None
+        if config.provider_type != "process":
+            from launcher.ship.stage import Shipper, corral_digest as digest_of_corral
+            corral_digest = digest_of_corral()
+            shipper = Shipper(config.provider_type)
         return cls(config=config, head_ip=head_ip, head_port=int(head_port),
                    keys_dir=keys_dir if has_keys else None,
                    mounts_digest=file_mounts_digest(config),
-                   keys_digest=tree_digest(keys_dir) if has_keys else None)
+                   keys_digest=tree_digest(keys_dir) if has_keys else None,
+                   corral_digest=corral_digest, shipper=shipper)
 
     def runtime_parts(self, node_kind: str, node_type: str) -> dict[str, str]:
         return runtime_parts(self.config, node_kind, node_type, head_ip=self.head_ip,
                              head_port=self.head_port, mounts_digest=self.mounts_digest,
-                             keys_digest=self.keys_digest)
+                             keys_digest=self.keys_digest, corral_digest=self.corral_digest)
 
     def hashes(self, node_kind: str, node_type: str) -> NodeHashes:
         config = self.config
@@ -72,11 +84,15 @@ class ClusterContext:
             config=config_hash(config.to_dict()) if node_kind == KIND_HEAD else None,
             runtime_parts=encode_parts(parts))
 
-    def node_env(self, node: Node, node_dir: str) -> dict[str, str]:
-        """The environment every command on `node` gets (the common contract)."""
+    def node_env(self, node: Node, node_dir: str,
+                 corral_env: str | None = None) -> dict[str, str]:
+        """The environment every command on `node` gets (the common contract). With
+        `corral_env` (a node corral was shipped to: its environment's path, or
+        launcher.ship.layout.ACTIVE_ENV_SHELL) also CORRAL_ENV and PATH with the
+        environment's bin directory first."""
         node_type = self.config.available_node_types.get(node.node_type)
         resources = dict(node_type.resources) if node_type else {}
-        return {
+        env = {
             "CORRAL_CLUSTER_NAME": self.config.cluster_name,
             "CORRAL_NODE_ID": node.id,
             "CORRAL_NODE_TYPE": node.node_type,
@@ -86,6 +102,10 @@ class ClusterContext:
             "CORRAL_NODE_RESOURCES": json.dumps(resources, sort_keys=True),
             "CORRAL_NODE_DIR": node_dir,
         }
+        if corral_env:
+            from launcher.ship.layout import ACTIVE_ENV_SHELL, node_env_vars
+            env.update(node_env_vars(None if corral_env == ACTIVE_ENV_SHELL else corral_env))
+        return env
 
     def head_copies(self, node_dir: str) -> dict[str, tuple[str, str]]:
         """{remote path: (local source, its copy on the head)} for every file mount. The

@@ -12,7 +12,10 @@ from typing import Sequence
 
 import click
 
-from launcher.tags import STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED
+from launcher.tags import STATUS_SHIPPING_CORRAL, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED
+
+# Stages whose details (what is being shipped, how it went) are shown, not only the stage.
+_DETAILED = (STATUS_UPDATE_FAILED, STATUS_SHIPPING_CORRAL)
 
 
 def stdout_is_terminal() -> bool:
@@ -85,15 +88,18 @@ class ProgressView:
             self._live_display = None
 
     def stage(self, node_id: str, stage: str, detail: str = "") -> None:
+        """A node entered `stage`, or (same stage, a detail) has news within it."""
         with self._lock:
             row = self._rows.setdefault(node_id, {"kind": "?", "type": "?", "ip": "-"})
+            if row.get("stage") != stage:
+                row["since"] = time.monotonic()
             row["stage"] = stage
-            row["since"] = time.monotonic()
+            row["detail"] = detail.splitlines()[0] if detail and stage in _DETAILED else ""
             elapsed_s = time.monotonic() - self._started
             if not self.live:
                 line = f"[{elapsed_s:6.1f}s] {node_id}: {stage}"
-                if detail and stage == STATUS_UPDATE_FAILED:
-                    line += f" - {detail.splitlines()[0]}"
+                if row["detail"]:
+                    line += f" - {row['detail']}"
                 click.echo(line)
                 sys.stdout.flush()
 
@@ -107,6 +113,9 @@ class ProgressView:
         with self._lock:
             rows = list(self._rows.items())
         for node_id, row in rows:
-            table.add_row(node_id, row["kind"], row["type"], row["ip"],
-                          _styled(row["stage"]), f"{now - row.get('since', now):.1f} s")
+            stage = _styled(row["stage"])
+            if row.get("detail"):
+                stage += " " + _styled(f"({row['detail']})")
+            table.add_row(node_id, row["kind"], row["type"], row["ip"], stage,
+                          f"{now - row.get('since', now):.1f} s")
         return table

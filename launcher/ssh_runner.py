@@ -50,12 +50,16 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def env_prefix(env: Mapping[str, str]) -> str:
-    """`export K='v'; ...` for each variable, quoted for any POSIX shell."""
+    """`export K='v'; ...` for each variable, quoted for any POSIX shell. A value marked
+    `expand_on_node` (launcher.ship.layout.NodeShellValue: `$HOME/...`, `...:$PATH`,
+    built by corral, never user text) goes in double quotes, so the node expands it."""
     parts = []
     for name, value in env.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"not a valid environment variable name: {name!r}")
-        parts.append(f"export {name}={shlex.quote(str(value))}; ")
+        text = (f'"{value}"' if getattr(value, "expand_on_node", False)
+                else shlex.quote(str(value)))
+        parts.append(f"export {name}={text}; ")
     return "".join(parts)
 
 

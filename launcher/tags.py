@@ -18,11 +18,13 @@ KIND_WORKER = "worker"
 # Bootstrap stages, in order; STATUS_UPDATE_FAILED ends a failed run.
 STATUS_UNINITIALIZED = "uninitialized"
 STATUS_WAITING_FOR_SSH = "waiting-for-ssh"
+# SSH nodes only: the corral that runs `up` is installed there (launcher.ship).
+STATUS_SHIPPING_CORRAL = "shipping-corral"
 STATUS_SYNCING_FILES = "syncing-files"
 STATUS_SETTING_UP = "setting-up"
 STATUS_STARTING = "starting"
 STATUS_UP_TO_DATE = "up-to-date"
 STATUS_UPDATE_FAILED = "update-failed"
 
-BOOTSTRAP_STAGES = (STATUS_WAITING_FOR_SSH, STATUS_SYNCING_FILES, STATUS_SETTING_UP,
-                    STATUS_STARTING, STATUS_UP_TO_DATE)
+BOOTSTRAP_STAGES = (STATUS_WAITING_FOR_SSH, STATUS_SHIPPING_CORRAL, STATUS_SYNCING_FILES,
+                    STATUS_SETTING_UP, STATUS_STARTING, STATUS_UP_TO_DATE)

@@ -29,6 +29,16 @@ under /tmp). Like a fresh machine, a host has an empty ~/.bashrc and a minimal ~
 sessions get PATH with this Python's bin directory first (sshd SetEnv), like a provisioned
 machine where our Python and the `corral` script are installed.
 
+Fresh hosts (`open_network(4, fresh=True)`, `add_hosts(n, fresh=True)`; the pytest fixture
+`fresh_hosts`) look like a stock VM that never saw corral: in the host's mount namespace
+an empty tmpfs (seeded from /etc/skel) hides the home (/root), the project checkout (the
+repository of tests/, wherever it is) and every Python prefix that is not the
+distribution's (sys.prefix, sys.base_prefix, pyenv, a virtualenv) are hidden by empty
+tmpfs too, and sessions get only the standard PATH. So the only Python is the
+distribution's /usr/bin/python3, and `corral` and `import runtime` fail there until
+`corral up` ships them (`fresh_problem(host)` says what gives a host away). Their homes
+are private, so they are wiped between tests like /tmp.
+
 After each test the fixture closes pooled SSH connections, kills every process in each
 host's PID namespace except its init (sshd) and wipes the host's /tmp and /dev/shm.
 `TestHost.processes()` lists the host's processes other than sshd's own (the listener and
@@ -42,6 +52,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -57,6 +68,9 @@ MAX_HOSTS_PER_SLOT = 28
 SSHD = "/usr/sbin/sshd"
 SSHD_COMMS = {"sshd", "sshd-session", "sshd-auth"}
 REQUIRED_TOOLS = ("ip", "unshare", "nsenter", "ssh-keygen")
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CHECKOUT = Path(__file__).resolve().parent.parent
+FRESH_HOME = "/root"
 
 
 def missing_requirements() -> str | None:
@@ -132,6 +146,7 @@ class TestHost:
     launcher_pid: int = 0  # `unshare` in the root PID namespace
     init_pid: int = 0      # sshd: PID 1 of the host's PID namespace (root-namespace pid)
     sshd_options: dict | None = None  # non-default sshd_config options, until a reset
+    fresh: bool = False  # a stock VM: private empty home, no corral, no project Python
 
     @property
     def sshd_log(self) -> Path:
@@ -167,6 +182,12 @@ class TestHost:
     def wipe_tmp(self) -> None:
         self.run("rm -rf /tmp/* /tmp/.[!.]* /tmp/..?* /dev/shm/* 2>/dev/null; true")
 
+    def wipe_home(self) -> None:
+        """A fresh host's home back to /etc/skel (it is the host's own tmpfs)."""
+        if self.fresh:
+            self.run(f"find {FRESH_HOME} -mindepth 1 -maxdepth 1 -exec rm -rf {{}} + ; "
+                     f"cp -a /etc/skel/. {FRESH_HOME}/ 2>/dev/null; chmod 700 {FRESH_HOME}; true")
+
 
 class HostNetwork:
     """A bridge plus hosts in one address slot. Create with `open()`, end with `close()`."""
@@ -183,6 +204,7 @@ class HostNetwork:
         self.ssh_user = "root"
         self.ssh_private_key = str(self.directory / "client_ed25519")
         self.all_hosts: list[TestHost] = []
+        self.fresh = False  # what add_hosts makes by default
         self._closed = False
 
     @property
@@ -225,7 +247,8 @@ class HostNetwork:
             "-f", self.ssh_private_key)
         return self
 
-    def add_hosts(self, count: int) -> list[TestHost]:
+    def add_hosts(self, count: int, fresh: bool | None = None) -> list[TestHost]:
+        """`count` more hosts; `fresh` (default: the network's) makes them stock VMs."""
         start = len(self.all_hosts)
         if start + count > MAX_HOSTS_PER_SLOT:
             raise RuntimeError(f"at most {MAX_HOSTS_PER_SLOT} test hosts per network")
@@ -235,7 +258,8 @@ class HostNetwork:
                             ip=f"198.18.0.{self.base + 2 + index}",
                             netns=f"corral-h{index}-{self.pid}s{self.slot}",
                             mac=f"02:c0:12:{self.slot:02x}:{index:02x}:01",
-                            directory=self.directory / f"host{index}")
+                            directory=self.directory / f"host{index}",
+                            fresh=self.fresh if fresh is None else fresh)
             self.all_hosts.append(host)
             self._save_state()
             self._create_netns(host)
@@ -269,8 +293,8 @@ class HostNetwork:
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name, "-f", str(key))
         authorized = host.directory / "authorized_keys"
         shutil.copyfile(f"{self.ssh_private_key}.pub", authorized)
-        python_bin = os.path.dirname(sys.executable)
-        path = f"{python_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        path = STANDARD_PATH if host.fresh else \
+            f"{os.path.dirname(sys.executable)}:{STANDARD_PATH}"
         options = [f"{key} {value}" for key, value in (sshd_options or {}).items()]
         (host.directory / "sshd_config").write_text("\n".join(options + [  # first one wins
             "Port 22", f"ListenAddress {host.ip}", f"HostKey {key}",
@@ -291,7 +315,8 @@ class HostNetwork:
             if os.path.exists(f"/root/.{name}"):
                 rc_files += f"mount --bind {host.directory / name} /root/.{name} && "
         script = ("mount --make-rprivate / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
-                  "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && " + rc_files +
+                  "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && " +
+                  (_fresh_mounts() if host.fresh else "") + rc_files +
                   f"hostname {host.name} && mkdir -p /run/sshd && exec {SSHD} -D -e -f {config}")
         with open(host.sshd_log, "ab") as log:
             process = subprocess.Popen(
@@ -364,6 +389,7 @@ class HostNetwork:
                 continue
             host.kill_processes()
             host.wipe_tmp()
+            host.wipe_home()
 
     def close(self) -> None:
         if self._closed:
@@ -381,6 +407,58 @@ class HostNetwork:
         shutil.rmtree(self.directory, ignore_errors=True)
         (STATE_ROOT / f"slot{self.slot}.json").unlink(missing_ok=True)
         os.close(self._lock_fd)
+
+
+def _hidden_on_fresh_hosts() -> list[str]:
+    """What a fresh host must not see besides its home: the checkout, and Python
+    prefixes that are not the distribution's (/usr), unless already under the home or
+    /tmp (both private there)."""
+    candidates = [str(CHECKOUT), sys.prefix, sys.base_prefix, os.environ.get("VIRTUAL_ENV"),
+                  os.environ.get("CONDA_PREFIX"),
+                  os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
+    hidden: list[str] = []
+    for candidate in candidates:
+        if not candidate or not os.path.isdir(candidate):
+            continue
+        path = os.path.realpath(candidate)
+        if path in ("/", "/usr", "/usr/local") or any(
+                path == root or path.startswith(root + "/")
+                for root in (FRESH_HOME, "/tmp", *hidden)):
+            continue
+        hidden.append(path)
+    return hidden
+
+
+def _fresh_mounts() -> str:
+    """Shell (run in the host's new mount namespace) that makes it a stock VM."""
+    script = (f"mount -t tmpfs -o mode=700 tmpfs {FRESH_HOME} && "
+              f"cp -a /etc/skel/. {FRESH_HOME}/ && chmod 700 {FRESH_HOME} && ")
+    for path in _hidden_on_fresh_hosts():
+        script += f"mount -t tmpfs -o mode=755,size=1m tmpfs {shlex.quote(path)} && "
+    return script
+
+
+def fresh_problem(host: TestHost) -> str | None:
+    """Why `host` does not look like a stock VM that never saw corral (None: it does):
+    what a session there finds with the standard PATH."""
+    script = "\n".join([
+        'echo "corral=$(command -v corral)"',
+        "echo \"runtime=$(cd / && python3 -c 'import runtime; print(runtime.__file__)' "
+        '2>/dev/null)"',
+        "echo \"prefix=$(python3 -c 'import sys; print(sys.base_prefix)')\"",
+        f'echo "state=$(ls -A {FRESH_HOME}/.corral 2>/dev/null | head -3 | tr "\\n" " ")"',
+        f'echo "checkout=$(ls -A {shlex.quote(str(CHECKOUT))} 2>/dev/null | head -3 '
+        '| tr "\\n" " ")"'])
+    result = host.run(f"env -i HOME={FRESH_HOME} PATH={STANDARD_PATH} sh -c "
+                      + shlex.quote(script))
+    found = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    problems = [f"{what} {found[key].strip()}" for key, what in (
+        ("corral", "corral is on PATH at"), ("runtime", "runtime imports from"),
+        ("state", f"{FRESH_HOME}/.corral holds"), ("checkout", "the checkout shows"))
+        if found.get(key, "").strip()]
+    if found.get("prefix", "").strip() != "/usr":
+        problems.append(f"python3's prefix is {found.get('prefix', '?').strip() or '?'}")
+    return "; ".join(problems) or None
 
 
 def _netns_pids(netns: str) -> list[int]:
@@ -425,10 +503,12 @@ def _take_slot(wait_s: float = 300) -> tuple[int, int]:
         time.sleep(0.5)
 
 
-def open_network(host_count: int = 0) -> HostNetwork:
-    """A new network in a free slot with `host_count` hosts; call `.close()` when done."""
+def open_network(host_count: int = 0, fresh: bool = False) -> HostNetwork:
+    """A new network in a free slot with `host_count` hosts (stock VMs with `fresh`);
+    call `.close()` when done."""
     slot, fd = _take_slot()
     network = HostNetwork(slot, fd)
+    network.fresh = fresh
     atexit.register(network.close)
     try:
         network.open()
@@ -441,12 +521,13 @@ def open_network(host_count: int = 0) -> HostNetwork:
 
 
 @contextlib.contextmanager
-def host_network(host_count: int):
-    """Context manager for scripts: a network with `host_count` hosts, torn down on exit."""
+def host_network(host_count: int, fresh: bool = False):
+    """Context manager for scripts: a network with `host_count` hosts (stock VMs with
+    `fresh`), torn down on exit."""
     reason = missing_requirements()
     if reason:
         raise RuntimeError(reason)
-    network = open_network(host_count)
+    network = open_network(host_count, fresh=fresh)
     try:
         yield network
     finally:

@@ -11,6 +11,10 @@ they share with this machine: tests/hostnet.py.
 
     def test_y(hosts_run_this_checkout):   # the hosts run corral from this checkout
 
+    def test_z(fresh_hosts):   # four more hosts that look like stock VMs: private empty
+                               # home, no checkout, only the distribution's python3, no
+                               # corral (checked before every test); a network of their own
+
 The hosts are created once per session (lazily) and reset after every test: pooled SSH
 connections closed, every process of each host killed except its sshd, /tmp and /dev/shm
 wiped. The session's end (or atexit, as a backstop) tears everything down by PID. Tests
@@ -27,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostnet import (HostNetwork, TestHost, _take_slot, host_network,  # noqa: F401
-                           missing_requirements, open_network)
+from tests.hostnet import (HostNetwork, TestHost, _take_slot, fresh_problem,  # noqa: F401
+                           host_network, missing_requirements, open_network)
 
 
 class TestHosts:
@@ -63,25 +67,45 @@ class TestHosts:
 _SESSION: dict[str, HostNetwork] = {}
 
 
-def shared_network() -> HostNetwork:
-    """This process's shared network with the four base hosts (created once)."""
-    if "network" not in _SESSION:
-        _SESSION["network"] = open_network(4)
-    return _SESSION["network"]
+def shared_network(fresh: bool = False) -> HostNetwork:
+    """This process's shared network with the four base hosts (created once); with
+    `fresh`, the other one, whose hosts are stock VMs."""
+    key = "fresh" if fresh else "network"
+    if key not in _SESSION:
+        _SESSION[key] = open_network(4, fresh=fresh)
+    return _SESSION[key]
 
 
-@pytest.fixture
-def test_hosts():
+def _network_or_skip(fresh: bool) -> HostNetwork:
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
     try:
-        network = shared_network()
+        return shared_network(fresh)
     except subprocess.CalledProcessError as error:
         if "not permitted" in (error.stderr or "") or "denied" in (error.stderr or ""):
             pytest.skip(f"cannot create network namespaces here: {error.stderr.strip()}")
         raise
+
+
+@pytest.fixture
+def test_hosts():
+    network = _network_or_skip(fresh=False)
     try:
+        yield TestHosts(network)
+    finally:
+        network.reset_hosts()
+
+
+@pytest.fixture
+def fresh_hosts():
+    """Like `test_hosts`, but the hosts look like stock VMs (tests/hostnet.py); each is
+    checked to have no corral, no checkout and only the distribution's Python first."""
+    network = _network_or_skip(fresh=True)
+    try:
+        for host in network.hosts[:4]:
+            problem = fresh_problem(host)
+            assert problem is None, f"{host.name} is not fresh: {problem}"
         yield TestHosts(network)
     finally:
         network.reset_hosts()
@@ -105,6 +129,7 @@ def hosts_run_this_checkout(test_hosts):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    network = _SESSION.pop("network", None)
-    if network is not None:
-        network.close()
+    for key in ("network", "fresh"):
+        network = _SESSION.pop(key, None)
+        if network is not None:
+            network.close()

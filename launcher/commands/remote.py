@@ -112,14 +112,19 @@ def exec_command(config_path, command, all_nodes, node_id, timeout_s):
 @click.option("--node", "node_id", metavar="ID", help="Attach to this node instead of the head.")
 def attach(config_path, node_id):
     """Open an interactive shell on the head of CONFIG's cluster (a real terminal: window
-    size and raw mode follow yours). The shell has the cluster's environment."""
+    size and raw mode follow yours). The shell has the cluster's environment, with the
+    corral environment `up` installed there first on PATH."""
     with open_cluster(config_path) as (config, provider):
         head = find_head(provider, config)
         node = pick_node(provider, config, node_id) if node_id else head
         runner = provider.command_runner(node)
         env = command_env(provider, config, node, head, runner)
         from launcher.ssh_runner import env_prefix
-        code = runner.interactive_shell(env_prefix(env) + 'exec "${SHELL:-bash}" -l')
+        shell = 'exec "${SHELL:-bash}" -l'
+        if "CORRAL_ENV" in env:  # a login shell's profile would put the env off PATH
+            from launcher.ship.layout import ATTACH_SHELL_COMMAND
+            shell = ATTACH_SHELL_COMMAND
+        code = runner.interactive_shell(env_prefix(env) + shell)
     if code:
         raise click.exceptions.Exit(code if 0 < code < 256 else 1)
 
