@@ -13,6 +13,7 @@ each requirement is tried alone to name the ones that cannot be had, with pip's 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -50,6 +51,11 @@ class Downloaded:
     name: str
     version: str
     requires: tuple[str, ...]
+
+
+def pip_available() -> bool:
+    """Whether this interpreter can run `python -m pip` (a venv made --without-pip cannot)."""
+    return importlib.util.find_spec("pip") is not None
 
 
 def pip_command(platform: NodePlatform, dest_dir: Path,

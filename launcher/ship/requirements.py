@@ -19,17 +19,15 @@ from pathlib import Path
 from typing import Iterable
 
 try:
-    from packaging.markers import Marker
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 except ImportError:  # pip vendors the same library; every Python that runs pip has it
-    from pip._vendor.packaging.markers import Marker  # type: ignore[no-redef]
     from pip._vendor.packaging.requirements import (  # type: ignore[no-redef]
         InvalidRequirement, Requirement)
     from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]
 
 __all__ = ["CorralProject", "Pin", "Closure", "InstalledIndex", "RequirementProblem",
-           "corral_project", "canonicalize_name", "Requirement", "Marker"]
+           "corral_project", "canonicalize_name", "Requirement"]
 
 
 class RequirementProblem(Exception):

@@ -23,6 +23,8 @@ import json
 import os
 import secrets
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +34,7 @@ from launcher.ship import download as pip_download
 from launcher.ship.platform import NodePlatform
 from launcher.ship.repack import CannotRepack, repack
 from launcher.ship.requirements import (Closure, CorralProject, InstalledIndex, Pin,
-                                        RequirementProblem, corral_project)
+                                        Requirement, RequirementProblem, corral_project)
 from launcher.ship.self_wheel import SelfSources, build_self_wheel, collect_sources, \
     self_digest
 from launcher.ship.target_tags import marker_environment, platform_tags
@@ -42,6 +44,10 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 HASH_LENGTH = 16  # hex digits, as launcher.hashing keeps them
 REPACK_THREADS = 4
+# The cache keeps the wheelhouses used most recently; older ones go once unused for a
+# while (every edit of corral's code makes a new one, 10-30 MB).
+KEEP_RECENT = 8
+PRUNE_UNUSED_S = 3600.0
 
 Progress = Callable[[str], None]
 
@@ -112,7 +118,6 @@ def _pin_text(pin: Pin) -> str:
 
 
 def _check_python(platform: NodePlatform, project: CorralProject) -> None:
-    from launcher.ship.requirements import Requirement
     if not project.requires_python:
         return
     full = ".".join(str(part) for part in platform.python_version)
@@ -140,6 +145,7 @@ def build_wheelhouse(platform: NodePlatform, extras: frozenset[str] = frozenset(
     final = root / plan.hash
     cached = load_wheelhouse(final)
     if cached is not None:
+        _mark_used(final)
         return cached
     from filelock import FileLock
     with FileLock(str(root / f".{plan.hash}.lock")):
@@ -152,10 +158,11 @@ def build_wheelhouse(platform: NodePlatform, extras: frozenset[str] = frozenset(
             _build_into(temp, plan, on_progress or (lambda message: None))
             if final.exists():  # a broken wheelhouse (a wheel deleted by hand): replace it
                 _remove(final, root)
-            os.rename(temp, final)
+            _rename_into_place(temp, final)
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
+    prune(root, keep=final)
     built = load_wheelhouse(final)
     if built is None:
         raise WheelhouseError(platform, "corral", f"the wheelhouse written to {final} "
@@ -181,6 +188,48 @@ def load_wheelhouse(path: Path) -> Wheelhouse | None:
                       size_bytes=sum(wheel["size_bytes"] for wheel in wheels),
                       corral_version=manifest["corral_version"],
                       extras=tuple(manifest.get("extras", ())))
+
+
+def _rename_into_place(temp: Path, final: Path) -> None:
+    try:
+        os.rename(temp, final)
+    except OSError:
+        if load_wheelhouse(final) is None:  # not a complete one that won a race: a failure
+            raise
+
+
+def _mark_used(path: Path) -> None:
+    """Its mtime says when it was last used, for prune()."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a cache we may read but not write: it is simply never pruned by us
+
+
+def prune(root: Path, keep: Path | None = None) -> list[Path]:
+    """Remove wheelhouses beyond the KEEP_RECENT most recently used that have not been
+    used for PRUNE_UNUSED_S (so none a running `up` just took); `keep` always stays.
+    Returns what was removed."""
+    entries = []
+    for path in root.iterdir():
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        try:
+            entries.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed meanwhile by another process's prune
+    entries.sort(reverse=True)
+    cutoff = time.time() - PRUNE_UNUSED_S
+    removed = []
+    for mtime, path in entries[KEEP_RECENT:]:
+        if path != keep and mtime < cutoff:
+            try:
+                _remove(path, root)
+            except OSError:
+                continue  # another prune took it first
+            (root / f".{path.name}.lock").unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _clear_leftovers(root: Path, digest: str) -> None:
@@ -250,6 +299,12 @@ def _download_all(pins: list[Pin], reasons: dict[str, str], plan: WheelhousePlan
                   temp: Path, progress: Progress) -> list[dict]:
     if not pins:
         return []
+    if not pip_download.pip_available():
+        first = pins[0]
+        raise WheelhouseError(plan.platform, first.requirement(), (
+            f"it must be downloaded ({reasons.get(first.name, 'not installed here')}), and "
+            f"this Python ({sys.executable}) has no pip to do it; install pip here "
+            "(python3 -m ensurepip) and try again"))
     pip_dir = temp / ".pip"
     try:
         got = pip_download.download(plan.platform, [pin.requirement() for pin in pins],
@@ -278,7 +333,6 @@ def _download_all(pins: list[Pin], reasons: dict[str, str], plan: WheelhousePlan
 
 
 def _advice(plan: WheelhousePlan, requirement: str, pip_message: str) -> str:
-    from launcher.ship.requirements import Requirement
     name = Requirement(requirement).name
     wanted_by = ", ".join(plan.closure.required_by(name)) or "corral"
     return (f"pip download found no wheel built for this node ({pip_message}); it is "

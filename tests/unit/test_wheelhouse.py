@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from launcher.ship.self_wheel import build_self_wheel, collect_sources, self_dig
 from launcher.ship.target_tags import (marker_environment, platform_tags, supports,
                                        this_machine, wheel_file_tags)
 from launcher.ship import wheelhouse as wheelhouse_module
-from launcher.ship.wheelhouse import build_wheelhouse, load_wheelhouse, plan_wheelhouse
+from launcher.ship.wheelhouse import (KEEP_RECENT, PRUNE_UNUSED_S, build_wheelhouse,
+                                      load_wheelhouse, plan_wheelhouse, prune)
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[2]
@@ -329,3 +331,24 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path, frozen_sources):
     assert (built.path / built.wheels[0]).stat().st_size == manifest["wheels"][0]["size_bytes"]
     assert oct(built.path.stat().st_mode & 0o777) == oct(0o700)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".build-", ".trash-"))]
+
+
+def test_prune_keeps_the_recently_used_and_drops_old_unused_wheelhouses(tmp_path):
+    now = time.time()
+    old = now - PRUNE_UNUSED_S - 60
+    ages = {f"{index:016x}": old - index for index in range(KEEP_RECENT + 3)}
+    ages["fresh"] = now - 10  # used a moment ago by someone
+    for name, mtime in ages.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / f".{name}.lock").touch()
+        os.utime(tmp_path / name, (mtime, mtime))
+    kept_on_purpose = tmp_path / f"{KEEP_RECENT + 2:016x}"  # the oldest, but just built
+    removed = prune(tmp_path, keep=kept_on_purpose)
+    # the KEEP_RECENT most recent stay ("fresh" and 0..6); of the rest all but `keep` go
+    expected = [f"{index:016x}" for index in (KEEP_RECENT - 1, KEEP_RECENT, KEEP_RECENT + 1)]
+    assert sorted(path.name for path in removed) == expected
+    left = sorted(path.name for path in tmp_path.iterdir() if not path.name.startswith("."))
+    assert len(left) == len(ages) - 3 and "fresh" in left and kept_on_purpose.name in left
+    assert not (tmp_path / f".{expected[0]}.lock").exists()
+    assert (tmp_path / f".{kept_on_purpose.name}.lock").exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".trash-")]
