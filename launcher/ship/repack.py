@@ -102,14 +102,17 @@ def repack(dist: importlib.metadata.Distribution, platform: NodePlatform,
         source = Path(record.locate())
         data = _verified_bytes(record, source)
         if parts[0] != "..":
-            writer.add(record.as_posix(), data, executable=os.access(source, os.X_OK))
-            continue
-        arcname = _outside_name(source.resolve(), layout, data_dir, generated)
-        if arcname is None:
-            continue
-        if arcname.startswith(f"{data_dir}/scripts/"):
-            data = _restore_shebang(data)
-        writer.add(arcname, data, executable=os.access(source, os.X_OK))
+            arcname = record.as_posix()
+        else:
+            arcname = _outside_name(source.resolve(), layout, data_dir, generated)
+            if arcname is None:
+                continue
+            if arcname.startswith(f"{data_dir}/scripts/"):
+                data = _restore_shebang(data)
+        try:
+            writer.add(arcname, data, executable=os.access(source, os.X_OK))
+        except ValueError as error:  # RECORD lists a file twice, or one outside the tree
+            raise CannotRepack(str(error)) from None
     name = dist.metadata["Name"]
     return writer.write(dest_dir / wheel_file_name(name, dist.version, list(wheel.tags)))
 

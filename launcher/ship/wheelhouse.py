@@ -159,6 +159,9 @@ def build_wheelhouse(platform: NodePlatform, extras: frozenset[str] = frozenset(
             if final.exists():  # a broken wheelhouse (a wheel deleted by hand): replace it
                 _remove(final, root)
             _rename_into_place(temp, final)
+        except OSError as error:
+            raise WheelhouseError(platform, "corral", f"cannot write the wheelhouse in "
+                                  f"{root}: {error.strerror or error}") from error
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
