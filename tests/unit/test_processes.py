@@ -378,15 +378,24 @@ def test_cli_and_the_processes_module_run_with_an_empty_proc(tmp_path):
 
 # ---------------------------------------------------------------- workers off Linux
 
+def _describe(pid: int) -> str:
+    try:
+        proc = psutil.Process(pid)
+        return f"pid {pid}: {proc.status()}, parent {proc.ppid()}, argv {proc.cmdline()}"
+    except psutil.Error as error:
+        return f"pid {pid}: {error!r}"
+
+
 def test_a_worker_without_a_death_signal_exits_when_its_parent_dies(spawned):
     """Where the kernel sends no death signal (macOS), a worker watches for being
     reparented: the watch used there, run here under a parent that is then killed."""
     parent = spawned([sys.executable, "-c", textwrap.dedent("""\
         import os, subprocess, sys, time
-        watch = ("import os, sys; from runtime.worker import exit_when_reparented; "
-                 "print('watching', flush=True); exit_when_reparented(os.getppid(), 0.05)")
-        child = subprocess.Popen([sys.executable, "-c", watch], stdout=subprocess.PIPE,
-                                 text=True)
+        # the parent's pid is passed, as the agent passes --parent-pid to a worker
+        watch = ("import sys; from runtime.worker import exit_when_reparented; "
+                 "print('watching', flush=True); exit_when_reparented(int(sys.argv[1]), 0.05)")
+        child = subprocess.Popen([sys.executable, "-c", watch, str(os.getpid())],
+                                 stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "watching"
         print(child.pid, flush=True)
         time.sleep(60)""")], stdout=subprocess.PIPE, text=True,
@@ -396,7 +405,8 @@ def test_a_worker_without_a_death_signal_exits_when_its_parent_dies(spawned):
         assert processes.is_alive(child)
         parent.kill()
         parent.wait(10)
-        wait_for(lambda: not processes.is_alive(child), 10, "the orphaned worker to exit")
+        wait_for(lambda: not processes.is_alive(child), 10, "the orphaned worker to exit",
+                 describe=lambda: _describe(child))
     finally:
         if processes.is_alive(child):
             os.kill(child, signal.SIGKILL)
