@@ -20,7 +20,6 @@ import psutil
 import pytest
 
 from launcher.command_runner import LocalRunner
-from launcher.providers import node_processes
 from launcher.providers.local import stop_script
 from runtime import processes
 from tests.helpers import wait_for
