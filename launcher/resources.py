@@ -3,8 +3,9 @@
 In a source checkout (and an editable install) they sit at the repository's top level,
 `schemas/` and `configs/defaults/`. An installed corral (`pip install .`, a wheel, or the
 environment `corral up` ships to a node) carries them inside the `launcher` package, as
-`launcher/schemas/` and `launcher/defaults/` (setup.cfg maps them there). The checkout's
-copies win when both exist, so an edit in the checkout is what runs.
+`launcher/schemas/` and `launcher/defaults/` (setup.cfg maps them there). Which one is
+decided by whether `launcher` sits in a checkout (setup.cfg beside it), never by what
+happens to exist beside site-packages.
 """
 from __future__ import annotations
 
@@ -16,21 +17,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CHECKOUT_DIR = PACKAGE_DIR.parent
 
 
-def _first_existing(*candidates: Path) -> Path:
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    return candidates[-1]
-
-
 def schema_dir() -> Path:
     """The directory of `cluster.schema.json` and `provider-<type>.schema.json`."""
-    return _first_existing(CHECKOUT_DIR / "schemas", PACKAGE_DIR / "schemas")
+    return CHECKOUT_DIR / "schemas" if is_checkout() else PACKAGE_DIR / "schemas"
 
 
 def defaults_dir() -> Path:
     """The directory of `common.yaml` and `<provider type>.yaml` defaults."""
-    return _first_existing(CHECKOUT_DIR / "configs" / "defaults", PACKAGE_DIR / "defaults")
+    return (CHECKOUT_DIR / "configs" / "defaults" if is_checkout()
+            else PACKAGE_DIR / "defaults")
 
 
 def is_checkout() -> bool:
