@@ -41,20 +41,24 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
-def _running(proc: psutil.Process) -> bool:
-    """The very process `proc` was made for (same PID and start time) runs, not a zombie."""
+def _not_zombie(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() not in _GONE
+        return proc.status() not in _GONE
     except psutil.NoSuchProcess:  # ZombieProcess included
         return False
     except psutil.AccessDenied:   # another user's process: it exists
         return True
 
 
+def _running(proc: psutil.Process) -> bool:
+    """The very process `proc` was made for (same PID and start time) runs, not a zombie."""
+    return proc.is_running() and _not_zombie(proc)
+
+
 def is_alive(pid: int) -> bool:
     """True while a process with this PID exists and is not a zombie."""
     proc = _process(pid)
-    return proc is not None and _running(proc)
+    return proc is not None and _not_zombie(proc)
 
 
 def start_time_s(pid: int) -> float | None:
@@ -105,8 +109,12 @@ def pids_with_env(name: str, values) -> dict[str, set[int]]:
     if not found:
         return found
     for pid in psutil.pids():
-        value = (environ(pid) or {}).get(name)
-        if value in found and is_alive(pid):
+        proc = _process(pid)
+        try:
+            value = proc.environ().get(name) if proc is not None else None
+        except psutil.Error:  # gone, or not ours to read
+            continue
+        if value in found and _not_zombie(proc):
             found[value].add(pid)
     return found
 
