@@ -39,9 +39,9 @@ from launcher.ship.layout import ACTIVE_ENV_SHELL, ships_to
 from launcher.ship.probe import NodeProbe, parse_probe, probe_command
 from launcher.tag_writer import TagWriter
 from launcher.tags import (KIND_HEAD, STATUS_SETTING_UP, STATUS_SHIPPING_CORRAL,
-                           STATUS_STARTING, STATUS_SYNCING_FILES, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED,
-                           STATUS_WAITING_FOR_SSH, TAG_FAILURE, TAG_LAUNCH_HASH,
-                           TAG_NODE_STATUS, TAG_RUNTIME_HASH)
+                           STATUS_STARTING, STATUS_SYNCING_FILES, STATUS_UP_TO_DATE,
+                           STATUS_UPDATE_FAILED, STATUS_WAITING_FOR_SSH, TAG_FAILURE,
+                           TAG_LAUNCH_HASH, TAG_NODE_STATUS, TAG_RUNTIME_HASH)
 
 FAILURE_TAG_MAX_CHARS = 200
 

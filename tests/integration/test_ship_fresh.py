@@ -2,9 +2,11 @@
 fresh mode: private empty home, no checkout, only Debian's /usr/bin/python3, no corral,
 no pip or internet needed) with a `local` config that has no setup_commands brings the
 runtime up on all four; a program run with `corral exec` uses every node; a second `up`
-ships nothing; `down` leaves no process behind."""
+ships nothing; `down` leaves no process behind. And the head's autoscaler ships the
+corral it runs (the installed wheel) to the workers it launches."""
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -112,4 +114,49 @@ def test_up_ships_corral_to_stock_vms_and_runs_a_program_on_all_of_them(fresh_cl
     down = corral("down", str(path), "-y", timeout_s=120)
     assert down.returncode == 0, down.stdout + down.stderr
     for host in hosts:
+        assert host.processes() == [], f"{host.name} still runs {host.processes()}"
+
+
+AUTOSCALED_JOB = """
+import socket
+import runtime
+runtime.init(address="auto")
+
+@runtime.remote(num_cpus=1)
+def where():
+    return socket.gethostname()
+
+print("RAN ON", runtime.get(where.remote(), timeout=150))
+"""
+
+
+def test_the_heads_autoscaler_ships_corral_to_the_workers_it_launches(tmp_path, fresh_hosts):
+    head, worker = fresh_hosts.hosts[:2]
+    path = tmp_path / "autoscaled.yaml"
+    path.write_text(yaml.safe_dump({
+        "cluster_name": "fresh-autoscaled", "max_workers": 1,
+        "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [worker.ip]},
+        "auth": {"ssh_user": fresh_hosts.ssh_user,
+                 "ssh_private_key": str(fresh_hosts.ssh_private_key), "ssh_timeout_s": 10},
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}, "min_workers": 0, "max_workers": 0},
+            "w": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 1}},
+        "head_node_type": "head"}))
+    try:
+        up = corral("up", str(path), "-y")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert worker.run("test -e /root/.corral").returncode != 0  # not touched by up
+        job = corral("exec", str(path), f"python3 -c {shlex.quote(AUTOSCALED_JOB)}",
+                     timeout_s=240)
+        assert job.returncode == 0, job.stdout + job.stderr + head.run(
+            "tail -n 40 /tmp/corral/session/logs/monitor.log").stdout
+        assert f"RAN ON {worker.name}" in job.stdout
+        head_env = head.run("readlink /root/.corral/env").stdout.strip()
+        worker_env = worker.run("readlink /root/.corral/env").stdout.strip()
+        assert head_env.startswith("envs/") and worker_env == head_env
+        assert worker.run("/root/.corral/env/bin/corral --version").returncode == 0
+    finally:
+        down = corral("down", str(path), "-y", timeout_s=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    for host in (head, worker):
         assert host.processes() == [], f"{host.name} still runs {host.processes()}"
