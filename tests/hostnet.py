@@ -147,6 +147,7 @@ class TestHost:
     init_pid: int = 0      # sshd: PID 1 of the host's PID namespace (root-namespace pid)
     sshd_options: dict | None = None  # non-default sshd_config options, until a reset
     fresh: bool = False  # a stock VM: private empty home, no corral, no project Python
+    bashrc: str | None = None  # the host's ~/.bashrc text (None: an empty rc), until a reset
 
     @property
     def sshd_log(self) -> Path:
@@ -309,7 +310,7 @@ class HostNetwork:
     def _start_sshd(self, host: TestHost) -> None:
         config = host.directory / "sshd_config"
         rc_files = ""
-        for name, text in (("bashrc", "# test host: no rc\n"),
+        for name, text in (("bashrc", host.bashrc or "# test host: no rc\n"),
                            ("profile", "[ -n \"$BASH\" ] && [ -f ~/.bashrc ] && . ~/.bashrc\n")):
             (host.directory / name).write_text(text)
             if os.path.exists(f"/root/.{name}"):
@@ -367,13 +368,16 @@ class HostNetwork:
             _kill(pid)
 
     def restart_host(self, host: TestHost, new_host_key: bool = False,
-                     sshd_options: dict[str, str] | None = None) -> None:
+                     sshd_options: dict[str, str] | None = None,
+                     bashrc: str | None = None) -> None:
         """Stop the host (all its processes, its /tmp) and start it again, optionally with a
         new host key — like a machine rebooted or re-created at the same address.
-        `sshd_options` (e.g. {"MaxSessions": "2"}) override sshd_config until the next
-        restart."""
+        `sshd_options` (e.g. {"MaxSessions": "2"}) override sshd_config, and `bashrc` is the
+        text of the host's ~/.bashrc (e.g. a slow one, like a user's pyenv or conda init),
+        until the next reset."""
         self.stop_host(host)
         host.sshd_options = sshd_options
+        host.bashrc = bashrc
         self._write_sshd_config(host, new_host_key=new_host_key, sshd_options=sshd_options)
         self._start_sshd(host)
         self._wait_sshd(host)
@@ -384,7 +388,7 @@ class HostNetwork:
             from launcher import ssh_pool
             ssh_pool.close_all()
         for host in self.all_hosts:
-            if _pid_ns_inode(host.init_pid) is None or host.sshd_options:
+            if _pid_ns_inode(host.init_pid) is None or host.sshd_options or host.bashrc:
                 self.restart_host(host)  # a test killed or reconfigured it: start afresh
                 continue
             host.kill_processes()
