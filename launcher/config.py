@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from launcher.config_checks import check_document, resolve_local_path
 from launcher.config_defaults import (apply_aliases, defaults_for, drop_ray_no_ops,
                                       merge_under, node_type_max_workers, synthesise_local)
+from launcher.config_limits import read_config_bytes
 from launcher.config_locate import LineMap, format_path, parse_yaml
 from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.config_schema import (did_you_mean, known_provider_types, schema_problems,
@@ -39,7 +40,9 @@ def load_config_with_notices(path: str | Path,
                              check_local_files: bool = True) -> tuple[ClusterConfig, list[str]]:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_config_bytes(path, source).decode("utf-8")
+    except ConfigError as error:
+        raise ConfigErrors([error]) from None
     except FileNotFoundError:
         raise ConfigErrors([ConfigError("", None, "no such file", source)]) from None
     except IsADirectoryError:

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from launcher.config_limits import structure_problem, text_too_long
 from launcher.errors import ConfigError
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -58,8 +59,13 @@ class LineMap:
 
 
 def parse_yaml(text: str, source: str | None) -> tuple[Any, LineMap, list[ConfigError]]:
-    """Returns (data, line map, problems). Syntax errors leave data None with one problem."""
+    """Returns (data, line map, problems). Syntax errors leave data None with one problem,
+    and so does a document past launcher.config_limits' caps (size, aliases, nesting),
+    which is refused before it is composed."""
     lines = LineMap()
+    refused = text_too_long(text, source) or structure_problem(text, source)
+    if refused is not None:
+        return None, lines, [refused]
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
