@@ -28,6 +28,7 @@ import glob
 import os
 import re
 import shlex
+import threading
 
 import paramiko
 from paramiko.ssh_exception import ConfigParseError
@@ -53,21 +54,79 @@ def config_files() -> list[tuple[str, bool]]:
     return [(os.path.expanduser(USER_CONFIG), False), (SYSTEM_CONFIG, True)]
 
 
-def load() -> tuple[paramiko.SSHConfig, str]:
-    """The parsed ssh_config and the name of where it came from (for messages). Read
-    afresh each time: it is small, and the user may edit it between commands."""
-    files = [(path, system) for path, system in config_files() if os.path.isfile(path)]
-    where = " + ".join(path for path, _ in files) or "no ssh_config"
+class _Loaded:
+    """One parse of the ssh_config files, with the lookups made in it. paramiko takes
+    ~0.1 ms per Host block and lookup, so with a few hundred hosts configured, parsing
+    for every runner would cost more than connecting."""
+
+    def __init__(self, config: paramiko.SSHConfig, where: str, context: tuple,
+                 watched: list[str]):
+        self.config = config
+        self.where = where
+        self.context = context  # the files asked for, HOME and user: tokens depend on them
+        self.watched = tuple(watched)
+        self.signature = _signature(self.watched)
+        self.lookups: dict[str, paramiko.SSHConfigDict] = {}
+
+    def current(self, context: tuple) -> bool:
+        return context == self.context and _signature(self.watched) == self.signature
+
+    def lookup(self, name: str) -> paramiko.SSHConfigDict:
+        """ssh_config's settings for `name` (a copy: callers may change it)."""
+        with _loaded_lock:
+            found = self.lookups.get(name)
+        if found is None:
+            found = _lookup(self.config, self.where, name)
+            with _loaded_lock:
+                self.lookups[name] = found
+        copy = paramiko.SSHConfigDict()
+        copy.update({key: list(value) if isinstance(value, list) else value
+                     for key, value in found.items()})
+        return copy
+
+
+_loaded_lock = threading.Lock()
+_loaded: list[_Loaded] = []  # the last parse, kept while its files are unchanged
+
+
+def load() -> _Loaded:
+    """The parsed ssh_config (the last parse while none of the files it read, nor the
+    directories its Includes looked in, changed: the user may edit it between runs)."""
+    files = config_files()
+    context = (tuple(files), os.path.expanduser("~"), getpass.getuser())
+    with _loaded_lock:
+        last = _loaded[0] if _loaded else None
+    if last is not None and last.current(context):
+        return last
+    present = [(path, system) for path, system in files if os.path.isfile(path)]
+    where = " + ".join(path for path, _ in present) or "no ssh_config"
     lines: list[str] = []
-    for path, system in files:
-        lines += _lines_with_includes(path, system, 0)
+    watched = [path for path, _ in files]
+    for path, system in present:
+        lines += _lines_with_includes(path, system, 0, watched)
     try:
-        return paramiko.SSHConfig.from_text("\n".join(lines)), where
+        config = paramiko.SSHConfig.from_text("\n".join(lines))
     except ConfigParseError as error:
         raise SSHConfigError(where, str(error)) from None
+    loaded = _Loaded(config, where, context, watched)
+    with _loaded_lock:
+        _loaded[:] = [loaded]
+    return loaded
 
 
-def _lines_with_includes(path: str, system: bool, depth: int,
+def _signature(watched: tuple) -> tuple:
+    """What the files and directories read say of themselves (None for a missing one)."""
+    signature = []
+    for path in watched:
+        try:
+            stat = os.stat(path)
+            signature.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        except OSError:
+            signature.append(None)
+    return tuple(signature)
+
+
+def _lines_with_includes(path: str, system: bool, depth: int, watched: list[str],
                          block: str = "Host *") -> list[str]:
     """The file's lines with each Include replaced by the files it names. As in OpenSSH,
     an included file starts in the block (Host/Match line) in force at its Include and
@@ -97,17 +156,19 @@ def _lines_with_includes(path: str, system: bool, depth: int,
             raise SSHConfigError(path, f"bad Include line {line.strip()!r}: {error}") from None
         for pattern in patterns:
             pattern = os.path.join(base, os.path.expanduser(pattern))
+            watched.append(os.path.dirname(pattern))  # a file added there changes it
             for included in sorted(glob.glob(pattern)):
                 if os.path.isfile(included):
-                    lines += _lines_with_includes(included, system, depth + 1, block)
+                    watched.append(included)
+                    lines += _lines_with_includes(included, system, depth + 1, watched,
+                                                  block)
                     lines.append(block)
     return lines
 
 
 def lookup(name: str) -> paramiko.SSHConfigDict:
     """ssh_config's settings for `name` (lower-case keys, tokens expanded)."""
-    config, where = load()
-    return _lookup(config, where, name)
+    return load().lookup(name)
 
 
 def address_of(name: str) -> str:
@@ -121,17 +182,16 @@ def resolve(name: str, *, known_hosts_path: str, user: str | None = None,
             host_key_alias: str | None = None) -> ConnectionSpec:
     """The ConnectionSpec for the host the user called `name` (an address or a Host
     alias); the keyword arguments are what the cluster YAML says (None: not said)."""
-    config, where = load()
-    return _Resolver(config, where, known_hosts_path, private_key_path).spec(
+    return _Resolver(load(), known_hosts_path, private_key_path).spec(
         name, user=user, port=port, proxy_command=proxy_command,
         host_key_alias=host_key_alias, via=None, depth=0)
 
 
 class _Resolver:
-    def __init__(self, config: paramiko.SSHConfig, where: str, known_hosts_path: str,
+    def __init__(self, loaded: _Loaded, known_hosts_path: str,
                  private_key_path: str | None):
-        self.config = config
-        self.where = where
+        self.loaded = loaded
+        self.where = loaded.where
         self.known_hosts_path = known_hosts_path
         self.private_key_path = os.path.expanduser(private_key_path) \
             if private_key_path else None
@@ -142,7 +202,7 @@ class _Resolver:
              ) -> ConnectionSpec:
         """One hop. `via`: the hop before it (a later hop of a ProxyJump list), whose
         choice of route wins over this host's own ProxyCommand/ProxyJump."""
-        options = _lookup(self.config, self.where, name)
+        options = self.loaded.lookup(name)
         identity_files = tuple(os.path.expanduser(path)
                                for path in options.get("identityfile", ()))
         if not identity_files and not self.private_key_path:

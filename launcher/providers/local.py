@@ -31,8 +31,8 @@ from typing import Mapping
 
 from launcher import tags as T
 from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
-                             PartialTerminateError,
-                             ProviderError, SSHUnreachableError, UsageError)
+                             PartialTerminateError, ProviderError, SSHConfigError,
+                             SSHKeyError, SSHUnreachableError, UsageError)
 from launcher.providers import host_tags, node_processes
 from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
 
@@ -96,6 +96,8 @@ class LocalProvider(NodeProvider):
                 tags = host_tags.read(self._runner(ip), self.state_dir, TAG_TIMEOUT_S)
                 self._remember(ip, tags)
                 return ip, tags
+            except (SSHKeyError, SSHConfigError):
+                raise  # the user's SSH set-up, not the host: say so rather than "unreachable"
             except (ClusterError, OSError, socket.error) as error:
                 return ip, error if isinstance(error, ClusterError) else \
                     ProviderError(f"{ip}: {error}", cause=type(error).__name__)

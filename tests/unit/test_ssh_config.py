@@ -160,3 +160,14 @@ def test_key_facts_without_the_passphrase(tmp_path, key_type, extra):
     (tmp_path / "not-a-key").write_text("hello\n")
     with pytest.raises(ValueError):
         read_key_facts(str(tmp_path / "not-a-key"))
+
+
+def test_an_edited_config_or_a_new_included_file_is_read_again(home, monkeypatch):
+    (home / ".ssh" / "conf.d").mkdir()
+    config = home / "cfg"
+    use_config(monkeypatch, config, "Include conf.d/*\nHost a\n  HostName 10.0.0.1\n")
+    assert resolve("a").host == "10.0.0.1" and resolve("b").host == "b"
+    config.write_text("Include conf.d/*\nHost a\n  HostName 10.0.0.2\n  Port 2200\n")
+    assert (resolve("a").host, resolve("a").port) == ("10.0.0.2", 2200)
+    (home / ".ssh" / "conf.d" / "b").write_text("Host b\n  HostName 10.0.0.3\n")
+    assert resolve("b").host == "10.0.0.3"
