@@ -137,7 +137,8 @@ def test_alias_gives_the_address_port_user_and_identity_file(test_hosts, ssh_hom
 
 
 @pytest.mark.timeout(120)
-def test_proxyjump_reaches_a_host_that_accepts_only_the_jump_host(test_hosts, ssh_home):
+def test_proxyjump_reaches_a_host_that_accepts_only_the_jump_host(test_hosts, ssh_home,
+                                                                 tmp_path):
     gate, inner, other = test_hosts.hosts[1], test_hosts.hosts[2], test_hosts.hosts[3]
     for target in (inner, other):
         test_hosts.restart_host(target, sshd_options={"AllowUsers": f"root@{gate.ip}"})
@@ -161,6 +162,13 @@ def test_proxyjump_reaches_a_host_that_accepts_only_the_jump_host(test_hosts, ss
             client_ip, _, server_ip, _ = ssh_connection(runner)
             assert (client_ip, server_ip) == (gate.ip, target.ip)
             assert runner.run("hostname").stdout.strip() == target.name
+        # Bulk output and SFTP through the jump host (each packet answered, see ssh_pool).
+        assert runners[0].run("seq 1 200000").stdout.splitlines()[-1] == "200000"
+        payload = tmp_path / "payload.bin"
+        payload.write_bytes(os.urandom(3 << 20))
+        runners[0].put(str(payload), "/tmp/payload.bin")
+        runners[0].get("/tmp/payload.bin", str(tmp_path / "back.bin"))
+        assert (tmp_path / "back.bin").read_bytes() == payload.read_bytes()
         # Both targets ride one pooled connection to the jump host: 3 connections.
         assert len(ssh_pool.POOL) == 3
         assert runners[0].spec.jump == runners[1].spec.jump
