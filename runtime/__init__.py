@@ -41,14 +41,15 @@ Limits: Results of actor calls
 made directly (driver on the actor's host) come back inline whatever their size. An
 object on a node that died is lost (ObjectLostError), not reconstructed.
 """
-from runtime.api import (ObjectRef, available_resources, cluster_resources, get, init,
-                         is_initialized, nodes, put, request_resources, shutdown, wait)
+from runtime.api import (ObjectRef, available_resources, cluster_resources, get,
+                         get_gpu_ids, init, is_initialized, nodes, put, request_resources,
+                         shutdown, wait)
 from runtime.errors import (ActorDiedError, GetTimeoutError, NodeDiedError,
                             ObjectLostError, RuntimeSystemError, TaskError)
 from runtime.remote import ActorHandle, get_actor, kill, remote
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill",
            "get_actor", "cluster_resources", "available_resources", "nodes",
-           "request_resources", "ObjectRef", "ActorHandle", "RuntimeSystemError",
-           "TaskError", "ActorDiedError", "NodeDiedError", "GetTimeoutError",
-           "ObjectLostError"]
+           "request_resources", "get_gpu_ids", "ObjectRef", "ActorHandle",
+           "RuntimeSystemError", "TaskError", "ActorDiedError", "NodeDiedError",
+           "GetTimeoutError", "ObjectLostError"]

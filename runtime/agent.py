@@ -1,7 +1,7 @@
 """The node agent: one per node. Registers with the control service and heartbeats,
-accounts the node's resources, runs a pool of worker processes (sized to the node's
-CPUs), queues tasks until their resources fit, keeps large objects in the local store and
-serves them to drivers and peer agents.
+accounts the node's resources (and which GPU ids each task or actor holds), runs a pool
+of worker processes (sized to the node's CPUs), queues tasks until their resources fit,
+keeps large objects in the local store and serves them to drivers and peer agents.
 
 Sockets: `local` ROUTER on ipc (workers, drivers on this node), `remote` ROUTER on TCP
 (CurveZMQ; drivers and peer agents elsewhere), a DEALER to the control service and one
@@ -21,6 +21,7 @@ import zmq
 from runtime import protocol, scheduling
 from runtime.agent_objects import ObjectService
 from runtime.agent_workers import WorkerProcess, WorkersMixin
+from runtime.gpu_ids import GpuIds, default_ids, ids_of
 from runtime.objects import ObjectStore
 from runtime.protocol import Packer
 
@@ -30,7 +31,8 @@ HEARTBEAT_INTERVAL_S = 0.5
 
 class NodeAgent(ObjectService, WorkersMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
-                 keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str):
+                 keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
+                 gpu_ids: list[str] | None = None):
         self.node_id = node_id
         self.node_type = node_type
         self.keys = keys
@@ -46,6 +48,8 @@ class NodeAgent(ObjectService, WorkersMixin):
                                                b"A" + node_id.encode() + uuid.uuid4().bytes[:4])
         self.total = dict(resources)
         self.available = dict(resources)
+        self.gpus = GpuIds(gpu_ids if gpu_ids is not None else
+                           default_ids(self.total.get("GPU", 0.0)))
         self.store = ObjectStore()
         self.workers: dict[bytes, WorkerProcess] = {}
         self.actors: dict[bytes, WorkerProcess] = {}
@@ -281,8 +285,10 @@ class NodeAgent(ObjectService, WorkersMixin):
     def _prefetch(self, task: dict) -> bool:
         """Queue a task at a busy worker whose running task has the same shape, so
         the worker starts it the moment the running one ends. It takes its resources
-        only then (exactly the ones the finished task gives back)."""
-        if task["kind"] != "task":
+        only then (exactly the ones the finished task gives back). Not GPU tasks: they
+        run long, and one bound to a busy worker's GPU would wait there even when
+        another GPU frees first; they wait here and take the first GPU free."""
+        if task["kind"] != "task" or task["shape"].get("GPU"):
             return False
         for worker in self.workers.values():
             if worker.task is not None and worker.next is None and not worker.blocked and \
@@ -297,13 +303,17 @@ class NodeAgent(ObjectService, WorkersMixin):
             return True
         if not scheduling.fits(task["shape"], self.available):
             return False
+        allocation = self.gpus.take(task["shape"].get("GPU", 0.0))
+        if allocation is None:    # enough GPU in total, but split over ids in use
+            return False
         if task["kind"] == "actor_create":
-            worker = self._spawn_worker(task["actor_id"])
+            worker = self._spawn_worker(task["actor_id"], ids_of(allocation))
             self.actor_info[task["actor_id"]] = task
         else:
             worker = next((w for w in self.workers.values()
                            if w.ready and w.actor_id is None and w.task is None), None)
             if worker is None:
+                self.gpus.give_back(allocation)
                 count = sum(1 for w in self.workers.values()
                             if w.actor_id is None and not w.blocked)
                 starting = any(not w.ready and w.actor_id is None
@@ -312,6 +322,7 @@ class NodeAgent(ObjectService, WorkersMixin):
                     self._spawn_worker(None)
                 return False
         scheduling.acquire(self.available, task["shape"])
+        task["gpus"] = allocation
         worker.task = task if task["kind"] == "task" else None
         self._send_to_worker(worker, task)
         for call in self.unplaced_calls.pop(task["actor_id"], ()) if worker.actor_id else ():
@@ -340,6 +351,8 @@ class NodeAgent(ObjectService, WorkersMixin):
     def _send_to_worker(self, worker: WorkerProcess, task: dict) -> None:
         packer = Packer()
         message = {k: task[k] for k in ("task_id", "driver", "kind", "fn", "fn_id", "method")}
+        if task["kind"] == "task":   # (an actor's worker got its GPU ids at its start)
+            message["gpu_ids"] = ids_of(task.get("gpus"))
         message["args"] = [packer.value(a[1]) for a in task["args"]]
         message["kwargs"] = {k: packer.value(v[1]) for k, v in task["kwargs"].items()}
         if worker.ready:

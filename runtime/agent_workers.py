@@ -8,7 +8,7 @@ import subprocess
 import sys
 import uuid
 
-from runtime import protocol, scheduling, sync_channel
+from runtime import gpus, protocol, scheduling, sync_channel
 from runtime.protocol import INLINE_LIMIT_BYTES, unpack_value
 
 
@@ -29,13 +29,22 @@ class WorkerProcess:
 class WorkersMixin:
     """Part of NodeAgent (runtime.agent): its worker processes."""
 
-    def _spawn_worker(self, actor_id: bytes | None) -> WorkerProcess:
+    def _spawn_worker(self, actor_id: bytes | None, gpu_ids: list | None = None
+                      ) -> WorkerProcess:
+        """A task worker (actor_id None) or an actor's worker, which runs with the
+        actor's GPU ids for its whole life. Task workers start without the node's
+        CUDA_VISIBLE_DEVICES: each task they run gets its own (runtime.gpus.assign)."""
         worker_id = uuid.uuid4().hex[:12]
         argv = [sys.executable, "-m", "runtime.worker", "--endpoint", self.local_endpoint,
                 "--worker-id", worker_id, "--parent-pid", str(os.getpid())]
-        proc = subprocess.Popen(
-            argv + (["--direct"] if actor_id is not None else []), stdin=subprocess.DEVNULL,
-            env=dict(os.environ, CORRAL_NODE_ID=self.node_id))
+        env = dict(os.environ, CORRAL_NODE_ID=self.node_id)
+        env.pop(gpus.CUDA_VISIBLE_DEVICES, None)
+        if actor_id is not None:
+            argv += ["--direct"]
+            if gpu_ids:
+                argv += ["--gpu-ids", ",".join(gpu_ids)]
+                env[gpus.CUDA_VISIBLE_DEVICES] = ",".join(gpu_ids)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
         worker = WorkerProcess(worker_id, proc, actor_id)
         self.workers[worker.identity] = worker
         if actor_id is not None:
@@ -54,14 +63,16 @@ class WorkersMixin:
             driver, text, stream, *origin = header  # origin: a nested task's (node, pid)
             node_id, pid = origin if origin else (self.node_id, worker.proc.pid)
             self._to_driver(driver, ("", "log", node_id, pid, text, stream))
-        elif kind == b"blocked":
+        elif kind == b"blocked":   # lent: all but its GPUs (scheduling.lendable)
             if worker.task is not None and not worker.blocked:
                 worker.blocked = True
-                scheduling.release(self.available, worker.task["shape"])
+                lent = scheduling.lendable(worker.task["shape"])
+                scheduling.release(self.available, lent)
         elif kind == b"unblocked":
             if worker.blocked:    # taken back even if that oversubscribes for a while
                 worker.blocked = False
-                scheduling.acquire(self.available, worker.task["shape"])
+                lent = scheduling.lendable(worker.task["shape"])
+                scheduling.acquire(self.available, lent)
         elif kind == b"returned":   # a task queued early at a worker that then blocked
             if worker.next is not None and worker.next["task_id"] == header:
                 self.queue.appendleft(worker.next)
@@ -77,10 +88,10 @@ class WorkersMixin:
                     worker.proc.kill()
             else:
                 task, worker.task, worker.next = worker.task, worker.next, None
-                if task and not worker.blocked:
-                    scheduling.release(self.available, task["shape"])
+                if task:
+                    self._release_task(worker, task)
                 worker.blocked = False   # (a thread of the task may still be waiting)
-                if worker.task:   # the prefetched task starts now
+                if worker.task:   # the prefetched task starts now (never a GPU task)
                     scheduling.acquire(self.available, worker.task["shape"])
             if task is None:
                 return
@@ -93,6 +104,13 @@ class WorkersMixin:
                 self._to_driver(task["driver"], (task_id, "ok" if ok else "error",
                                                  (value.data, 0, len(value.buffers))),
                                 value.buffers)
+
+    def _release_task(self, worker: WorkerProcess, task: dict) -> None:
+        """A task ended (or its worker died): its resources and GPU ids are free. Of a
+        blocked task only its GPUs are still held; the rest is out on loan."""
+        scheduling.release(self.available, scheduling.kept_while_blocked(task["shape"])
+                           if worker.blocked else task["shape"])
+        self.gpus.give_back(task.get("gpus"))
 
     def _reap_workers(self) -> None:
         for identity, worker in list(self.workers.items()):
@@ -115,14 +133,14 @@ class WorkersMixin:
                 info = self.actor_info.pop(worker.actor_id, None)
                 if info:
                     scheduling.release(self.available, info["shape"])
+                    self.gpus.give_back(info.get("gpus"))
                     self._to_driver(info["driver"], (info["task_id"], "actor_died",
                                                      worker.actor_id, cause))
                 for task in getattr(worker, "pending", {}).values():
                     self._to_driver(task["driver"], (task["task_id"], "actor_died",
                                                      worker.actor_id, cause))
             elif worker.task is not None:
-                if not worker.blocked:   # a blocked task's resources are out on loan
-                    scheduling.release(self.available, worker.task["shape"])
+                self._release_task(worker, worker.task)
                 self._to_driver(worker.task["driver"], (worker.task["task_id"],
                                                         "worker_died", cause))
                 if worker.next is not None and worker.next["driver"] in self.routes:

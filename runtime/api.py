@@ -1,5 +1,5 @@
 """The public, Ray-shaped API: init, shutdown, remote, get, put, wait, kill, get_actor,
-cluster_resources, available_resources, nodes, request_resources."""
+cluster_resources, available_resources, nodes, request_resources, get_gpu_ids."""
 from __future__ import annotations
 
 import atexit
@@ -13,6 +13,7 @@ import time
 from runtime import protocol, scheduling, session
 from runtime.driver import DriverCore
 from runtime.driver_state import FAILED, READY, ActorRecord, Entry, TaskRecord
+from runtime.gpus import get_gpu_ids  # noqa: F401 - part of the API (in a task: its ids)
 from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostError,
                             RuntimeConnectionError, RuntimeSystemError)
 from runtime.keys import has_cluster_keys, load_cluster_keys
@@ -434,4 +435,4 @@ def make_shape(options: dict, default_cpus: float) -> dict:
 from runtime import nested_refs  # noqa: E402 - it subclasses ObjectRef, defined above
 
 __all__ = ["init", "shutdown", "put", "get", "wait", "nodes", "cluster_resources",
-           "available_resources", "request_resources", "ObjectRef"]
+           "available_resources", "request_resources", "ObjectRef", "get_gpu_ids"]

@@ -39,6 +39,8 @@ def main(argv=None) -> None:
     parser.add_argument("--keys-dir")
     parser.add_argument("--session", required=True)
     parser.add_argument("--node-ip")
+    parser.add_argument("--gpu-ids", help="comma-separated ids of the GPUs the node "
+                        "offers (runtime.gpus); default 0..GPU-1")
     parser.add_argument("--bind-ip", help="listen address (default: --node-ip, "
                         "127.0.0.1 if that is loopback, else every interface)")
     args = parser.parse_args(argv)
@@ -56,7 +58,8 @@ def main(argv=None) -> None:
         bind_ip = bind_ip_for(node_ip)
     agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
                       json.loads(args.resources), node_ip, bind_ip,
-                      ipc_dir(Path(args.session)))
+                      ipc_dir(Path(args.session)),
+                      gpu_ids=args.gpu_ids.split(",") if args.gpu_ids else None)
     def write_address(registered: bool) -> None:
         write_json_atomic(address_file(Path(args.session)), {
             "address": args.head_address, "node_id": args.node_id,

@@ -41,11 +41,37 @@ def add_demand(total: dict, demand: dict) -> None:
         total[key] = total.get(key, 0) + count
 
 
+def lendable(shape: dict) -> dict:
+    """What a task blocked in get() lends to other work meanwhile: all but its GPUs,
+    which stay with it (its CUDA_VISIBLE_DEVICES cannot change under it)."""
+    return {k: v for k, v in shape.items() if k != "GPU"}
+
+
+def kept_while_blocked(shape: dict) -> dict:
+    """The part of a shape a blocked task keeps: its GPUs."""
+    return {"GPU": shape["GPU"]} if shape.get("GPU") else {}
+
+
+def configured(name: str, amount: float | None, resources: dict | None,
+               env_resources: dict | None) -> float | None:
+    """How much of `name` the flags or CORRAL_NODE_RESOURCES give a node, in
+    node_resources' order (--resources, then the flag, then the variable); None when
+    none of them says (detection decides)."""
+    if resources and name in resources:
+        return float(resources[name])
+    if amount is not None:
+        return float(amount)
+    if env_resources and name in env_resources:
+        return float(env_resources[name])
+    return None
+
+
 def node_resources(num_cpus: float | None, num_gpus: float | None,
                    resources: dict | None, env_resources: dict | None,
-                   cpu_count: int) -> dict:
+                   cpu_count: int, detected: dict | None = None) -> dict:
     """A node's total resources: explicit flags win, then CORRAL_NODE_RESOURCES, then
-    the machine's CPU count."""
+    what was found on the machine (its CPU count; `detected`: GPUs and their
+    accelerator_type, runtime.gpus)."""
     total = {k: float(v) for k, v in (env_resources or {}).items()}
     if num_cpus is not None:
         total["CPU"] = float(num_cpus)
@@ -54,4 +80,6 @@ def node_resources(num_cpus: float | None, num_gpus: float | None,
         total["GPU"] = float(num_gpus)
     for name, amount in (resources or {}).items():
         total[name] = float(amount)
+    for name, amount in (detected or {}).items():
+        total.setdefault(name, float(amount))
     return {k: v for k, v in total.items() if v > 0}

@@ -1,6 +1,7 @@
 """Bringing a node's runtime processes up (used by `corral start` and by the embedded
 runtime of init()). Processes are detached (new session, stdio to session/logs) and
 tracked by pid files in the session directory, so `corral stop` stops exactly them.
+The node's GPUs are found here (runtime.gpus) and their ids given to its agent.
 
 Autoscaler hook: on the head, when --autoscaling-config is given and the module
 `autoscaler.monitor` is importable and defines `main`, the head also starts
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import scheduling, session
+from runtime import gpus, scheduling, session
 from runtime.errors import RuntimeStartError
 from runtime.keys import create_cluster_keys, has_cluster_keys
 
@@ -92,8 +93,9 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         create_cluster_keys(keys_dir)
     secure = has_cluster_keys(keys_dir)
     env_resources = json.loads(os.environ.get("CORRAL_NODE_RESOURCES") or "{}")
+    gpu_offer = _gpu_offer(num_gpus, resources, env_resources)
     total = scheduling.node_resources(num_cpus, num_gpus, resources, env_resources,
-                                      os.cpu_count() or 1)
+                                      os.cpu_count() or 1, gpu_offer.resources)
     node_id = node_id or os.environ.get("CORRAL_NODE_ID") or \
         f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     node_type = node_type or os.environ.get("CORRAL_NODE_TYPE")
@@ -132,6 +134,8 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
             "--keys-dir", str(keys_dir), "--session", str(session_dir)]
     if node_type:
         argv += ["--node-type", node_type]
+    if total.get("GPU"):
+        argv += ["--gpu-ids", ",".join(gpu_offer.ids)]
     if node_ip:
         argv += ["--node-ip", node_ip]
     elif head:   # other nodes reach the head's agent where they reach the head
@@ -143,6 +147,22 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
     if head and autoscaling_config:
         monitor = _start_monitor(session_dir, autoscaling_config, address, env, pids)
     return StartedNode(node_id, address, session_dir, pids, secure, monitor)
+
+
+def _gpu_offer(num_gpus: float | None, resources: dict | None,
+               env_resources: dict) -> gpus.GpuOffer:
+    """The GPUs this node offers: those found here, or as many as --num-gpus,
+    --resources or the node type's resources say (none found: ids 0..n-1)."""
+    configured = scheduling.configured("GPU", num_gpus, resources, env_resources)
+    found = [] if configured is not None and configured <= 0 else gpus.detect_gpus()
+    offer = gpus.offer(found, configured)
+    named = {**env_resources, **(resources or {})}
+    if any(name.startswith(gpus.ACCELERATOR_TYPE_PREFIX) for name in named):
+        offer = gpus.GpuOffer(offer.ids, {"GPU": offer.resources.get("GPU", 0.0)})
+    if found:
+        log.info("GPUs found: %s; offered ids %s",
+                 ", ".join(f"{g.id} {g.name}" for g in found), offer.ids)
+    return offer
 
 
 def _own_ip() -> str:

@@ -1,5 +1,7 @@
 """A worker process: runs tasks (or hosts one actor) for its node agent, over the agent's
-local ipc socket. Its stdout/stderr go to the driver of the task it runs."""
+local ipc socket. Its stdout/stderr go to the driver of the task it runs. It runs each
+task with that task's GPU ids in CUDA_VISIBLE_DEVICES (an actor: with its own, from its
+start to its end; runtime.gpus)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +17,7 @@ import traceback
 
 import zmq
 
-from runtime import api, nested_refs, protocol, sync_channel
+from runtime import api, gpus, nested_refs, protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
@@ -125,6 +127,8 @@ class Worker:
                     if kind == b"exit":
                         self._close()
                         return
+                    if self.direct is None:   # a task worker: this task's GPUs, or none
+                        gpus.assign(task.get("gpu_ids", ()))
                     ok, result = self._run_task(task, frames)
                     packer = Packer()
                     payload = packer.value(result)
@@ -286,7 +290,10 @@ def main(argv=None) -> None:
                         help="actor worker: also accept calls from local drivers")
     parser.add_argument("--parent-pid", type=int,
                         help="the node agent's pid: exit at once if it is already gone")
+    parser.add_argument("--gpu-ids", default="",
+                        help="an actor's GPU ids (comma-separated), kept for its life")
     args = parser.parse_args(argv)
+    gpus.assign(args.gpu_ids.split(",") if args.gpu_ids else ())
     die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A task that calls remote functions or actors connects to the cluster on first use.
