@@ -1,9 +1,11 @@
-"""Running one command on an SSH channel: collect (and stream, and log) its output until
-it exits, times out or is cancelled; its exit code (a signal sshd reports counts as
-128 + n). Used by launcher.ssh_runner.SSHRunner.run."""
+"""Running one command on a node: collect (and stream, and log) its output until it
+exits, times out or is cancelled; its exit code (a signal counts as 128 + n). `drive`
+follows a command on an SSH channel of its own, `drive_request` one on the connection's
+command session (launcher.ssh_shell). Used by launcher.ssh_runner.SSHRunner.run."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import select
 import signal
@@ -13,8 +15,14 @@ import time
 import paramiko
 
 from launcher.command_runner import INTERRUPTED_EXIT_CODE, LineDecoder
+from launcher.ssh_shell import REFUSED, Request, ShellSession
 
 LOCAL_TIMEOUT_GRACE_S = 5.0  # beyond the remote `timeout`, when the local side gives up
+# A command session stops a timed-out command itself (SIGKILL 5 s after SIGTERM); the
+# local side gives up only when the node does not answer well after that.
+SESSION_TIMEOUT_GRACE_S = 15.0
+SESSION_STOP_WAIT_S = 10.0  # after a cancel: how long to wait for the node's answer
+INTERRUPTED_NOTE = "interrupted (channel closed)"
 EOF_GRACE_S = 0.3  # after the exit status, how long to wait for output still in flight
 # The first stderr line of every command names its process group (see remote_command).
 PID_HEADER_COMMAND = "printf '@@corral-pid %s@@\\n' \"$$\" >&2; "
@@ -117,6 +125,59 @@ def drive(channel: paramiko.Channel, command: str, timeout_s: float | None, log,
     return status
 
 
+def drive_request(session: ShellSession, request: Request, timeout_s: float | None, log,
+                  out: Collected, err: Collected, cancel: threading.Event | None = None):
+    """Follow a command sent to a command session until it ends; collect its output (into
+    out/err, and the log). Returns (exit code, signal name or None), or REFUSED when the
+    node did not start it (the caller sends it to a new session)."""
+    deadline = time.monotonic() + timeout_s + SESSION_TIMEOUT_GRACE_S if timeout_s else None
+    stop_by = None
+    while True:
+        try:
+            kind, value = request.events.get(timeout=0.1)
+        except queue.Empty:
+            kind = value = None
+        if kind == "refused":
+            return REFUSED
+        if kind == "stdout":
+            log_write(log, out.append(value))
+        elif kind == "stderr":
+            log_write(log, err.append(value))
+        elif kind == "started":
+            err.remote_pid = value
+        elif kind == "exit":
+            return _session_exit(value, timeout_s, log, err)
+        elif kind == "lost":  # like ssh(1): a connection lost mid-command is 255
+            log_write(log, err.note(value))
+            return 255, None
+        now = time.monotonic()
+        if cancel is not None and cancel.is_set() and stop_by is None:
+            session.cancel(request)  # the node stops the group and then says so
+            stop_by = now + SESSION_STOP_WAIT_S
+        if stop_by is not None and now > stop_by:
+            log_write(log, err.note(INTERRUPTED_NOTE))
+            return INTERRUPTED_EXIT_CODE, None
+        if deadline is not None and now > deadline:
+            session.cancel(request)
+            log_write(log, err.note(f"timed out after {timeout_s:g} s (the node did not "
+                                    f"answer)"))
+            return 124, None
+
+
+def _session_exit(info: dict, timeout_s: float | None, log, err: Collected):
+    if info.get("stopped") == "cancel":
+        log_write(log, err.note(INTERRUPTED_NOTE))
+        return INTERRUPTED_EXIT_CODE, None
+    if info.get("stopped") == "timeout":
+        log_write(log, err.note(f"timed out after {timeout_s:g} s"))
+        return 124, None
+    if info.get("signal"):  # like a shell: 128 + the signal's number
+        name = info.get("signal_name")
+        log_write(log, err.note(f"killed by signal {name or info['signal']}"))
+        return 128 + int(info["signal"]), name
+    return int(info["code"]), None
+
+
 def drain(channel: paramiko.Channel, out: Collected, err: Collected, log) -> None:
     """Read whatever output is buffered, until both streams are empty."""
     while True:
@@ -133,6 +194,33 @@ def drain(channel: paramiko.Channel, out: Collected, err: Collected, log) -> Non
 
 def _decode(chunks: list[bytes]) -> str:
     return b"".join(chunks).decode(errors="replace")
+
+
+class NodeLog:
+    """One command's part of a node log (0600), opened once the command is under way,
+    so a command that never reached the node leaves no entry."""
+
+    def __init__(self, path: str | None, cmd: str):
+        self.path = path
+        self.cmd = cmd
+        self.file = None
+
+    def open(self) -> None:
+        if self.path and self.file is None:
+            self.file = open_log(self.path, self.cmd)
+
+    def write(self, data: bytes) -> None:
+        if self.file is not None and data:
+            self.file.write(data)
+
+    def close(self, exit_code: int | None = None, duration_s: float = 0.0) -> None:
+        """With the exit code: the closing line; without: just close (run raised)."""
+        if self.file is not None:
+            if exit_code is None:
+                self.file.close()
+            else:
+                close_log(self.file, exit_code, duration_s)
+            self.file = None
 
 
 def open_log(log_path: str, cmd: str):

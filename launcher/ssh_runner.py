@@ -8,16 +8,20 @@
 - Host keys are pinned on first contact in the cluster's known_hosts (launcher.host_keys);
   a changed key raises HostKeyMismatchError.
 - Commands run without a PTY as `bash -c CMD` (not a login shell: no profile files, so
-  what runs is what the config says), with the environment given explicitly: each variable
-  is exported by the command line itself (`export K='v'; ...`), because sshd's AcceptEnv
-  cannot be relied on. With a timeout the remote side runs the command under coreutils
-  `timeout` (which kills the command's whole process group), and the local side gives up
-  a few seconds later; either way the result has exit code 124.
+  what runs is what the config says), with the environment given explicitly, because
+  sshd's AcceptEnv cannot be relied on. They go through the connection's command session
+  (launcher.ssh_shell): the user's shell (and its ~/.bashrc) starts once per connection
+  and a small server it execs runs every command, each in its own process group. On a
+  node without python3 each command gets a channel of its own instead, its variables
+  exported by the command line itself (`export K='v'; ...`, see remote_command). A
+  timeout kills the command's whole process group (SIGTERM, SIGKILL 5 s later) and the
+  result has exit code 124.
 - Output is appended to `log_path` (0600) as it arrives. A command that leaves a
   background process holding its output open returns once it exits (after a 0.3 s grace
   for output in flight). A connection lost mid-command gives exit code 255, like ssh(1).
 - At most 8 channels are open at once per connection (sshd's MaxSessions is 10 by
-  default); more concurrent commands wait their turn.
+  default; the command session holds one for all commands); more concurrent SFTP copies
+  (or commands, on a node without a command session) wait their turn.
 """
 from __future__ import annotations
 
@@ -31,10 +35,10 @@ from typing import Mapping
 
 import paramiko
 
-from launcher import file_sync, paths, ssh_config, ssh_pool
+from launcher import file_sync, paths, ssh_config, ssh_pool, ssh_shell
 from launcher.command_runner import INTERRUPTED_EXIT_CODE, CommandResult, CommandRunner
-from launcher.ssh_exec import (PID_HEADER_COMMAND, Collected, close_log, drive, log_write,
-                               open_log)
+from launcher.ssh_exec import (PID_HEADER_COMMAND, Collected, NodeLog, drive, drive_request,
+                               log_write)
 from launcher.ssh_terminal import attach_terminal
 from launcher.errors import ClusterError, CommandError, HostKeyMismatchError, \
     SSHUnreachableError
@@ -194,14 +198,41 @@ class SSHRunner(CommandRunner):
 
     def run(self, cmd, *, timeout_s=None, env=None, check=False, log_path=None,
             on_output=None, cancel=None):
-        """See CommandRunner.run. A set `cancel` closes the channel (sshd then hangs up
-        the command's session, which ends it) and gives exit code 130."""
-        log_path = log_path or self.log_path
+        """See CommandRunner.run. On the connection's command session when the node runs
+        one, else on a channel of its own. A set `cancel` stops the command's process
+        group and gives exit code 130."""
+        merged = {**self.base_env, **(env or {})}
+        env_prefix(merged)  # refuses a bad variable name before anything runs
+        log = NodeLog(log_path or self.log_path, cmd)
         started = time.monotonic()
         out = Collected("stdout", on_output)
-        err = Collected("stderr", on_output, pid_header=True)
+        err = Collected("stderr", on_output)
+
+        def follow(session, request):
+            log.open()
+            return drive_request(session, request, timeout_s, log, out, err, cancel)
+        try:
+            outcome = ssh_shell.execute(self, cmd, merged, timeout_s, follow)
+            if outcome is None:  # the node runs no command session (no python3)
+                err = Collected("stderr", on_output, pid_header=True)
+                outcome = self._run_on_channel(cmd, env, timeout_s, log, out, err, cancel)
+        except BaseException:
+            log.close()
+            raise
+        exit_code, signal_name = outcome
+        duration_s = time.monotonic() - started
+        log.close(exit_code, duration_s)
+        result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s,
+                               signal_name)
+        if check and not result.ok:
+            raise CommandError(result)
+        return result
+
+    def _run_on_channel(self, cmd, env, timeout_s, log, out, err, cancel):
+        """`cmd` on an SSH channel of its own (`remote_command`); (exit code, signal name).
+        A set `cancel` closes the channel and stops the command's process group."""
         with self._session() as channel:
-            log = open_log(log_path, cmd) if log_path else None
+            log.open()
             try:
                 exit_code = drive(channel, self.remote_command(cmd, env, timeout_s),
                                    timeout_s, log, out, err, cancel)
@@ -213,15 +244,8 @@ class SSHRunner(CommandRunner):
                                         f"command ran: {_describe(error)}"))
         if exit_code == INTERRUPTED_EXIT_CODE and cancel is not None and cancel.is_set():
             self._stop_group(err.remote_pid)
-        duration_s = time.monotonic() - started
-        if log is not None:
-            close_log(log, exit_code, duration_s)
         signal_name = getattr(channel, "exit_signal", None)
-        result = CommandResult(self.host, cmd, exit_code, out.text(), err.text(), duration_s,
-                               f"SIG{signal_name}" if signal_name else None)
-        if check and not result.ok:
-            raise CommandError(result)
-        return result
+        return exit_code, f"SIG{signal_name}" if signal_name else None
 
     def _stop_group(self, pid: int | None) -> None:
         """Stop an interrupted command's process group on the host: sshd does not end a
@@ -241,6 +265,19 @@ class SSHRunner(CommandRunner):
 
     def _run_script(self, script: str, stdin: bytes) -> bytes:
         """Run a bash script with `stdin`; its stdout (bytes). For file sync listings."""
+        out, err = Collected("stdout", None), Collected("stderr", None)
+        outcome = ssh_shell.execute(
+            self, script, {}, SCRIPT_TIMEOUT_S, stdin=stdin,
+            consume=lambda session, request: drive_request(session, request,
+                                                           SCRIPT_TIMEOUT_S, None, out, err))
+        if outcome is not None:
+            if outcome[0] == 124:
+                raise ClusterError(f"file listing on {self.host} did not finish within "
+                                   f"{SCRIPT_TIMEOUT_S:g} s")
+            if outcome[0] != 0:
+                raise ClusterError(f"file listing on {self.host} failed ({outcome[0]}): "
+                                   f"{err.text()}")
+            return b"".join(out.chunks)
         with self._session() as channel:
             channel.settimeout(SCRIPT_TIMEOUT_S)
             try:

@@ -42,7 +42,8 @@ are private, so they are wiped between tests like /tmp.
 After each test the fixture closes pooled SSH connections, kills every process in each
 host's PID namespace except its init (sshd) and wipes the host's /tmp and /dev/shm.
 `TestHost.processes()` lists the host's processes other than sshd's own (the listener and
-its per-connection `sshd`/`sshd-session` processes).
+its per-connection `sshd`/`sshd-session` processes, and corral's per-connection command
+server, launcher.ssh_shell).
 """
 from __future__ import annotations
 
@@ -122,6 +123,16 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _is_command_server(pid: int) -> bool:
+    """corral's command server of an SSH connection (`python3 -c ... corral-shell NONCE`,
+    launcher.ssh_shell): part of the session, like sshd's own processes."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return len(argv) > 3 and argv[1] == b"-c" and argv[3] == b"corral-shell"
+
+
 def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
@@ -162,7 +173,8 @@ class TestHost:
     def processes(self) -> list[tuple[int, str]]:
         """(root-namespace pid, cmdline) of every process in this host, sshd's excluded."""
         return [(pid, _cmdline(pid)) for pid in self._namespace_pids()
-                if pid != self.init_pid and _comm(pid) not in SSHD_COMMS]
+                if pid != self.init_pid and _comm(pid) not in SSHD_COMMS
+                and not _is_command_server(pid)]
 
     def run(self, cmd: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command inside this host (its net, mount, PID and UTS namespaces)."""
