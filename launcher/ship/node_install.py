@@ -199,6 +199,10 @@ class Environment:
             print("note: some modules were not byte-compiled", file=sys.stderr)
 
 
+def _unique() -> str:
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def _in_use(env_path: str) -> bool:
     """Whether a process on this host runs from `env_path` (Linux: /proc)."""
     needle = (env_path.rstrip("/") + "/").encode()
@@ -253,9 +257,8 @@ def activate(corral_home: str, wheelhouse_hash: str) -> str | None:
     elif os.path.exists(link):
         raise InstallError(f"{link} exists and is not a symlink; move it away so corral "
                            f"can manage it")
-    temporary = f"{link}.tmp-{os.getpid()}"
-    if os.path.lexists(temporary):
-        os.unlink(temporary)
+    # Hosts sharing this home have PID namespaces of their own: a PID is not unique.
+    temporary = f"{link}.tmp-{_unique()}"
     os.symlink(os.path.join("envs", wheelhouse_hash), temporary)
     os.replace(temporary, link)
     return previous
@@ -273,8 +276,7 @@ def install(wheelhouse: str, wheelhouse_hash: str, corral_home: str,
     with open(os.path.join(envs_dir, f".lock-{wheelhouse_hash}"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.isdir(final_dir):
-            build_dir = os.path.join(envs_dir, f".tmp-{wheelhouse_hash}-{os.getpid()}")
-            shutil.rmtree(build_dir, ignore_errors=True)
+            build_dir = os.path.join(envs_dir, f".tmp-{wheelhouse_hash}-{_unique()}")
             try:
                 environment = Environment(build_dir, final_dir)
                 environment.create()

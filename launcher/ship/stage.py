@@ -14,6 +14,7 @@ Errors name the node, the cause and what to do (ShipError and the wheelhouse's o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -64,9 +65,11 @@ class ShipResult:
                 f"in {self.upload_s:.1f} s, installed in {self.install_s:.1f} s")
 
 
+@functools.lru_cache(maxsize=1)
 def corral_digest() -> str:
     """Identity of the running corral's code (what its own wheel holds): equal on this
-    machine and on a node running the wheel shipped from here."""
+    machine and on a node running the wheel shipped from here. Read once per process,
+    so one `up` compares and writes one value even while the checkout is edited."""
     from launcher.ship.self_wheel import collect_sources, self_digest
     return self_digest(collect_sources())[:16]
 
@@ -177,7 +180,7 @@ class Shipper:
     def _activate(self, runner, probe: NodeProbe, digest: str, log_path: str | None) -> None:
         """Point ~/.corral/env at an environment the node already has."""
         script = ("import os, sys; link, target = sys.argv[1], sys.argv[2]; "
-                  "temporary = '%s.tmp-%d' % (link, os.getpid()); "
+                  "temporary = '%s.tmp-%d-%s' % (link, os.getpid(), os.urandom(4).hex()); "
                   "os.symlink(target, temporary); os.replace(temporary, link); "
                   "os.utime(os.path.join(os.path.dirname(link), target))")
         command = " ".join([shlex.quote(probe.platform.python), "-c", shlex.quote(script),

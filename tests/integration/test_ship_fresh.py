@@ -2,17 +2,24 @@
 fresh mode: private empty home, no checkout, only Debian's /usr/bin/python3, no corral,
 no pip or internet needed) with a `local` config that has no setup_commands brings the
 runtime up on all four; a program run with `corral exec` uses every node; a second `up`
-ships nothing; `down` leaves no process behind. And the head's autoscaler ships the
-corral it runs (the installed wheel) to the workers it launches."""
+ships nothing; a changed corral ships once and restarts the runtime; `down` leaves no
+process behind. And the head's autoscaler ships the corral it runs (the installed wheel)
+to the workers it launches.
+
+The first test runs corral from a copy of this checkout, so that it can change corral's
+code without touching the checkout others work in."""
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers import wait_for
 from tests.hostnet import fresh_problem
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(420)]
@@ -37,9 +44,36 @@ ENV_STATE = ("readlink /root/.corral/env; ls /root/.corral/envs; "
              "stat -c '%i %Y' /root/.corral/env/; ls -A /root/.corral/incoming 2>/dev/null")
 
 
-def corral(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+CHECKOUT = Path(__file__).resolve().parents[2]
+SOURCES = ("launcher", "runtime", "autoscaler", "schemas", "configs/defaults", "setup.cfg")
+
+
+def corral(*args: str, timeout_s: float = 300, source: Path | None = None
+           ) -> subprocess.CompletedProcess:
+    """The corral CLI; from `source` (a copy of the checkout) when given."""
     return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True,
-                          text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                          cwd=source)
+
+
+def copy_of_corral(target: Path) -> Path:
+    for name in SOURCES:
+        source = CHECKOUT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / name)
+    return target
+
+
+def assert_nothing_runs(hosts, grace_s: float = 10.0) -> None:
+    """No process of ours is left on the hosts (a per-connection helper of the SSH
+    session that ran `down` may take a moment to see its connection close)."""
+    for host in hosts:
+        wait_for(lambda: host.processes() == [], grace_s, f"{host.name} to run nothing",
+                 describe=lambda: f"still running: {host.processes()}")
 
 
 @pytest.fixture
@@ -63,21 +97,22 @@ def fresh_cluster(tmp_path, fresh_hosts):
         "max_workers": 3,
         "file_mounts": {"/tmp/job": str(job)},
     }, sort_keys=False))
+    source = copy_of_corral(tmp_path / "corral-src")
     try:
-        yield path, hosts
+        yield path, hosts, source
     finally:
-        corral("down", str(path), "-y", timeout_s=120)
+        corral("down", str(path), "-y", timeout_s=120, source=source)
 
 
 def test_up_ships_corral_to_stock_vms_and_runs_a_program_on_all_of_them(fresh_cluster):
-    path, hosts = fresh_cluster
+    path, hosts, source = fresh_cluster
     for host in hosts:
         assert fresh_problem(host) is None
         missing = host.run("env -i PATH=/usr/bin:/bin HOME=/root sh -c "
                            "'cd / && python3 -c \"import runtime\"'")
         assert missing.returncode != 0 and "runtime" in missing.stderr
 
-    up = corral("up", str(path), "-y")
+    up = corral("up", str(path), "-y", source=source)
     assert up.returncode == 0, up.stdout + up.stderr
     assert up.stdout.count("shipping-corral") >= 4, up.stdout
     assert up.stdout.count("shipped:") == 4, up.stdout
@@ -94,27 +129,48 @@ def test_up_ships_corral_to_stock_vms_and_runs_a_program_on_all_of_them(fresh_cl
             installed.stdout, installed.stdout + installed.stderr
 
     found = corral("exec", str(path), "--all-nodes",
-                   "command -v corral; python3 -c 'import runtime, sys; print(sys.prefix)'")
+                   "command -v corral; python3 -c 'import runtime, sys; print(sys.prefix)'",
+                   source=source)
     assert found.returncode == 0, found.stdout + found.stderr
     lines = sorted(line.split()[-1] for line in found.stdout.splitlines())
     assert lines == ["/root/.corral/env"] * 4 + ["/root/.corral/env/bin/corral"] * 4, \
         found.stdout
 
-    job = corral("exec", str(path), "python3 /tmp/job/prog.py", timeout_s=180)
+    job = corral("exec", str(path), "python3 /tmp/job/prog.py", timeout_s=180,
+                 source=source)
     assert job.returncode == 0, job.stdout + job.stderr
     assert f"HOSTS {','.join(sorted(host.name for host in hosts))}" in job.stdout, job.stdout
     assert "NODES 4" in job.stdout
 
-    again = corral("up", str(path), "-y")
+    again = corral("up", str(path), "-y", source=source)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing changed" in again.stdout and "shipping-corral" not in again.stdout
     for host in hosts:
         assert host.run(ENV_STATE).stdout == first_state[host.name]
 
-    down = corral("down", str(path), "-y", timeout_s=120)
-    assert down.returncode == 0, down.stdout + down.stderr
+    # A new corral: shipped once, next to the old env, and the runtime restarts on it.
+    with open(source / "runtime" / "__init__.py", "a") as handle:
+        handle.write("# a new corral version (test_ship_fresh)\n")
+    newer = corral("up", str(path), "-y", source=source)
+    assert newer.returncode == 0, newer.stdout + newer.stderr
+    assert "corral's code changed" in newer.stdout and newer.stdout.count("shipped:") == 4
+    old_hash = first_state[hosts[0].name].split("\n")[1]
     for host in hosts:
-        assert host.processes() == [], f"{host.name} still runs {host.processes()}"
+        link = host.run("readlink /root/.corral/env").stdout.strip()
+        new_hash = link.removeprefix("envs/")
+        assert new_hash != old_hash
+        assert sorted(host.run("ls /root/.corral/envs").stdout.split()) == \
+            sorted([old_hash, new_hash])
+        runtime_processes = [line for _, line in host.processes() if "runtime" in line]
+        assert runtime_processes and all(f"/envs/{new_hash}/" in line
+                                         for line in runtime_processes), runtime_processes
+    rerun = corral("exec", str(path), "python3 /tmp/job/prog.py", timeout_s=180,
+                   source=source)
+    assert rerun.returncode == 0 and "NODES 4" in rerun.stdout, rerun.stdout + rerun.stderr
+
+    down = corral("down", str(path), "-y", timeout_s=120, source=source)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_nothing_runs(hosts)
 
 
 AUTOSCALED_JOB = """
@@ -158,5 +214,4 @@ def test_the_heads_autoscaler_ships_corral_to_the_workers_it_launches(tmp_path, 
     finally:
         down = corral("down", str(path), "-y", timeout_s=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    for host in (head, worker):
-        assert host.processes() == [], f"{host.name} still runs {host.processes()}"
+    assert_nothing_runs([head, worker])

@@ -173,7 +173,7 @@ def tool_dir(tmp_path: Path, pythons: dict[str, str]) -> Path:
     """A PATH directory with the tools the probe uses, and the given `python*` scripts."""
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ("mkdir", "chmod", "uname", "readlink", "basename", "cat"):
+    for tool in ("mkdir", "chmod"):
         os.symlink(shutil.which(tool), tools / tool)
     for name, text in pythons.items():
         (tools / name).write_text(text)
@@ -184,7 +184,7 @@ def tool_dir(tmp_path: Path, pythons: dict[str, str]) -> Path:
 def test_the_probe_finds_the_first_python_new_enough(tmp_path, wheelhouse):
     home = tmp_path / "home"
     install(home, stage_upload(home, wheelhouse), wheelhouse.hash)
-    old = "#!/bin/sh\necho '3.9.2|/opt/py39/bin/python3.9|glibc|2.31'\n"
+    old = "#!/bin/sh\necho 'seen=/opt/py39/bin/python3.9|3.9.2 (< 3.11)'; exit 3\n"
     tools = tool_dir(tmp_path, {"python3.13": "#!/bin/sh\nexit 1\n", "python3.12": old,
                                 "python3.11": f"#!/bin/sh\nexec {sys.executable} \"$@\"\n"})
     probe = run_probe(tmp_path, [tools], home)
@@ -200,14 +200,27 @@ def test_the_probe_finds_the_first_python_new_enough(tmp_path, wheelhouse):
 
 
 def test_a_node_without_a_new_enough_python_is_told_what_was_found(tmp_path):
-    tools = tool_dir(tmp_path, {"python3": "#!/bin/sh\necho '3.8.10|/usr/bin/python3.8||'\n"})
+    tools = tool_dir(tmp_path, {
+        "python3": "#!/bin/sh\necho 'seen=/usr/bin/python3.8|3.8.10 (< 3.11)'; exit 3\n",
+        "python3.12": "#!/bin/sh\nexit 1\n"})
     probe = run_probe(tmp_path, [tools], tmp_path / "home")
     assert probe.platform is None and probe.envs == frozenset() and probe.active == ""
     with pytest.raises(NoSuitablePythonError) as raised:
         probe.require_platform()
     message = str(raised.value)
     assert "node-x" in message and "3.8.10" in message and "Python >= 3.11" in message
+    assert "python3.12 (does not run)" in message
     assert "install" in message.lower()
+
+
+def test_a_python_older_than_the_minimum_reports_itself_and_steps_aside(tmp_path):
+    from launcher.ship import probe as probe_module
+    facts = probe_module._NODE_FACTS.replace(repr(probe_module.MIN_PYTHON), repr((3, 99)))
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", facts, str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    version = "%d.%d.%d" % sys.version_info[:3]
+    assert result.returncode == 3
+    assert result.stdout == f"seen={os.path.realpath(sys.executable)}|{version} (< 3.99)\n"
 
 
 def test_the_stage_uploads_only_what_the_node_lacks(tmp_path, wheelhouse):
