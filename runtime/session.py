@@ -1,9 +1,17 @@
 """A node's runtime session directory: $CORRAL_NODE_DIR/session (pid files, logs,
 address.json) and the environment defaults that `corral start` reads.
 
+The node dir is $CORRAL_NODE_DIR, else a per-user default, `<tmp>/corral-<uid>` (made
+0700). Not $XDG_RUNTIME_DIR: logind removes it when the user's last login ends, under a
+running head, and daemons started over SSH and later shells would disagree on it; not
+~/.corral: a home shared over NFS would give every machine the same pid files and
+address. Whatever the node dir is, it, its session and keys dirs and the address.json
+in it are used only when this user alone controls them (runtime.private_paths): a
+planted one raises UnsafePathError (naming path, owner and mode) and is never adopted.
+
 address.json (written by every node's agent once it is up; read by init("auto")):
     {"address": "HEAD_IP:PORT", "node_id": "...", "agent_ipc": "ipc://...",
-     "secure": true|false, "keys_dir": "..."}
+     "secure": true, "keys_dir": "..."}
 """
 from __future__ import annotations
 
@@ -13,26 +21,21 @@ import json
 import shutil
 import tempfile
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from runtime import processes
-from runtime.errors import RuntimeSystemError
+from runtime import private_paths, processes
+from runtime.private_paths import UnsafePathError
 from runtime.processes import is_alive
 
-DEFAULT_NODE_DIR = "/tmp/corral"
-
-
-class UnsafeDirectoryError(RuntimeSystemError):
-    """A private runtime directory is not safe to use (symlink, foreign owner, open
-    permissions)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"unsafe runtime directory {path}: {reason}")
-        self.path = path
-        self.reason = reason
+# The per-user default node dir (see the module docstring).
+DEFAULT_NODE_DIR = os.path.join(tempfile.gettempdir(), f"corral-{os.getuid()}")
+# The node dir the launcher gives SSH nodes (launcher.node_context.DEFAULT_NODE_DIR):
+# discovery also looks there when CORRAL_NODE_DIR is not set, so a program started by
+# hand on such a node finds its runtime. Used only if this user alone controls it.
+LAUNCHER_NODE_DIR = "/tmp/corral"
+UnsafeDirectoryError = UnsafePathError   # the name callers of ipc_dir know
 DEFAULT_HEAD_PORT = 6390
 
 
@@ -62,9 +65,18 @@ def node_dir() -> Path:
 
 
 def session_dir(base: Path | None = None, create: bool = True) -> Path:
-    path = (base or node_dir()) / "session"
-    if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The node's session dir. create: the node and session dirs are made 0700 if
+    missing. Either way, what exists of them must be this user's alone
+    (UnsafePathError otherwise)."""
+    base = Path(base or node_dir())
+    path = base / "session"
+    for directory in (base, path):
+        if create:
+            private_paths.ensure_dir(directory)
+        elif os.path.lexists(directory):
+            private_paths.check_dir(directory)
+        else:
+            break
     return path
 
 
@@ -86,26 +98,64 @@ def ipc_dir(session: Path) -> str:
 def _private_dir(path: str) -> None:
     """Create `path` 0700, then make sure it is ours alone: a real directory (not a
     symlink someone planted in /tmp), owned by this uid, no group/other access."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    try:
-        info = os.lstat(path)
-    except OSError as error:
-        raise UnsafeDirectoryError(path, error.strerror or str(error)) from error
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeDirectoryError(path, "not a directory (a symlink or file is in "
-                                   "its place)")
-    if info.st_uid != os.getuid():
-        raise UnsafeDirectoryError(path, f"owned by uid {info.st_uid}, not {os.getuid()}")
-    if info.st_mode & 0o077:
-        raise UnsafeDirectoryError(path, f"mode {stat.S_IMODE(info.st_mode):o} gives "
-                                   "group/other access (expected 700)")
+    private_paths.ensure_dir(path, private=True)
 
 
 def address_file(session: Path) -> Path:
     return session / "address.json"
+
+
+def read_address(session: Path) -> dict | None:
+    """The node's address.json, or None when there is none (or it is not JSON yet).
+    The session dir and the file must be this user's alone (UnsafePathError)."""
+    session = Path(session)
+    if not os.path.lexists(session):
+        return None
+    private_paths.check_dir(session.parent)
+    private_paths.check_dir(session)
+    try:
+        data = json.loads(private_paths.read_file(address_file(session)))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def discovery_dirs() -> list[Path]:
+    """Node dirs where this node's running runtime may be found: CORRAL_NODE_DIR if
+    set; else the per-user default, then the launcher's node dir (if it exists)."""
+    if os.environ.get("CORRAL_NODE_DIR"):
+        return [node_dir()]
+    found = [Path(DEFAULT_NODE_DIR)]
+    if LAUNCHER_NODE_DIR != DEFAULT_NODE_DIR and os.path.lexists(LAUNCHER_NODE_DIR):
+        found.append(Path(LAUNCHER_NODE_DIR))
+    return found
+
+
+def find_address(running: bool = False,
+                 refuse_foreign_fallback: bool = True) -> tuple[Path, dict] | None:
+    """(session dir, address.json) of this node's runtime: the first of discovery_dirs
+    that has an address (running: and live runtime processes). The node dir (first of
+    discovery_dirs) not being this user's alone raises UnsafePathError, so a planted
+    address is never followed. The launcher's dir not being ours is another user's
+    business (a shared machine); it is skipped, and its refusal raised only when
+    nothing was found and refuse_foreign_fallback."""
+    refused = None
+    for index, base in enumerate(discovery_dirs()):
+        try:
+            session = session_dir(base, create=False)
+            info = read_address(session)
+        except UnsafePathError as error:
+            if index == 0:
+                raise
+            refused = error
+            continue
+        if info and (not running or running_pids(session)):
+            return session, info
+    if refused is not None and refuse_foreign_fallback:
+        raise refused
+    return None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
