@@ -191,6 +191,8 @@ class LocalRunner(CommandRunner):
         return result
 
     def _resolve(self, path: str) -> str:
+        if path == "~":  # the node's directory is its home, as for `~/x`
+            return self.workdir
         path = os.path.expanduser(path) if not path.startswith("~/") else \
             os.path.join(self.workdir, path[2:])
         return path if os.path.isabs(path) else os.path.join(self.workdir, path)

@@ -6,6 +6,7 @@ already reported it), so one pass reports everything.
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def check_document(document: dict, base_dir: Path | None, user_keys: set[str],
         notices += notes
     if check_local_files:
         problems += _check_file_mounts(document.get("file_mounts"), base_dir)
+    found, notes = _check_mount_targets(
+        document.get("file_mounts"),
+        provider.get("type") if isinstance(provider, dict) else None)
+    problems += found
+    notices += notes
     return problems, notices
 
 
@@ -171,6 +177,59 @@ def _check_file_mounts(file_mounts: Any, base_dir: Path | None) -> list[Problem]
                              f"local path {local!r} does not exist "
                              f"(looked for {resolve_local_path(local, base_dir)})"))
     return problems
+
+
+def mount_target_place(remote: str) -> str:
+    """The target as the runners read it: `~` and `~/x` are the node's directory (process
+    provider) or the login's home (SSH), the same as a relative `x`; what remains is
+    either absolute or relative to that directory (launcher.command_runner and
+    launcher.file_sync.remote_path read targets the same way)."""
+    if remote in ("~", "~/"):
+        return "."
+    return remote[2:] if remote.startswith("~/") else remote
+
+
+def mount_target_escape(remote: str) -> str | None:
+    """Why a file_mounts target would write outside the directory it is relative to (the
+    node's directory on the process provider, the login's home over SSH), or None when
+    it stays inside (or is absolute, which names its place outright). `~user/...`
+    (another account's home) is refused too."""
+    if remote.startswith("~") and remote != "~" and not remote.startswith("~/"):
+        return (f"{remote!r} names another account's home directory; write ~/... for the "
+                f"login's own home, or an absolute path")
+    place = mount_target_place(remote)
+    if posixpath.isabs(place):
+        return None
+    normalised = posixpath.normpath(place)
+    if normalised == ".." or normalised.startswith("../"):
+        return (f"{remote!r} leads outside the node's directory (the home directory over "
+                f"SSH): it normalises to {normalised!r}; a relative target must stay "
+                f"inside it")
+    return None
+
+
+def _check_mount_targets(file_mounts: Any, provider_type: str | None
+                         ) -> tuple[list[Problem], list[Problem]]:
+    """Targets that climb out with `..` are errors; on the process provider an absolute
+    target is a path on this machine outside every node's directory, worth a notice
+    (`down` cannot remove it with the node, and lists it)."""
+    if not isinstance(file_mounts, dict):
+        return [], []
+    problems: list[Problem] = []
+    notices: list[Problem] = []
+    for remote in file_mounts:
+        if not isinstance(remote, str):
+            continue
+        escape = mount_target_escape(remote)
+        if escape:
+            problems.append((("file_mounts", remote), escape))
+        elif provider_type == "process" and posixpath.isabs(mount_target_place(remote)):
+            notices.append((("file_mounts", remote),
+                            f"{remote!r} is absolute: on the process provider it is that "
+                            f"path on this machine, outside the node's directory, and "
+                            f"`corral down` leaves it (a relative target lives and goes "
+                            f"with the node)"))
+    return problems, notices
 
 
 def resolve_local_path(path: str, base_dir: Path | None) -> Path:
