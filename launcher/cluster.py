@@ -59,6 +59,29 @@ def open_cluster(config_path: str | None) -> Iterator[tuple[object, NodeProvider
         provider.close()
 
 
+def all_nodes(provider: NodeProvider, tag_filters=None) -> list[Node]:
+    """Every node, damaged ones included (state STATE_DAMAGED: a record that cannot be
+    read, or processes left without one), for the commands that must act on all of
+    them: `down` removes them, `up` replaces them, `status` shows them. Providers that
+    cannot have damaged nodes list as usual."""
+    listing = getattr(provider, "nodes_including_damaged", None)
+    if callable(listing):
+        return list(listing(tag_filters))
+    return provider.non_terminated_nodes(tag_filters)
+
+
+def damage_error(provider: NodeProvider) -> ClusterError | None:
+    """The damage the last all_nodes() found, as one error naming every damaged state
+    file (None when there was none)."""
+    damaged = dict(getattr(provider, "damaged", None) or {})
+    if not damaged:
+        return None
+    if len(damaged) == 1:
+        return next(iter(damaged.values()))
+    return ClusterError(f"{len(damaged)} damaged node records:\n  " + "\n  ".join(
+        str(error) for error in damaged.values()))
+
+
 def find_head(provider: NodeProvider, config) -> Node:
     heads = provider.non_terminated_nodes({TAG_NODE_KIND: KIND_HEAD})
     if not heads:

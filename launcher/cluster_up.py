@@ -24,10 +24,11 @@ from launcher.bootstrap import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ONLY,
                                 BootstrapOutcome, BootstrapSteps, NodeBootstrap,
                                 StageCallback)
 from launcher.command_runner import wait_interruptibly
+from launcher.cluster import all_nodes
 from launcher.node_context import ClusterContext, head_port_of, node_ip
 from launcher.errors import BootstrapError, ClusterError, ProviderError
 from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS, changed_parts, launch_hash
-from launcher.providers.base import Node, NodeProvider
+from launcher.providers.base import STATE_DAMAGED, Node, NodeProvider
 from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
                            STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_LAUNCH_HASH,
                            TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE, TAG_RUNTIME_HASH)
@@ -35,7 +36,7 @@ from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UNINITIALIZED, STATUS_
 NODE_IP_TIMEOUT_S = 600.0  # how long a created node may take to show up with an address
 MAX_PARALLEL_BOOTSTRAPS = 64
 
-CREATE, REPLACE, UPDATE, KEEP = "create", "replace", "update", "keep"
+CREATE, REPLACE, UPDATE, KEEP, REMOVE = "create", "replace", "update", "keep", "remove"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ class UpOptions:
 @dataclasses.dataclass(frozen=True)
 class NodeAction:
     """What `up` does for one node (an existing one, or one to create)."""
-    action: str  # CREATE, REPLACE, UPDATE or KEEP
+    action: str  # CREATE, REPLACE, UPDATE, KEEP or REMOVE (a damaged node, not replaced)
     kind: str
     node_type: str
     node: Node | None
@@ -68,7 +69,8 @@ class UpPlan:
 
     @property
     def replacements(self) -> list[NodeAction]:
-        return [action for action in self.actions if action.action == REPLACE]
+        """The existing nodes `up` terminates first (to replace, or damaged to remove)."""
+        return [action for action in self.actions if action.action in (REPLACE, REMOVE)]
 
     @property
     def nothing_to_do(self) -> bool:
@@ -140,14 +142,24 @@ def _decide(config, node: Node, context: ClusterContext | None, options: UpOptio
 
 def plan_up(config, provider: NodeProvider, options: UpOptions = UpOptions(),
             keys_dir: str | None = None) -> UpPlan:
-    """What `up` would do. Reads the provider's listing and tags; changes nothing."""
-    nodes = provider.non_terminated_nodes()
+    """What `up` would do. Reads the provider's listing and tags; changes nothing.
+    Damaged nodes (launcher.cluster.all_nodes) are repaired, never worked around: a
+    damaged head is replaced when there is no readable head (one head per cluster, so
+    never a second one beside it), any other damaged node is removed (and min_workers
+    creates what is then missing)."""
+    everything = all_nodes(provider)
+    damaged = [node for node in everything if node.state == STATE_DAMAGED]
+    nodes = [node for node in everything if node.state != STATE_DAMAGED]
     heads = [node for node in nodes if node.kind == KIND_HEAD]
     head_type = config.head_node_type
     actions: list[NodeAction] = []
     head = heads[0] if heads else None
     context = None
-    if head is not None:
+    damaged_head = next((node for node in damaged if node.kind == KIND_HEAD), None)
+    if head is None and damaged_head is not None:
+        head_action = NodeAction(REPLACE, KIND_HEAD, head_type, damaged_head, FULL,
+                                 f"damaged: {damaged_head.tags.get(TAG_FAILURE)}")
+    elif head is not None:
         context = ClusterContext.build(config, node_ip(head) or "",
                                        head_port_of(provider, head), keys_dir)
         if head.node_type != head_type:
@@ -159,6 +171,10 @@ def plan_up(config, provider: NodeProvider, options: UpOptions = UpOptions(),
     else:
         head_action = NodeAction(CREATE, KIND_HEAD, head_type, None, FULL, "no head yet")
     actions.append(head_action)
+    for node in damaged:
+        if node is not head_action.node:
+            actions.append(NodeAction(REMOVE, node.kind, node.node_type, node, None,
+                                      f"damaged: {node.tags.get(TAG_FAILURE)}"))
     for extra in heads[1:]:
         actions.append(NodeAction(KEEP, KIND_HEAD, extra.node_type, extra, None,
                                   f"second head ignored (the head is {head.id})"))

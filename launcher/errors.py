@@ -181,3 +181,15 @@ class WheelhouseError(ClusterError):
         self.message = message
         super().__init__(f"cannot ship {requirement} to a node running "
                          f"{platform.describe()}: {message}")
+
+
+class StateFileError(ClusterError):
+    """A state file corral keeps (a process node's node.json, ...) is unreadable: not
+    valid JSON (truncated), the wrong shape, or missing where it must be. `path` names
+    the file, `problem` says what is wrong with it, `fix` what to do."""
+
+    def __init__(self, path: str, problem: str, fix: str = ""):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: corrupt state file: {problem}" + (f"; {fix}" if fix else ""))

@@ -119,6 +119,25 @@ def pids_with_env(name: str, values) -> dict[str, set[int]]:
     return found
 
 
+def pids_with_env_in(name: str, parent_dir: str) -> dict[str, set[int]]:
+    """{value: live processes whose environment has name=value} for every value that
+    is a path directly inside `parent_dir` (e.g. each node directory of a cluster,
+    including those whose directory is gone), in one pass over the processes. The same
+    rules as pids_with_env: other users' unreadable processes are skipped."""
+    parent_dir = os.path.abspath(parent_dir)
+    found: dict[str, set[int]] = {}
+    for pid in psutil.pids():
+        proc = _process(pid)
+        try:
+            value = proc.environ().get(name) if proc is not None else None
+        except psutil.Error:  # gone, or not ours to read
+            continue
+        if value and os.path.dirname(os.path.normpath(value)) == parent_dir \
+                and _not_zombie(proc):
+            found.setdefault(value, set()).add(pid)
+    return found
+
+
 def children(pid: int, recursive: bool = False) -> list[int]:
     """The PIDs of the process's children (all descendants when `recursive`), [] when
     the process is gone."""

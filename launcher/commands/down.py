@@ -6,10 +6,13 @@ import sys
 import click
 
 from launcher.cluster import open_cluster
-from launcher.cluster_down import PURGED_RESOURCES, can_purge, nodes_to_take_down, take_down
+from launcher.cluster_down import (PURGED_RESOURCES, can_purge, mount_targets_left,
+                                   nodes_to_take_down, take_down)
 from launcher.cluster_down import purge as purge_cluster
 from launcher.errors import ClusterError, UsageError
 from launcher.progress import print_table
+from launcher.providers.base import STATE_DAMAGED
+from launcher.tags import TAG_FAILURE
 
 
 @click.command(name="down")
@@ -45,6 +48,10 @@ def down(config_path: str, workers_only: bool, purge: bool, yes: bool) -> None:
         if nodes:
             click.echo(f"Taking down {len(nodes)} {what} of cluster {config.cluster_name!r}: "
                        + ", ".join(node.id for node in nodes))
+            for node in nodes:
+                if node.state == STATE_DAMAGED:
+                    click.echo(f"  note: {node.id} is damaged ({node.tags.get(TAG_FAILURE)});"
+                               f" its processes are found by their node directory")
             result = take_down(provider, config, workers_only=workers_only,
                                on_event=lambda text: click.echo(f"  note: {text}"))
         else:
@@ -82,9 +89,16 @@ def _check_result(config, result, what: str, workers_only: bool, purge: bool) ->
     if result.terminate_error:
         raise ClusterError(f"terminating failed: {result.terminate_error}"
                            + ("; nothing was purged" if purge else ""))
+    left_files = mount_targets_left(config, result.targeted)
     click.echo(f"Removed {len(result.targeted)} {what} in {result.duration_s:.1f} s; "
-               f"nothing of cluster {config.cluster_name!r} is left"
+               + (f"no node of cluster {config.cluster_name!r} is left" if left_files else
+                  f"nothing of cluster {config.cluster_name!r} is left")
                + (" but the head." if workers_only else "."))
+    if left_files:
+        click.echo("File mounts left in place (corral merges into these targets and "
+                   "keeps no list of what it wrote, so it does not delete them):")
+        for line in left_files:
+            click.echo(f"  {line}")
 
 
 def _purge(config) -> None:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from launcher.cluster import display_ip, open_cluster
+from launcher.cluster import all_nodes, damage_error, display_ip, open_cluster
 from launcher.errors import ClusterError
 from launcher.progress import print_table
 from launcher.tags import KIND_HEAD, TAG_FAILURE
@@ -45,14 +45,16 @@ def status(config_path: str | None, explain: bool) -> None:
     """Show the nodes of CONFIG's cluster: id, kind, type, IP, bootstrap stage and last
     failure, read from the provider's tags (the same truth the head sees); then the
     autoscaler's summary from the head: nodes active / idle / pending / failed, resources
-    used and total, and pending demand.
-    Exit code 1 when the cluster has no head. On a head node CONFIG may be left out."""
+    used and total, and pending demand. A node whose record is damaged is shown as
+    `damaged`, and its file is named.
+    Exit code 1 when the cluster has no head or a damaged node. On a head node CONFIG
+    may be left out."""
     with open_cluster(config_path) as (config, provider):
-        nodes = provider.non_terminated_nodes()
+        nodes = all_nodes(provider)
+        damage = damage_error(provider)
         unreachable = dict(getattr(provider, "unreachable", None) or {})
-        if not any(node.kind == KIND_HEAD for node in nodes):
-            detail = f" ({len(nodes)} worker(s) without a head)" if nodes else ""
-            raise ClusterError(f"cluster {config.cluster_name!r} has no head node{detail}; "
+        if not nodes:
+            raise ClusterError(f"cluster {config.cluster_name!r} has no head node; "
                                f"start it with: corral up {config_path or 'CONFIG'}")
         print_table(STATUS_HEADERS, status_rows(nodes),
                     title=f"Cluster {config.cluster_name!r} ({config.provider_type}): "
@@ -60,6 +62,12 @@ def status(config_path: str | None, explain: bool) -> None:
         for host, problem in unreachable.items():
             click.secho(f"warning: could not read {host}: {problem.splitlines()[0]}",
                         fg="yellow", err=True)
+        if damage is not None:  # named, after the table that shows the rest
+            raise damage
+        if not any(node.kind == KIND_HEAD for node in nodes):
+            raise ClusterError(f"cluster {config.cluster_name!r} has no head node "
+                               f"({len(nodes)} worker(s) without a head); start it with: "
+                               f"corral up {config_path or 'CONFIG'}")
         for target in STATUS_SECTIONS:
             section = _section(target)
             if section is not None:

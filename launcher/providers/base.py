@@ -23,6 +23,10 @@ STATE_RUNNING = "running"
 STATE_STOPPING = "stopping"
 STATE_STOPPED = "stopped"
 STATE_TERMINATED = "terminated"
+# A node whose record cannot be read (corrupt, or processes left without one): listed
+# only by the calls that repair (process provider: nodes_including_damaged), so that
+# `down` can remove it and `up` replace it.
+STATE_DAMAGED = "damaged"
 
 
 @dataclasses.dataclass(frozen=True)
