@@ -1,11 +1,12 @@
 """`corral monitor`: print the autoscaler's event log, and follow it."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from autoscaler.events import events_path, format_event, parse_events
+from autoscaler.events import events_path, format_event, parse_events, whole_lines
 from launcher.errors import UsageError
 
 FOLLOW_POLL_S = 0.5
@@ -25,26 +26,29 @@ def follow_events(config_file: str | None, events_file: str | None, *, follow: b
 
 
 def _follow_local(path: Path, *, follow: bool, lines: int, echo) -> None:
+    """Print the last `lines` events, then (with follow) each new one. Only whole lines
+    are read: a line still being written waits for the next round, a torn one (a writer
+    cut short by a full disk) is skipped. A log that shrank (replaced) is read anew."""
     position = 0
     if path.exists():
-        text = path.read_text(encoding="utf-8", errors="replace")
-        complete = text[:text.rfind("\n") + 1]
-        position = len(complete.encode("utf-8", errors="replace"))
-        events = parse_events(complete.splitlines())
+        complete = whole_lines(path.read_bytes())
+        position = len(complete)
+        events = parse_events(complete.decode("utf-8", "replace").splitlines())
         for event in events[-lines:] if lines else []:
             echo(format_event(event))
     while follow:
         time.sleep(FOLLOW_POLL_S)
-        if not path.exists():
+        try:
+            with open(path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < position:
+                    position = 0
+                handle.seek(position)
+                chunk = whole_lines(handle.read())
+        except FileNotFoundError:
             continue
-        with open(path, "rb") as handle:
-            handle.seek(position)
-            chunk = handle.read()
-        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest next time
-        if end:
-            position += end
-            for event in parse_events(chunk[:end].decode("utf-8", "replace").splitlines()):
-                echo(format_event(event))
+        position += len(chunk)
+        for event in parse_events(chunk.decode("utf-8", "replace").splitlines()):
+            echo(format_event(event))
 
 
 def _follow_on_head(config_file: str, *, follow: bool, lines: int, echo) -> None:

@@ -10,6 +10,10 @@ changes, so work that no node can run reaches the provider's create call well un
 second after it is queued. Provider, SSH and runtime errors become events and data for
 the next plan; the loop never dies of them. After a restart it rebuilds its view from the
 provider's tags and its saved state, so nodes are never launched twice.
+
+Its own files never stop it either: when the head's disk is full, events wait in memory
+and the status and state files keep their last whole content; every round tries again,
+and all is written once space returns (see autoscaler.events).
 """
 from __future__ import annotations
 
@@ -133,6 +137,7 @@ class Monitor:
     def step(self) -> Plan | None:
         """One observe -> plan -> act round; None when observing failed."""
         now_s = self.clock.now()
+        self._retry_writes(now_s)
         if self.actuator.collect_bootstraps(now_s):
             self._stale = True
         snapshot = self.observe(now_s)
@@ -145,6 +150,13 @@ class Monitor:
         self.act(now_s, plan, snapshot)
         return plan
 
+    def _retry_writes(self, now_s: float) -> None:
+        """Write what a full disk refused before: waiting events, the state file (the
+        status file is rewritten by _write_status, which remembers it failed)."""
+        self.events.flush(now_s)
+        if self.state.unsaved:
+            self.state.save()
+
     def _write_status(self, now_s: float, plan: Plan, snapshot) -> None:
         """Rewrite the status file when what it says changed (idle timers aside), and at
         least every STATUS_REFRESH_S so its idle times stay roughly current."""
@@ -154,8 +166,8 @@ class Monitor:
         content = re.sub(r'"idle_for_s": [0-9.]+', "", content)
         if content != self._status_content or \
                 now_s - self._status_at_s >= STATUS_REFRESH_S:
-            self.events.write_status(now_s, plan, extra)
-            self._status_content, self._status_at_s = content, now_s
+            if self.events.write_status(now_s, plan, extra):
+                self._status_content, self._status_at_s = content, now_s
 
     def _drained(self, now_s: float, plan: Plan, snapshot) -> list[tuple[str, str]]:
         """The terminations to do now: running nodes only once the runtime confirms
@@ -206,8 +218,11 @@ class Monitor:
                 self.step()
             except Exception as error:  # noqa: BLE001 - the loop must outlive any bug
                 log.error("monitor step failed:\n%s", traceback.format_exc())
-                self._problem(self.clock.now(), f"monitor step failed: "
-                                                f"{type(error).__name__}: {error}")
+                try:
+                    self._problem(self.clock.now(), f"monitor step failed: "
+                                                    f"{type(error).__name__}: {error}")
+                except Exception:  # noqa: BLE001 - reporting must not end the loop either
+                    log.error("could not record the failure:\n%s", traceback.format_exc())
             if stop.is_set():
                 break
             self.clock.wait(self._wake, self.options.poll_s)

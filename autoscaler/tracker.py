@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 from autoscaler.snapshot import LaunchBackoff
@@ -21,6 +22,7 @@ BACKOFF_BASE_S = {CapacityError: 30.0, QuotaError: 300.0, RateLimitError: 15.0,
                   ProviderAuthError: 600.0}
 DEFAULT_BACKOFF_BASE_S = 60.0
 MAX_BACKOFF_S = 900.0
+log = logging.getLogger("corral.autoscaler")
 
 
 @dataclasses.dataclass
@@ -31,6 +33,7 @@ class MonitorState:
     waiting_to_join_since: dict[str, float] = dataclasses.field(default_factory=dict)
     path: Path | None = None
     config_token: str = ""  # the config the state belongs to (its hash)
+    unsaved: bool = False  # the last save failed (a full disk): save again
 
     # -- launch failures --------------------------------------------------------------------
     def launch_failed(self, node_type: str, error: ClusterError, now_s: float) -> LaunchBackoff:
@@ -68,13 +71,24 @@ class MonitorState:
         return {name: len(ids) for name, ids in self.failed_nodes.items()}
 
     # -- persistence --------------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the state file atomically. A disk that refuses it (full) is logged and
+        leaves `unsaved` set, for the monitor to try again next round; False then."""
         if self.path is None:
-            return
+            return True
         data = {"failed_nodes": {name: sorted(ids) for name, ids in self.failed_nodes.items()},
                 "backoffs": [dataclasses.asdict(backoff) for backoff in self.backoffs.values()],
                 "failure_streak": self.failure_streak, "config_token": self.config_token}
-        write_json_atomic(self.path, data)
+        try:
+            write_json_atomic(self.path, data)
+        except OSError as error:
+            if not self.unsaved:
+                log.warning("cannot save the monitor's state to %s: %s (kept in memory; "
+                            "tried again each round)", self.path, error.strerror or error)
+            self.unsaved = True
+            return False
+        self.unsaved = False
+        return True
 
     @classmethod
     def load(cls, path: str | Path | None, config_token: str = "") -> "MonitorState":

@@ -5,7 +5,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def corral_home() -> Path:
@@ -66,31 +66,30 @@ def keys_dir(cluster_name: str) -> Path:
 
 
 def write_private(path: Path | str, data: bytes | str) -> None:
-    """Write a file that only its owner can read: created 0600, and made 0600 (an
-    existing file's mode is fixed) before a single byte is written."""
+    """Write a file that only its owner can read (0600), atomically: see
+    write_json_atomic. A full disk leaves the old file (or none), never a torn one."""
+    payload = data.encode() if isinstance(data, str) else data
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
+    _replace(path, lambda handle: handle.write(payload))
 
 
 def write_json_atomic(path: Path | str, data: Any, indent: int | None = None) -> None:
     """Replace `path` with `data` as JSON, owner-only (0600), atomically: a unique temp
     file in the same directory (two writers never share one), fsync, then rename. A
     reader sees the old content or the new, never a torn file."""
-    path = Path(path)
+    text = json.dumps(data, indent=indent, sort_keys=True)
+    _replace(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _replace(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write a unique 0600 temp file beside `path` with `write(handle)`, fsync it, rename
+    it over `path`; on any failure the temp file is removed and the error raised."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=indent, sort_keys=True)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
