@@ -226,11 +226,17 @@ def remove_old_envs(envs_dir: str, keep: list[str], keep_count: int) -> list[str
     now = time.time()
     removed = []
     entries = []
-    for name in os.listdir(envs_dir):
+    names = os.listdir(envs_dir)
+    for name in names:
         path = os.path.join(envs_dir, name)
-        if name.startswith(".tmp-"):
-            if now - os.lstat(path).st_mtime > STALE_TMP_S:
+        if name.startswith((".tmp-", ".lock-")):
+            # A build that died; a lock of an env long gone (a lock is never removed
+            # while an install may still want it: it would no longer exclude anyone).
+            stale = now - os.lstat(path).st_mtime > STALE_TMP_S
+            if stale and name.startswith(".tmp-"):
                 shutil.rmtree(path, ignore_errors=True)
+            elif stale and name[len(".lock-"):] not in names:
+                os.unlink(path)
             continue
         if name.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
             continue
@@ -297,8 +303,13 @@ def install(wheelhouse: str, wheelhouse_hash: str, corral_home: str,
                               installed_at=time.time())
                 with open(os.path.join(build_dir, SHIP_RECORD), "w") as handle:
                     json.dump(record, handle, indent=1, sort_keys=True)
-                os.rename(build_dir, final_dir)
-                installed = True
+                try:
+                    os.rename(build_dir, final_dir)
+                    installed = True
+                except OSError:
+                    if not os.path.isdir(final_dir):
+                        raise
+                    shutil.rmtree(build_dir, ignore_errors=True)  # another host won
             except BaseException:
                 shutil.rmtree(build_dir, ignore_errors=True)
                 raise

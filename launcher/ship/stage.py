@@ -143,7 +143,7 @@ class Shipper:
             try:
                 runner.put(staging, remote)
             except (ClusterError, OSError) as error:
-                raise ShipError(probe.host, "upload", f"{error} (to {remote})",
+                raise ShipError(probe.host, "upload", f"{str(error).strip()} (to {remote})",
                                 f"Check the free space of {probe.home} on the node "
                                 f"(`df -h ~`) and that the SSH user can write there, then "
                                 f"run `corral up` again") from error

@@ -142,6 +142,17 @@ def test_up_ships_corral_to_stock_vms_and_runs_a_program_on_all_of_them(fresh_cl
     assert f"HOSTS {','.join(sorted(host.name for host in hosts))}" in job.stdout, job.stdout
     assert "NODES 4" in job.stdout
 
+    import pexpect  # attach: a login shell, and still the shipped corral first on PATH
+    shell = pexpect.spawn(sys.executable, ["-m", "launcher", "attach", str(path)],
+                          cwd=str(source), timeout=30, encoding="utf-8")
+    try:
+        shell.sendline('echo "AT-$(command -v corral)-$(hostname)-END"')
+        shell.expect(f"AT-/root/.corral/env/bin/corral-{hosts[0].name}-END")
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close()
+
     again = corral("up", str(path), "-y", source=source)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing changed" in again.stdout and "shipping-corral" not in again.stdout
@@ -212,6 +223,33 @@ def test_the_heads_autoscaler_ships_corral_to_the_workers_it_launches(tmp_path, 
         assert head_env.startswith("envs/") and worker_env == head_env
         assert worker.run("/root/.corral/env/bin/corral --version").returncode == 0
     finally:
+        down = corral("down", str(path), "-y", timeout_s=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_nothing_runs([head, worker])
+
+
+def test_a_node_whose_home_is_not_writable_fails_naming_it_and_what_to_do(tmp_path,
+                                                                        fresh_hosts):
+    head, worker = fresh_hosts.hosts[:2]
+    path = tmp_path / "readonly.yaml"
+    path.write_text(yaml.safe_dump({
+        "cluster_name": "fresh-readonly",
+        "provider": {"type": "local", "head_ip": head.ip, "worker_ips": [worker.ip]},
+        "auth": {"ssh_user": fresh_hosts.ssh_user,
+                 "ssh_private_key": str(fresh_hosts.ssh_private_key), "ssh_timeout_s": 10}}))
+    assert worker.run("mount -o remount,ro /root").returncode == 0
+    try:
+        up = corral("up", str(path), "-y")
+        assert up.returncode == 1, up.stdout + up.stderr
+        failure = next(line for line in up.stderr.splitlines() if worker.ip in line)
+        assert "shipping-corral" in failure and "upload of corral" in failure, up.stderr
+        assert "can write there" in up.stderr and "corral up" in up.stderr
+        # (the head's autoscaler may already be trying the worker again)
+        status = corral("status", str(path))
+        assert status.stdout.count("up-to-date") == 1, status.stdout
+        assert head.run("/root/.corral/env/bin/corral --version").returncode == 0
+    finally:
+        worker.run("mount -o remount,rw /root")
         down = corral("down", str(path), "-y", timeout_s=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert_nothing_runs([head, worker])

@@ -136,7 +136,9 @@ def test_old_environments_are_pruned_but_not_one_in_use_or_just_touched(tmp_path
         if name != "recent":
             os.utime(envs / name, (old, old))
     (envs / ".tmp-dead-1").mkdir()
-    os.utime(envs / ".tmp-dead-1", (old - node_install.STALE_TMP_S,) * 2)
+    for name in (".tmp-dead-1", ".lock-gone", ".lock-new"):
+        (envs / name).touch()
+        os.utime(envs / name, (old - node_install.STALE_TMP_S,) * 2)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                 str(envs / "used") + "/bin/x"])
     try:
@@ -145,7 +147,7 @@ def test_old_environments_are_pruned_but_not_one_in_use_or_just_touched(tmp_path
         sleeper.kill()
         sleeper.wait()
     assert sorted(removed) == ["old1", "old2"]
-    assert sorted(os.listdir(envs)) == ["new", "previous", "recent", "used"]
+    assert sorted(os.listdir(envs)) == [".lock-new", "new", "previous", "recent", "used"]
 
 
 def test_a_broken_wheel_fails_the_install_and_leaves_nothing_half_made(tmp_path, wheelhouse):
