@@ -30,7 +30,7 @@ also documents the autoscaler-monitor hook). Tools read the load with runtime.st
 
 `init()` without an address connects to this node's runtime when one runs
 ($CORRAL_NODE_DIR/session/address.json), else starts an embedded one-node runtime
-(loopback only) that stops when the program exits.
+(loopback only, CurveZMQ with a key pair of its own) that stops when the program exits.
 
 ObjectRefs passed as task arguments (positional or keyword) are replaced by their
 values; refs inside arguments (a list of refs...) reach the task as refs whose values

@@ -88,7 +88,13 @@ class NodeAgent(ObjectService, WorkersMixin):
                             sock, sock in (self.local, self.remote), zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._dispatch(sock, identity, kind, header, frames)
+                    except protocol.MalformedMessageError as error:
+                        log.warning("dropped: %s", error)
+                        continue
+                    try:
+                        self._dispatch(sock, identity, kind, header, frames)
+                    except Exception:  # one bad message must not end the node's agent
+                        log.exception("message %r from %r failed", kind, identity)
             self._reap_workers()
             self._schedule()
             self._flush()

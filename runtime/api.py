@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from runtime import protocol, scheduling, session
 from runtime.driver import DriverCore
@@ -16,7 +17,7 @@ from runtime.driver_state import FAILED, READY, ActorRecord, Entry, TaskRecord
 from runtime.gpus import get_gpu_ids  # noqa: F401 - part of the API (in a task: its ids)
 from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostError,
                             RuntimeConnectionError, RuntimeSystemError)
-from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.keys import load_cluster_keys
 from runtime.objects import BUFFER_POOL
 from runtime.protocol import Serialized, serialize
 
@@ -100,21 +101,30 @@ def init(address: str | None = None, num_cpus: float | None = None,
                 return {"address": _core.control_address}
             raise RuntimeSystemError("runtime.init() was already called; call "
                                      "runtime.shutdown() first")
-        home = None
-        info = session.read_json(session.address_file(session.session_dir(create=False)))
-        if address == "auto" or (address is None and info and
-                                 session.running_pids(session.session_dir(create=False))):
-            if not info:
-                raise RuntimeConnectionError("auto", "no runtime runs on this node "
-                                             f"({session.session_dir(create=False)} has no address)")
+        home = found = None
+        if address in (None, "auto"):   # only state this user alone controls is used
+            found = session.find_address(running=address is None,
+                                         refuse_foreign_fallback=address == "auto")
+        if address == "auto" or (address is None and found):
+            if not found:
+                raise RuntimeConnectionError("auto", "no runtime runs on this node (no "
+                                             "address in " + ", ".join(
+                                                 str(d / "session") for d in
+                                                 session.discovery_dirs()) + ")")
+            node_session, info = found
             address, home = info["address"], info.get("node_id")
-            keys_dir = keys_dir or info.get("keys_dir")
+            keys_dir = keys_dir or info.get("keys_dir") or \
+                str(session.keys_dir(node_session.parent))
         elif address is None:
             _embedded = _start_embedded(num_cpus, num_gpus, resources)
-            address, keys_dir, home = (_embedded["address"], None,
+            address, keys_dir, home = (_embedded["address"], _embedded["keys_dir"],
                                        _embedded["node_id"])
         keys_dir = keys_dir or str(session.keys_dir())
-        keys = load_cluster_keys(keys_dir) if has_cluster_keys(keys_dir) else None
+        try:
+            keys = load_cluster_keys(keys_dir)    # MissingKeysError, UnsafePathError
+        except BaseException:
+            _stop_embedded()
+            raise
         try:
             _core = DriverCore(address, keys, home_node_id=home,
                                log_to_driver=log_to_driver)
@@ -127,12 +137,18 @@ def init(address: str | None = None, num_cpus: float | None = None,
 
 def _start_embedded(num_cpus, num_gpus, resources) -> dict:
     from runtime.startup import start_node
+    # a fresh key pair per embedded runtime, in a 0700 dir of this user's (mkdtemp):
+    # its ports are on loopback, where any local user can reach them
     node_dir = tempfile.mkdtemp(prefix="corral-embedded-")
-    started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
-                         resources=resources, node_dir=node_dir, generate_keys=False,
-                         node_id="embedded")
+    try:
+        started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
+                             resources=resources, node_dir=node_dir, node_ip="127.0.0.1",
+                             node_id="embedded")
+    except BaseException:
+        shutil.rmtree(node_dir, ignore_errors=True)
+        raise
     return {"address": started.address, "node_dir": node_dir, "node_id": started.node_id,
-            "session": started.session}
+            "session": started.session, "keys_dir": str(session.keys_dir(Path(node_dir)))}
 
 
 def _stop_embedded() -> None:

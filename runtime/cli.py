@@ -1,6 +1,8 @@
 """`corral start` and `corral stop`: the runtime's processes on this node. Defaults come
 from the environment the launcher sets (CORRAL_NODE_DIR, CORRAL_NODE_ID,
-CORRAL_NODE_TYPE, CORRAL_NODE_RESOURCES, CORRAL_HEAD_IP, CORRAL_HEAD_PORT)."""
+CORRAL_NODE_TYPE, CORRAL_NODE_RESOURCES, CORRAL_HEAD_IP, CORRAL_HEAD_PORT); without
+CORRAL_NODE_DIR the node dir is the per-user default (runtime.session). A node dir, keys
+or address that another user owns or may write is refused (UnsafePathError, exit 1)."""
 from __future__ import annotations
 
 import json
@@ -95,8 +97,8 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
                          heartbeat_timeout_s=heartbeat_timeout_s)
     kind = "head" if head else "worker"
     click.echo(f"corral runtime started: {kind} node {started.node_id}, "
-               f"cluster address {started.address} "
-               f"({'CurveZMQ' if started.secure else 'loopback only, no keys'})")
+               f"cluster address {started.address} (CurveZMQ, keys in "
+               f"{session.keys_dir(started.session.parent)})")
     if head:
         click.echo(f"  autoscaler monitor: {started.monitor}")
         click.echo("  connect with: runtime.init(address=\"auto\")")

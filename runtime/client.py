@@ -1,5 +1,9 @@
 """A small synchronous client of the control service for tools that are not drivers
-(the autoscaler monitor, `runtime.state`): one DEALER, one request at a time."""
+(the autoscaler monitor, `runtime.state`): one DEALER, one request at a time.
+
+Like a driver it needs the cluster's keys (MissingKeysError without them) and reads
+nothing from the head before the CurveZMQ handshake proved the head holds the cluster's
+key (protocol.connect_authenticated)."""
 from __future__ import annotations
 
 import itertools
@@ -9,34 +13,39 @@ import zmq
 
 from runtime import protocol, session
 from runtime.errors import RuntimeConnectionError
-from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.keys import load_cluster_keys
 
 
 def resolve_address(address: str | None) -> tuple[str, str | None]:
-    """-> (HOST:PORT, keys dir or None). None/"auto": this node's address.json."""
-    keys_dir = str(session.keys_dir())
+    """-> (HOST:PORT, keys dir or None). None/"auto": this node's address.json, used
+    only if this user alone controls it (UnsafePathError otherwise)."""
     if address in (None, "auto"):
-        data = session.read_json(session.address_file(session.session_dir(create=False)))
-        if not data:
+        found = session.find_address()
+        if not found:
             raise RuntimeConnectionError(
-                "auto", f"no runtime address file in {session.session_dir(create=False)} "
-                "(is `corral start` running on this node?)")
-        return data["address"], data.get("keys_dir") or keys_dir
-    return address, keys_dir
+                "auto", "no runtime address file in " + ", ".join(
+                    str(d / "session") for d in session.discovery_dirs())
+                + " (is `corral start` running on this node?)")
+        node_session, data = found
+        return data["address"], data.get("keys_dir") or \
+            str(session.keys_dir(node_session.parent))
+    return address, str(session.keys_dir())
 
 
 class ControlClient:
     def __init__(self, address: str | None = None, keys_dir: str | None = None,
                  timeout_s: float = 10.0):
         resolved, default_keys = resolve_address(address)
-        keys_dir = keys_dir or default_keys
-        keys = load_cluster_keys(keys_dir) if keys_dir and has_cluster_keys(keys_dir) \
-            else None
+        keys = load_cluster_keys(keys_dir or default_keys)
         self.address = resolved
         self.timeout_s = timeout_s
         self.ctx = zmq.Context()
-        self.sock = protocol.connect_dealer(self.ctx, f"tcp://{resolved}", keys,
-                                            b"C" + uuid.uuid4().bytes)
+        try:
+            self.sock = protocol.connect_authenticated(
+                self.ctx, f"tcp://{resolved}", keys, b"C" + uuid.uuid4().bytes, timeout_s)
+        except BaseException:
+            self.ctx.destroy(linger=0)
+            raise
         self.ids = itertools.count()
 
     def call(self, method: str, **kwargs):
@@ -46,7 +55,10 @@ class ControlClient:
             if not self.sock.poll(int(self.timeout_s * 1000)):
                 raise RuntimeConnectionError(self.address, f"no answer to {method} within "
                                              f"{self.timeout_s} s")
-            _, kind, header, _ = protocol.recv(self.sock, routed=False)
+            try:
+                _, kind, header, _ = protocol.recv(self.sock, routed=False)
+            except protocol.MalformedMessageError as error:
+                raise RuntimeConnectionError(self.address, str(error)) from None
             if kind == b"reply" and header[0] == request_id:
                 _, ok, result = header
                 if not ok:

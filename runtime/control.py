@@ -33,7 +33,7 @@ import zmq
 
 from runtime import protocol, scheduling
 from runtime.control_drain import DrainMixin
-from runtime.keys import ClusterKeys, has_cluster_keys, load_cluster_keys
+from runtime.keys import ClusterKeys, load_cluster_keys
 
 log = logging.getLogger("corral.control")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
@@ -71,7 +71,10 @@ class ControlService(DrainMixin):
                         identity, kind, header, _ = protocol.recv(self.sock, routed=True)
                     except zmq.Again:
                         break
-                    self._handle(identity, kind, header)
+                    except protocol.MalformedMessageError as error:
+                        log.warning("dropped: %s", error)
+                    else:
+                        self._handle(identity, kind, header)
                     if not self.sock.poll(0):
                         break
             now = time.monotonic()
@@ -82,17 +85,28 @@ class ControlService(DrainMixin):
         self.ctx.term()
 
     def _handle(self, identity: bytes, kind: bytes, header) -> None:
+        """One request. Whatever its header holds, the service goes on: a header that
+        is not (request_id, method, kwargs) is logged and dropped (there is no request
+        id to answer), a failing method is answered with its error."""
         if kind != b"rpc":
-            log.warning("unknown message %r", kind)
+            log.warning("unknown message %r from %r", kind, identity)
             return
-        request_id, method, kwargs = header
-        handler = getattr(self, "rpc_" + method, None)
         try:
+            request_id, method, kwargs = header
+        except (TypeError, ValueError):
+            log.warning("dropped an rpc from %r: header %.200r is not (request_id, "
+                        "method, kwargs)", identity, header)
+            return
+        try:
+            handler = getattr(self, "rpc_" + method, None) if type(method) is str \
+                else None
             if handler is None:
                 raise ValueError(f"unknown control method {method!r}")
+            if not isinstance(kwargs, dict):
+                raise TypeError(f"arguments of {method} are not a dict")
             result, ok = handler(identity, **kwargs), True
         except Exception as error:  # reported to the caller, not swallowed
-            log.exception("rpc %s failed", method)
+            log.exception("rpc %.100r failed", method)
             result, ok = f"{type(error).__name__}: {error}", False
         self._send(identity, b"reply", (request_id, ok, result))
 
@@ -291,19 +305,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    keys = None
-    if args.keys_dir and has_cluster_keys(args.keys_dir):
-        keys = load_cluster_keys(args.keys_dir)
+    keys = load_cluster_keys(args.keys_dir)   # no keys, no service: MissingKeysError
     from runtime.session import bind_ip_for
-    host = bind_ip_for(args.bind_ip) if keys else "127.0.0.1"
+    host = bind_ip_for(args.bind_ip)
     node_types = node_types_from_config(args.autoscaling_config) \
         if args.autoscaling_config else {}
     service = ControlService(f"tcp://{host}:{args.port}", keys, args.heartbeat_timeout_s,
                              node_types)
     from runtime.session import write_json_atomic
     from pathlib import Path
-    write_json_atomic(Path(args.port_file), {"port": service.port, "secure": bool(keys)})
-    log.info("control service on %s:%d (curve=%s)", host, service.port, bool(keys))
+    write_json_atomic(Path(args.port_file), {"port": service.port, "secure": True})
+    log.info("control service on %s:%d (CurveZMQ)", host, service.port)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: setattr(service, "running", False))
     service.serve_forever()

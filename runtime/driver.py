@@ -18,6 +18,7 @@ import zmq
 from runtime import protocol
 from runtime.driver_state import ActorRecord, Entry, TaskRecord
 from runtime.errors import RuntimeConnectionError
+from runtime.keys import MissingKeysError
 from runtime.objects import BUFFER_POOL
 
 log = logging.getLogger("corral.driver")
@@ -36,10 +37,18 @@ class DriverCore:
         self.home_node_id = home_node_id
         self.log_to_driver = log_to_driver
         self.hostname = socket.gethostname()
-        self.ctx = zmq.Context()
         self.identity = b"D" + self.driver_id.encode()
-        self.control = protocol.connect_dealer(self.ctx, f"tcp://{control_address}", keys,
-                                               self.identity)
+        if keys is None:     # before any socket: there is no unauthenticated connection
+            raise MissingKeysError(None)
+        started_s = time.monotonic()
+        self.ctx = zmq.Context()
+        try:     # the head proves it holds the cluster's key before we read from it
+            self.control = protocol.connect_authenticated(
+                self.ctx, f"tcp://{control_address}", keys, self.identity,
+                connect_timeout_s)
+        except BaseException:
+            self.ctx.destroy(linger=0)      # no other thread uses it yet
+            raise
         self.wake_in = self.ctx.socket(zmq.PAIR)
         self.wake_in.bind(f"inproc://wake-{self.driver_id}")
         self.wake_out = self.ctx.socket(zmq.PAIR)
@@ -74,8 +83,9 @@ class DriverCore:
         self.thread = threading.Thread(target=self._loop, name="corral-driver", daemon=True)
         self.thread.start()
         try:
-            reply = self.call_control("register_driver", timeout_s=connect_timeout_s,
-                                      driver_id=self.driver_id)
+            reply = self.call_control(
+                "register_driver", driver_id=self.driver_id,
+                timeout_s=max(1.0, connect_timeout_s - (time.monotonic() - started_s)))
         except RuntimeConnectionError:
             self.close(notify=False)
             raise RuntimeConnectionError(control_address, "no answer (not running, or "
@@ -244,6 +254,12 @@ class DriverCore:
         self.running = False
         self._wake()
         self.thread.join(5)
+        if self.thread.is_alive():
+            # stuck in a socket call: destroying the context under it would abort the
+            # process (libzmq asserts on a socket closed while another thread uses it)
+            log.warning("the driver's IO thread did not stop within 5 s; its sockets "
+                        "are left to process exit")
+            return
         for actor in list(self.sync_actors.values()):
             if actor.sync is not None:
                 actor.sync.close()

@@ -9,7 +9,7 @@ import signal
 import socket
 
 from runtime.agent import NodeAgent
-from runtime.keys import has_cluster_keys, load_cluster_keys
+from runtime.keys import load_cluster_keys
 from runtime.session import address_file, bind_ip_for, ipc_dir, write_json_atomic
 from pathlib import Path
 
@@ -46,13 +46,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    keys = load_cluster_keys(args.keys_dir) \
-        if args.keys_dir and has_cluster_keys(args.keys_dir) else None
+    keys = load_cluster_keys(args.keys_dir)   # no keys, no agent: MissingKeysError
     control_host = args.control.rsplit(":", 1)[0]
     node_ip = args.node_ip or local_ip_towards(control_host)
-    if keys is None:
-        node_ip, bind_ip = "127.0.0.1", "127.0.0.1"
-    elif args.bind_ip:
+    if args.bind_ip:
         bind_ip = args.bind_ip
     else:
         bind_ip = bind_ip_for(node_ip)
@@ -64,7 +61,7 @@ def main(argv=None) -> None:
         write_json_atomic(address_file(Path(args.session)), {
             "address": args.head_address, "node_id": args.node_id,
             "agent_ipc": agent.local_endpoint, "agent_address": agent.address,
-            "secure": keys is not None, "keys_dir": args.keys_dir,
+            "secure": True, "keys_dir": args.keys_dir,
             "registered": registered})
     write_address(False)
     agent.on_registered = lambda: write_address(True)

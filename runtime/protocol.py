@@ -12,21 +12,32 @@ Frame layout of every message (a ROUTER socket prepends the peer's identity fram
 Authentication happens below this layer: every TCP socket runs CurveZMQ with the
 cluster's key pair and a ZAP handler that admits only the cluster's public key, so a peer
 without the key is refused during the handshake, before any frame reaches our code and
-long before anything is unpickled. Without keys, servers bind only to 127.0.0.1. Local
-peers (workers, drivers on the same node) use ipc sockets in a 0700 directory.
+long before anything is unpickled. Clients set the cluster's public key as the server
+key, so a server that does not hold the cluster's secret cannot finish the handshake
+either: nothing it sends reaches us (connect_authenticated waits for that handshake and
+names its failure). There is no unauthenticated TCP: bind_router and connect_dealer
+refuse a TCP endpoint without keys (MissingKeysError). Local peers (workers, drivers on
+the same node) use ipc sockets only in a directory this user alone can enter (0700,
+checked at bind and connect: runtime.private_paths).
+
+A message whose frames do not parse raises MalformedMessageError from recv, after all
+its frames were taken off the socket; services log it and go on.
 """
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import threading
+import time
 
 import cloudpickle
 import zmq
 from zmq.utils import z85
 
-from runtime.errors import RuntimeSystemError
-from runtime.keys import ClusterKeys
+from runtime import private_paths
+from runtime.errors import RuntimeConnectionError, RuntimeSystemError
+from runtime.keys import ClusterKeys, MissingKeysError
 
 log = logging.getLogger("corral.protocol")
 
@@ -106,21 +117,61 @@ def send(sock: zmq.Socket, kind: bytes, header, frames=(), identity: bytes | Non
     sock.send_multipart(parts, copy=False if frames else True)
 
 
+class MalformedMessageError(RuntimeSystemError):
+    """A message (from an authenticated peer) whose frames do not parse: too few, or a
+    header that does not unpickle. Its frames are off the socket already."""
+
+    def __init__(self, identity: bytes | None, kind: bytes | None, reason: str):
+        super().__init__(f"malformed message {kind!r:.60} from {identity!r:.60}: "
+                         f"{reason}")
+        self.identity = identity
+        self.kind = kind
+        self.reason = reason
+
+
 def recv(sock: zmq.Socket, routed: bool, flags: int = 0):
     """-> (identity or None, kind, header, extra frames); zmq.Again with NOBLOCK when
-    no message is waiting. The small leading frames are copied (cheaper than Frame
-    objects); only the value buffers after them are received zero-copy."""
-    identity = None
-    if routed:
-        identity = sock.recv(flags)
-        kind = sock.recv()
-    else:
-        kind = sock.recv(flags)
-    header = pickle.loads(sock.recv())
+    no message is waiting; MalformedMessageError (the whole message consumed) when its
+    frames do not parse, or when this process has no memory left to take them in (a
+    MemoryError here fails that one message, not the service). The small leading
+    frames are copied (cheaper than Frame objects); only the value buffers after them
+    are received zero-copy."""
+    identity = kind = raw = None
     frames = []
-    while sock.getsockopt(zmq.RCVMORE):   # the rest of a multipart message is here
-        frames.append(sock.recv(copy=False))
+    try:
+        if routed:
+            identity = sock.recv(flags)
+            kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else None
+        else:
+            kind = sock.recv(flags)
+        raw = sock.recv() if kind is not None and sock.getsockopt(zmq.RCVMORE) else None
+        while sock.getsockopt(zmq.RCVMORE):   # the rest of a multipart message is here
+            frames.append(sock.recv(copy=False))
+    except MemoryError:
+        frames.clear()
+        _discard_rest(sock)
+        raise MalformedMessageError(identity, kind, "out of memory while receiving "
+                                    "it") from None
+    if raw is None:
+        raise MalformedMessageError(identity, kind, "no header frame")
+    try:
+        header = pickle.loads(raw)
+    except Exception as error:  # any unpickling failure is the message's, not ours
+        raise MalformedMessageError(identity, kind, f"header does not unpickle "
+                                    f"({type(error).__name__}: {error})") from None
     return identity, kind, header, frames
+
+
+def _discard_rest(sock: zmq.Socket, tries: int = 100) -> None:
+    """Take the remaining frames of a message off the socket (so the next recv starts
+    at a message boundary), retrying a few times when even that finds no memory."""
+    while tries > 0:
+        try:
+            while sock.getsockopt(zmq.RCVMORE):
+                sock.recv(copy=False)
+            return
+        except MemoryError:
+            tries -= 1
 
 
 # ---------------------------------------------------------------- sockets and auth
@@ -140,15 +191,38 @@ def bind_router(ctx: zmq.Context, address: str, keys: ClusterKeys | None) -> zmq
     # a peer that reconnects (new socket, same identity) takes its identity over at
     # once, instead of being refused while the old connection is not yet noticed dead
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    if address.startswith("tcp://") and keys is not None:
-        ensure_zap_handler(ctx, keys)
-        sock.curve_server = True
-        sock.curve_secretkey = keys.secret
-        sock.curve_publickey = keys.public
-        sock.zap_domain = ZAP_DOMAIN
-        enforce_zap_domain(sock)
-    sock.bind(address)
+    try:
+        _authenticate(sock, address, keys, server=True)
+        sock.bind(address)
+    except BaseException:
+        sock.close(0)
+        raise
     return sock
+
+
+def _authenticate(sock: zmq.Socket, address: str, keys: ClusterKeys | None,
+                  server: bool) -> None:
+    """TCP: CurveZMQ with the cluster's keys (a server also the ZAP handler admitting
+    only the cluster's key); none given is MissingKeysError. ipc: the socket's
+    directory must be this user's alone (UnsafePathError). inproc: same process."""
+    if address.startswith("tcp://"):
+        if keys is None:
+            raise MissingKeysError(None)
+        if server:
+            ensure_zap_handler(sock.context, keys)
+            sock.curve_server = True
+            sock.curve_secretkey = keys.secret
+            sock.curve_publickey = keys.public
+            sock.zap_domain = ZAP_DOMAIN
+            enforce_zap_domain(sock)
+        else:
+            sock.curve_serverkey = keys.public
+            sock.curve_publickey = keys.public
+            sock.curve_secretkey = keys.secret
+    elif address.startswith("ipc://"):
+        private_paths.check_dir(os.path.dirname(ipc_path(address)) or ".", private=True)
+    elif not address.startswith("inproc://"):
+        raise ValueError(f"unsupported runtime endpoint {address!r}")
 
 
 ZAP_ENFORCE_MIN_LIBZMQ = (4, 3, 0)
@@ -185,12 +259,77 @@ def connect_dealer(ctx: zmq.Context, address: str, keys: ClusterKeys | None,
     sock = ctx.socket(zmq.DEALER)
     _tune(sock)
     sock.identity = identity
-    if address.startswith("tcp://") and keys is not None:
-        sock.curve_serverkey = keys.public
-        sock.curve_publickey = keys.public
-        sock.curve_secretkey = keys.secret
-    sock.connect(address)
+    try:
+        _authenticate(sock, address, keys, server=False)
+        sock.connect(address)
+    except BaseException:
+        sock.close(0)
+        raise
     return sock
+
+
+class HandshakeFailedError(RuntimeConnectionError):
+    """The server at `address` did not complete the CurveZMQ handshake: it does not
+    hold the cluster's key (not this cluster's head), refused ours, or does not speak
+    CurveZMQ at all. Nothing was read from it."""
+
+
+HANDSHAKE_FAILURES_TOLERATED = 2   # the third failed handshake in a row is final
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def connect_authenticated(ctx: zmq.Context, address: str, keys: ClusterKeys | None,
+                          identity: bytes, timeout_s: float) -> zmq.Socket:
+    """connect_dealer to a TCP server, returning only once the CurveZMQ handshake
+    succeeded: the server proved it holds the cluster's secret key and admitted ours,
+    before a byte from it reached us. A server that still refuses, or does not speak
+    CurveZMQ, raises HandshakeFailedError; none answering within timeout_s raises
+    RuntimeConnectionError (the head may still be starting: refused connections are
+    retried until then). The socket is closed on failure. ipc endpoints: connect_dealer."""
+    if not address.startswith("tcp://"):
+        return connect_dealer(ctx, address, keys, identity)
+    from zmq.utils.monitor import recv_monitor_message
+    sock = ctx.socket(zmq.DEALER)
+    _tune(sock)
+    sock.identity = identity
+    monitor = None
+    try:
+        _authenticate(sock, address, keys, server=False)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        sock.connect(address)
+        deadline = time.monotonic() + timeout_s
+        failures = 0
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not monitor.poll(left_ms):
+                raise RuntimeConnectionError(address, f"no CurveZMQ handshake within "
+                                             f"{timeout_s} s (nothing listens there?)")
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                break
+            failures += 1
+            if event != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL or \
+                    failures > HANDSHAKE_FAILURES_TOLERATED:
+                raise HandshakeFailedError(address, _handshake_reason(event))
+        sock.disable_monitor()
+        return sock
+    except BaseException:
+        sock.close(0)
+        raise
+    finally:
+        if monitor is not None:
+            monitor.close(0)
+
+
+def _handshake_reason(event: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return ("the server does not speak CurveZMQ (not a corral head, or one "
+                "started without keys): nothing was read from it")
+    return ("the CurveZMQ handshake failed: the server does not hold this cluster's "
+            "key (not this cluster's head) or refused ours; nothing was read from it")
 
 
 _zap_lock = threading.Lock()

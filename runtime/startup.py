@@ -21,7 +21,7 @@ from pathlib import Path
 
 from runtime import gpus, scheduling, session
 from runtime.errors import RuntimeStartError
-from runtime.keys import create_cluster_keys, has_cluster_keys
+from runtime.keys import create_cluster_keys, has_cluster_keys, load_cluster_keys
 
 log = logging.getLogger("corral.start")
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -91,7 +91,8 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
     keys_dir = session.keys_dir(node_dir)
     if head and generate_keys and not has_cluster_keys(keys_dir):
         create_cluster_keys(keys_dir)
-    secure = has_cluster_keys(keys_dir)
+    load_cluster_keys(keys_dir)   # none: MissingKeysError; not ours alone: UnsafePathError
+    secure = True                 # every runtime socket is authenticated (CurveZMQ)
     env_resources = json.loads(os.environ.get("CORRAL_NODE_RESOURCES") or "{}")
     gpu_offer = _gpu_offer(num_gpus, resources, env_resources)
     total = scheduling.node_resources(num_cpus, num_gpus, resources, env_resources,

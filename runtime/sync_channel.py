@@ -9,12 +9,16 @@ socket buffers never fill and calls keep their order); everything else goes over
 ZeroMQ direct socket, where the worker also sends answers too large for this one.
 
 Message: the pickle (protocol 5) of the same header the ZeroMQ path would carry, with
-no out-of-band buffers."""
+no out-of-band buffers. Both ends check that the socket's directory is this user's alone
+(mode 700, runtime.private_paths) before listening or connecting, so only processes of
+this user (or root) can reach a socket whose messages get unpickled."""
 from __future__ import annotations
 
 import os
 import pickle
 import socket
+
+from runtime import private_paths
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -24,6 +28,7 @@ def endpoint_path(directory: str, worker_id: str) -> str:
 
 
 def listen(path: str) -> socket.socket:
+    private_paths.check_dir(os.path.dirname(path) or ".", private=True)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -35,6 +40,7 @@ def listen(path: str) -> socket.socket:
 
 
 def connect(path: str) -> socket.socket:
+    private_paths.check_dir(os.path.dirname(path) or ".", private=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.connect(path)
     return sock

@@ -2,7 +2,6 @@
 `corral stop` as real subprocesses."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -34,7 +33,12 @@ def _raw_submit(address: str, keys, marker: Path) -> zmq.Socket:
             "fn_id": os.urandom(16), "method": None, "shape": {"CPU": 1.0},
             "actor_id": None, "detached": False, "args": [], "kwargs": {}}
     ctx = zmq.Context.instance()
-    sock = protocol.connect_dealer(ctx, f"tcp://{address}", keys, b"Dintruder")
+    if keys is None:   # our own sockets refuse TCP without keys: a plain one, by hand
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger, sock.identity = 0, b"Dintruder"
+        sock.connect(f"tcp://{address}")
+    else:
+        sock = protocol.connect_dealer(ctx, f"tcp://{address}", keys, b"Dintruder")
     protocol.send(sock, b"submit", [spec])
     return sock
 
@@ -63,21 +67,24 @@ def test_wrong_key_gets_nothing_executed(local_cluster, tmp_path):
         sock.close(0)
 
 
-def test_without_keys_everything_binds_to_loopback(tmp_path):
+def test_without_keys_nothing_starts_nor_listens(tmp_path):
+    """There is no unauthenticated mode: a node without keys is refused before any
+    process starts, and neither a server nor a client socket takes TCP without keys."""
+    from runtime.keys import MissingKeysError
     from runtime.startup import start_node
-    started = start_node(head=True, port=0, num_cpus=1, node_dir=tmp_path / "n",
-                         generate_keys=False, node_id="plain")
+    node_dir = tmp_path / "n"
+    with pytest.raises(MissingKeysError, match="no cluster keys in"):
+        start_node(head=True, port=0, num_cpus=1, node_dir=node_dir,
+                   generate_keys=False, node_id="plain")
+    assert session.running_pids(session.session_dir(node_dir)) == {}
+    ctx = zmq.Context()
     try:
-        assert not started.secure
-        info = session.read_json(session.address_file(started.session))
-        assert info["address"].startswith("127.0.0.1:")
-        assert info["agent_address"].startswith("127.0.0.1:")
-        listening = Path("/proc/net/tcp").read_text()
-        port = int(info["address"].rsplit(":", 1)[1])
-        assert f"0100007F:{port:04X}" in listening        # 127.0.0.1 only
-        assert f"00000000:{port:04X}" not in listening
+        with pytest.raises(MissingKeysError):
+            protocol.bind_router(ctx, "tcp://127.0.0.1:0", None)
+        with pytest.raises(MissingKeysError):
+            protocol.connect_dealer(ctx, "tcp://127.0.0.1:1", None, b"x")
     finally:
-        session.stop_session(started.session)
+        ctx.destroy(linger=0)
 
 
 def _corral(args, node_dir: Path, **env):
