@@ -31,9 +31,11 @@ def up(config_path: str, dry_run: bool, yes: bool, restart_only: bool, no_restar
     """Create or update the cluster described by CONFIG.
 
     Brings up the head and every node type's min_workers at once, each node through
-    waiting-for-ssh, syncing-files, setting-up and starting. Running it again only
-    redoes what changed: nothing when nothing changed; setup and start when commands or
-    file contents changed; a replacement (after confirmation) when a node_config changed.
+    waiting-for-ssh, shipping-corral (SSH nodes: this corral is installed there if the
+    node lacks it), syncing-files, setting-up and starting. Running it again only
+    redoes what changed: nothing when nothing changed; setup and start when commands,
+    file contents or corral itself changed; a replacement (after confirmation) when a
+    node_config changed.
     Exit code 0 when every node is up to date, 1 when any failed (its log is named),
     2 for a bad config or usage."""
     if restart_only and (no_restart or force_setup):
