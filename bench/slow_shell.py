@@ -5,13 +5,16 @@ user's `pyenv init` or `conda init` does), next to the same cluster on bare host
 
 sshd starts the user's shell, and bash its ~/.bashrc, for every SSH command; corral's
 command session (launcher.ssh_shell) pays that once per node and connection instead of
-once per host claim, tag write and bootstrap stage. Target: under 1.5 s on the slow hosts
-(4.7 s when every command paid the rc; 0.5 s on bare hosts). Runs as bench/up_time.py
-does (fresh CORRAL_HOME each run, the real CLI, an untimed warm-up, down afterwards).
+once per host claim, tag write and bootstrap stage. Target: under 1.5 s on the slow hosts.
+For comparison, the slow hosts once more with one SSH channel per command
+(CORRAL_SSH_COMMAND_SESSION=0, as before the command session: 4.7 s). Runs as
+bench/up_time.py does (fresh CORRAL_HOME each run, the real CLI, an untimed warm-up, down
+afterwards).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -20,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import up_time  # noqa: E402  (puts the checkout on sys.path)
+from launcher import ssh_shell  # noqa: E402
 from tests.testhosts import host_network, missing_requirements  # noqa: E402
 
 TARGET_SLOW_RC_S = 1.5
@@ -46,13 +50,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="corral-bench-") as directory, \
                 host_network(WORKERS + 1) as network:
             figures = {}
-            for name, bashrc in (("bare hosts", None),
-                                 ("hosts whose ~/.bashrc sleeps 0.3 s", SLOW_RC)):
+            for name, bashrc, session in (
+                    ("bare hosts", None, True),
+                    ("hosts whose ~/.bashrc sleeps 0.3 s", SLOW_RC, True),
+                    ("the same, one SSH channel per command", SLOW_RC, False)):
+                if session:
+                    os.environ.pop(ssh_shell.DISABLE_VARIABLE, None)
+                else:
+                    os.environ[ssh_shell.DISABLE_VARIABLE] = "0"
                 times = measure(network, Path(directory), bashrc, args.runs)
                 figures[name] = statistics.median(times)
                 print(f"1+{WORKERS} corral up on {name}: median {figures[name]:.2f} s "
                       f"(runs: {', '.join(f'{t:.2f}' for t in times)})", flush=True)
     finally:
+        os.environ.pop(ssh_shell.DISABLE_VARIABLE, None)
         wheelhouses = getattr(up_time, "WHEELHOUSES", None)  # up_time's shared cache
         if wheelhouses is not None:
             shutil.rmtree(wheelhouses, ignore_errors=True)

@@ -14,7 +14,8 @@ edited ~/.bashrc) the server refuses new commands and a fresh one starts, so lat
 commands see the change as a new SSH command would.
 
 A node without python3 (or whose shell will not start the server) is remembered per
-connection, and its commands take the per-command channel path (SSHRunner._run_on_channel).
+connection, and its commands take the per-command channel path (SSHRunner._run_on_channel);
+CORRAL_SSH_COMMAND_SESSION=0 in the environment sends every command that way.
 
 A session's channel holds one of the connection's session slots (launcher.ssh_pool) for
 its lifetime. It ends with its connection (runner.close of the last holder, close_all);
@@ -48,6 +49,8 @@ from launcher.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
+DISABLE_VARIABLE = "CORRAL_SSH_COMMAND_SESSION"  # "0": one SSH channel per command
+
 SESSION_START_TIMEOUT_S = 60.0  # the user's rc plus the server's start-up
 MAX_START_ATTEMPTS = 3  # sessions tried for one command before the per-command path
 STDERR_TAIL_BYTES = 4096
@@ -70,8 +73,13 @@ class ShellStartError(ClusterError):
         super().__init__(f"{host}: the command session did not start: {reason}")
 
 
-class SessionGone(Exception):
-    """A request could not be sent: the session had ended. The command never started."""
+class SessionGone(ClusterError):
+    """A request could not be sent: the session had ended, so the command never started
+    (execute sends it to a new session; it never leaves this module)."""
+
+    def __init__(self, host: str):
+        self.host = host
+        super().__init__(f"{host}: the command session had ended")
 
 
 _SERVER_SOURCE: list[bytes] = []
@@ -91,7 +99,9 @@ def startup_line(nonce: str, source_bytes: int) -> str:
     python = ("__corral_py=python3; for __corral_p in " + " ".join(NODE_PYTHONS)
               + '; do [ -x "$__corral_p" ] && __corral_py=$__corral_p && break; done; ')
     bootstrap = _BOOTSTRAP.format(size=source_bytes)
-    return (functions + python + f'exec "$__corral_py" -c {shlex.quote(bootstrap)} '
+    # -I -S: the user's PYTHONPATH, PYTHONSTARTUP or site-packages cannot shadow the
+    # standard library the server uses (and it starts faster)
+    return (functions + python + f'exec "$__corral_py" -I -S -c {shlex.quote(bootstrap)} '
             f"corral-shell {nonce}")
 
 
@@ -110,7 +120,7 @@ class ShellSession:
         self.host = host
         self.spec = spec
         self._client = client
-        self._transport = client.get_transport()
+        self._transport = channel.get_transport()
         self.channel = channel
         self._slot = slot
         self._lock = threading.Lock()
@@ -238,7 +248,7 @@ class ShellSession:
 
     # -- the reader thread ---------------------------------------------------------------
     def _read_loop(self) -> None:
-        reason = "the command server ended"
+        reason = "the channel closed"
         try:
             while True:
                 got = self._read_stderr()
@@ -304,9 +314,11 @@ class ShellSession:
             self.channel.status_event.wait(0.02)
         if self.channel.exit_status_ready():  # the server (not the connection) ended
             tail = self._stderr_tail.decode(errors="replace").strip().splitlines()
+            signal_name = getattr(self.channel, "exit_signal", None)
+            how = (f"killed by SIG{signal_name}" if signal_name
+                   else f"exit {self.channel.exit_status}")
             text = (f"the command session on {self.host} ended while the command ran "
-                    f"(exit {self.channel.exit_status}"
-                    + (f": {tail[-1]}" if tail else "") + ")")
+                    f"({how}" + (f": {tail[-1]}" if tail else "") + ")")
         else:
             text = f"connection to {self.host} lost while the command ran: {reason}"
         for request in pending:
@@ -339,6 +351,8 @@ class _Sessions:
     def get(self, runner) -> ShellSession | None:
         """The session for `runner`'s connection (connecting and starting it if needed),
         or None when the node runs no session (its commands go one channel each)."""
+        if os.environ.get(DISABLE_VARIABLE) == "0":
+            return None
         client = runner._client()
         transport = client.get_transport()
         with self._lock:

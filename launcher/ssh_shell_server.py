@@ -244,7 +244,7 @@ class Server:
         self.frames = FrameReader()
         self.base_env = command_environment()
         self.rc_state = rc_state()
-        self.refusing = False
+        self.refusing = None  # why new commands are refused
         self.closing = False
         self.output_open = True
         wake_read, wake_write = os.pipe()
@@ -281,10 +281,11 @@ class Server:
         if kind == RUN:
             length = struct.unpack_from(">I", payload)[0]
             spec = json.loads(payload[4:4 + length].decode())
-            if self.closing or self.refusing or rc_state() != self.rc_state:
-                self.refusing = True
-                self.send(REFUSED, request_id, json.dumps({"reason": "rc files changed"})
-                          .encode())
+            if not self.refusing and rc_state() != self.rc_state:
+                self.refusing = "rc files changed"
+            if self.closing or self.refusing:
+                reason = self.refusing or "the server is stopping"
+                self.send(REFUSED, request_id, json.dumps({"reason": reason}).encode())
                 return
             try:
                 command = Command(self, request_id, spec, payload[4 + length:])

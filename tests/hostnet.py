@@ -130,7 +130,8 @@ def _is_command_server(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return len(argv) > 3 and argv[1] == b"-c" and argv[3] == b"corral-shell"
+    argv = argv[:-1] if argv and not argv[-1] else argv
+    return len(argv) > 3 and b"-c" in argv and argv[-2] == b"corral-shell"
 
 
 def _all_pids() -> list[int]:

@@ -232,3 +232,16 @@ def test_a_node_without_python3_runs_each_command_on_its_own_channel(test_hosts)
     finally:
         runner.close()
     # (the fixture's reset restarts this host: its mounts go with its namespace)
+
+
+@pytest.mark.timeout(60)
+def test_the_command_session_can_be_turned_off(test_hosts, monkeypatch):
+    host = rc_host(test_hosts, 2, SLOW_RC.replace('echo "rc says hello"\n', ""))
+    monkeypatch.setenv("CORRAL_SSH_COMMAND_SESSION", "0")
+    runner = make_runner(test_hosts, host)
+    try:
+        assert runner.run("echo $FROM_RC").stdout == "from-rc\n"
+        assert runner.run("echo again").stdout == "again\n"
+        assert not servers(host) and rc_runs(host) >= 2
+    finally:
+        runner.close()

@@ -4,9 +4,11 @@ and signals, refusing commands once an rc file changed, stopping what runs when 
 channel closes, bash functions of the rc carried over."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import select
+import shutil
 import struct
 import subprocess
 
@@ -20,9 +22,12 @@ from tests.helpers import alive, wait_for
 class LocalServer:
     """The server started by `shell -c <startup line>`, as sshd would start it."""
 
-    def __init__(self, shell: list[str], env: dict[str, str], prelude: str = ""):
+    def __init__(self, shell: list[str], env: dict[str, str], prelude: str = "",
+                 python: str | None = None):
         source = ssh_shell.server_source()
         line = ssh_shell.startup_line("t3st", len(source))
+        if python is not None:  # this interpreter instead of the one the line picks
+            line = line[line.index("exec "):].replace('"$__corral_py"', python)
         self.process = subprocess.Popen([*shell, prelude + line], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env)
@@ -153,6 +158,37 @@ def test_bash_functions_of_the_rc_reach_commands_and_nested_bash_skips_the_rc(ho
         assert (home / "rc-runs").read_text() == "x\n"
     finally:
         server.close()
+
+
+def oldest_python() -> str | None:
+    """The oldest Python 3 (>= 3.6) found here that runs, for the compatibility test."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(6, 11)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")),
+                         key=lambda path: [int(part) for part in
+                                           path.split("/versions/")[1].split("/")[0]
+                                           .split(".") if part.isdigit()])
+    for path in candidates:
+        if path and subprocess.run([path, "-c", "import sys; assert sys.version_info >= "
+                                    "(3, 6)"], capture_output=True).returncode == 0:
+            return path
+    return None
+
+
+@pytest.mark.timeout(60)
+def test_the_server_runs_on_an_old_python3(home):
+    """Nodes bring their own python3: the server keeps to Python 3.6's language."""
+    python = oldest_python()
+    if python is None:
+        pytest.skip("no Python 3.6-3.10 interpreter on this machine")
+    server = LocalServer(["sh", "-c"], env_for(home), python=python)
+    try:
+        server.run(1, "echo $((6 * 7)); cat", stdin=b"in")
+        events = server.events(1)
+        assert b"".join(payload for kind, payload in events
+                        if kind == wire.STDOUT) == b"42\nin"
+        assert json.loads(events[-1][1])["code"] == 0
+    finally:
+        assert server.close() == 0
 
 
 def test_the_startup_line_parses_in_a_posix_shell():
