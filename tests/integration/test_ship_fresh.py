@@ -209,12 +209,13 @@ def test_the_heads_autoscaler_ships_corral_to_the_workers_it_launches(tmp_path, 
             "head": {"resources": {"CPU": 0}, "min_workers": 0, "max_workers": 0},
             "w": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 1}},
         "head_node_type": "head"}))
+    source = copy_of_corral(tmp_path / "corral-src")
     try:
-        up = corral("up", str(path), "-y")
+        up = corral("up", str(path), "-y", source=source)
         assert up.returncode == 0, up.stdout + up.stderr
         assert worker.run("test -e /root/.corral").returncode != 0  # not touched by up
         job = corral("exec", str(path), f"python3 -c {shlex.quote(AUTOSCALED_JOB)}",
-                     timeout_s=240)
+                     timeout_s=240, source=source)
         assert job.returncode == 0, job.stdout + job.stderr + head.run(
             "tail -n 40 /tmp/corral/session/logs/monitor.log").stdout
         assert f"RAN ON {worker.name}" in job.stdout
@@ -222,8 +223,12 @@ def test_the_heads_autoscaler_ships_corral_to_the_workers_it_launches(tmp_path, 
         worker_env = worker.run("readlink /root/.corral/env").stdout.strip()
         assert head_env.startswith("envs/") and worker_env == head_env
         assert worker.run("/root/.corral/env/bin/corral --version").returncode == 0
+        # The head computed the worker's hashes with the corral it runs (the installed
+        # wheel): they are the ones this machine computes, so nothing is redone.
+        again = corral("up", str(path), "-y", source=source)
+        assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
     finally:
-        down = corral("down", str(path), "-y", timeout_s=120)
+        down = corral("down", str(path), "-y", timeout_s=120, source=source)
     assert down.returncode == 0, down.stdout + down.stderr
     assert_nothing_runs([head, worker])
 
