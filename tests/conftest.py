@@ -3,6 +3,7 @@ writes (keys, known_hosts, logs, process-provider nodes) lands in the real ~/.co
 from __future__ import annotations
 
 import compileall
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,20 @@ def pytest_sessionstart(session):
     they would do on every start where PYTHONDONTWRITEBYTECODE is set (CI)."""
     for package in ("launcher", "runtime", "autoscaler"):
         compileall.compile_dir(str(CHECKOUT / package), quiet=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wheelhouse_cache(tmp_path_factory):
+    """One wheelhouse cache for the whole session: every test has its own CORRAL_HOME,
+    and building corral's wheelhouse again for each test that ships would cost ~1.5 s."""
+    cache = tmp_path_factory.mktemp("wheelhouses")
+    saved = os.environ.get("CORRAL_WHEELHOUSE_CACHE")
+    os.environ["CORRAL_WHEELHOUSE_CACHE"] = str(cache)
+    yield cache
+    if saved is None:
+        os.environ.pop("CORRAL_WHEELHOUSE_CACHE", None)
+    else:
+        os.environ["CORRAL_WHEELHOUSE_CACHE"] = saved
 
 
 @pytest.fixture(autouse=True)

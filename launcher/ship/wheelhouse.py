@@ -129,7 +129,10 @@ def _check_python(platform: NodePlatform, project: CorralProject) -> None:
 
 
 def wheelhouses_dir(cache_dir: Path | None = None) -> Path:
-    """Where wheelhouses are kept: `cache_dir`, else ~/.corral/wheelhouses (both 0700)."""
+    """Where wheelhouses are kept (0700): `cache_dir`, else $CORRAL_WHEELHOUSE_CACHE (one
+    cache for several homes, e.g. a test session's), else ~/.corral/wheelhouses."""
+    if cache_dir is None and os.environ.get("CORRAL_WHEELHOUSE_CACHE"):
+        cache_dir = Path(os.environ["CORRAL_WHEELHOUSE_CACHE"])
     if cache_dir is not None:
         return private_dir(Path(cache_dir))
     return private_dir(corral_home() / "wheelhouses", levels=2)
