@@ -139,12 +139,13 @@ def recv(sock: zmq.Socket, routed: bool, flags: int = 0):
     identity = kind = raw = None
     frames = []
     try:
-        if routed:
+        if routed:   # a ROUTER always has a frame after the identity it prepends
             identity = sock.recv(flags)
-            kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else None
+            first = sock.recv(copy=False)
         else:
-            kind = sock.recv(flags)
-        raw = sock.recv() if kind is not None and sock.getsockopt(zmq.RCVMORE) else None
+            first = sock.recv(flags, copy=False)
+        kind = first.bytes     # (a Frame says if more follow, cheaper than getsockopt)
+        raw = sock.recv() if first.more else None
         while sock.getsockopt(zmq.RCVMORE):   # the rest of a multipart message is here
             frames.append(sock.recv(copy=False))
     except MemoryError:
