@@ -91,13 +91,15 @@ class BootstrapOutcome:
 
 # Run first in every stage script: the node dir exists, private, with keys/ and session/.
 NODE_DIR_PRELUDE = ('mkdir -p "$CORRAL_NODE_DIR/keys" "$CORRAL_NODE_DIR/session" && '
-                    'chmod 700 "$CORRAL_NODE_DIR" "$CORRAL_NODE_DIR/keys"')
+                    'chmod 700 "$CORRAL_NODE_DIR" "$CORRAL_NODE_DIR/keys" '
+                    '"$CORRAL_NODE_DIR/session"')
 
 
 def resolve_node_dir_command() -> str:
     """One round trip: find the node dir, create it (0700) and print it."""
     return (f'd="${{CORRAL_NODE_DIR:-{DEFAULT_NODE_DIR}}}"; '
-            'mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" && echo "$d"')
+            'mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" "$d/session" && '
+            'echo "$d"')
 
 
 class _Background:

@@ -72,7 +72,7 @@ def probe_command(default_node_dir: str) -> str:
     candidates = " ".join(PYTHON_CANDIDATES)
     return f"""\
 d="${{CORRAL_NODE_DIR:-{default_node_dir}}}"
-mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" || \\
+mkdir -p "$d/keys" "$d/session" && chmod 700 "$d" "$d/keys" "$d/session" || \\
   {{ echo "cannot create the node directory $d" >&2; exit 3; }}
 echo "node_dir=$d"
 echo "home=$HOME"
