@@ -45,11 +45,12 @@ from runtime.api import (ObjectRef, available_resources, cluster_resources, get,
                          get_gpu_ids, init, is_initialized, nodes, put, request_resources,
                          shutdown, wait)
 from runtime.errors import (ActorDiedError, GetTimeoutError, NodeDiedError,
-                            ObjectLostError, RuntimeSystemError, TaskError)
+                            ObjectLostError, ObjectStoreFullError, RuntimeSystemError,
+                            TaskError)
 from runtime.remote import ActorHandle, get_actor, kill, remote
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "kill",
            "get_actor", "cluster_resources", "available_resources", "nodes",
            "request_resources", "get_gpu_ids", "ObjectRef", "ActorHandle",
            "RuntimeSystemError", "TaskError", "ActorDiedError", "NodeDiedError",
-           "GetTimeoutError", "ObjectLostError"]
+           "GetTimeoutError", "ObjectLostError", "ObjectStoreFullError"]

@@ -32,7 +32,7 @@ HEARTBEAT_INTERVAL_S = 0.5
 class NodeAgent(ObjectService, WorkersMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
                  keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
-                 gpu_ids: list[str] | None = None):
+                 gpu_ids: list[str] | None = None, store: ObjectStore | None = None):
         self.node_id = node_id
         self.node_type = node_type
         self.keys = keys
@@ -50,7 +50,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         self.available = dict(resources)
         self.gpus = GpuIds(gpu_ids if gpu_ids is not None else
                            default_ids(self.total.get("GPU", 0.0)))
-        self.store = ObjectStore()
+        self.store = store if store is not None else ObjectStore()  # runtime.node's
         self.workers: dict[bytes, WorkerProcess] = {}
         self.actors: dict[bytes, WorkerProcess] = {}
         self.actor_info: dict[bytes, dict] = {}
@@ -161,7 +161,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
         drained_idle = self.draining and not busy and not self.queue and \
             not any(w.next for w in self.workers.values())
-        kwargs = dict(node_id=self.node_id, resources_available=self.available,
+        kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
                       idle_since_s=self.idle_since_s, queued_demand=dict(demand),
                       drained_idle=drained_idle)
         protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
@@ -268,7 +268,8 @@ class NodeAgent(ObjectService, WorkersMixin):
 
     def _on_stats(self, sock, identity, request_id, frames) -> None:
         stats = {"objects": len(self.store), "object_bytes": self.store.size_bytes,
-                 "workers": len(self.workers), "queued": len(self.queue)}
+                 "workers": len(self.workers), "queued": len(self.queue),
+                 **self.store.stats()}
         self._send(sock, identity, b"object", (request_id, True, stats))
 
     def _on_kill_actor(self, sock, identity, actor_id, frames) -> None:
@@ -309,6 +310,10 @@ class NodeAgent(ObjectService, WorkersMixin):
             return True
         if not scheduling.fits(task["shape"], self.available):
             return False
+        if task["kind"] == "actor_create":      # the node's worker bound (agent_bound)
+            slot = self._actor_slot(task)
+            if slot is not True:
+                return slot is None             # handed back, or wait for room here
         allocation = self.gpus.take(task["shape"].get("GPU", 0.0))
         if allocation is None:    # enough GPU in total, but split over ids in use
             return False
@@ -324,7 +329,8 @@ class NodeAgent(ObjectService, WorkersMixin):
                             if w.actor_id is None and not w.blocked)
                 starting = any(not w.ready and w.actor_id is None
                                for w in self.workers.values())
-                if count < self.max_task_workers and not starting:
+                if count < self.max_task_workers and not starting and \
+                        self._task_worker_room(count):
                     self._spawn_worker(None)
                 return False
         scheduling.acquire(self.available, task["shape"])
@@ -340,6 +346,10 @@ class NodeAgent(ObjectService, WorkersMixin):
             if arg[0] == "lost":
                 self._to_driver(task["driver"], (task["task_id"], "lost", arg[1], arg[2]))
                 return True
+            if arg[0] == "full":     # ["full", object id, node id, reason]
+                self._to_driver(task["driver"], (task["task_id"], "store_full", arg[2],
+                                                 arg[3]))
+                return True
         return False
 
     def _send_to_actor(self, task: dict) -> None:
@@ -348,6 +358,8 @@ class NodeAgent(ObjectService, WorkersMixin):
         worker = self.actors.get(task["actor_id"])
         if worker is None and task["actor_id"] in self.unplaced_calls:
             self.unplaced_calls[task["actor_id"]].append(task)
+        elif worker is None and self._return_call(task):
+            return                  # its creation went back to its driver (agent_bound)
         elif worker is None:
             self._to_driver(task["driver"], (task["task_id"], "actor_died",
                                              task["actor_id"], "no such actor on this node"))
@@ -359,8 +371,11 @@ class NodeAgent(ObjectService, WorkersMixin):
         message = {k: task[k] for k in ("task_id", "driver", "kind", "fn", "fn_id", "method")}
         if task["kind"] == "task":   # (an actor's worker got its GPU ids at its start)
             message["gpu_ids"] = ids_of(task.get("gpus"))
-        message["args"] = [packer.value(a[1]) for a in task["args"]]
-        message["kwargs"] = {k: packer.value(v[1]) for k, v in task["kwargs"].items()}
+        values = self._arg_values(worker, task)   # (agent_objects) None: failed, told
+        if values is None:
+            return
+        message["args"] = [packer.value(value) for value in values[0]]
+        message["kwargs"] = {k: packer.value(value) for k, value in values[1].items()}
         if worker.ready:
             self._send(self.local, worker.identity, b"task", message, packer.frames)
         else:
@@ -378,4 +393,5 @@ class NodeAgent(ObjectService, WorkersMixin):
             os.unlink(protocol.ipc_path(self.local_endpoint))
         except OSError:
             pass
+        self.store.close()      # spilled objects go with the node
         self.ctx.destroy(linger=0)

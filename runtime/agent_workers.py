@@ -9,6 +9,7 @@ import sys
 import uuid
 
 from runtime import gpus, protocol, scheduling, sync_channel
+from runtime.agent_bound import WorkerBoundMixin
 from runtime.protocol import INLINE_LIMIT_BYTES, unpack_value
 
 
@@ -26,8 +27,9 @@ class WorkerProcess:
         self.blocked = False    # its task waits in get(): its resources are lent out
 
 
-class WorkersMixin:
-    """Part of NodeAgent (runtime.agent): its worker processes."""
+class WorkersMixin(WorkerBoundMixin):
+    """Part of NodeAgent (runtime.agent): its worker processes, at most as many as the
+    node's bound allows (runtime.agent_bound)."""
 
     def _spawn_worker(self, actor_id: bytes | None, gpu_ids: list | None = None
                       ) -> WorkerProcess:
@@ -77,6 +79,8 @@ class WorkersMixin:
             if worker.next is not None and worker.next["task_id"] == header:
                 self.queue.appendleft(worker.next)
                 worker.next = None
+        elif kind in (b"put_begin", b"put_piece"):   # a large result, before its done
+            getattr(self, "_on_" + kind.decode())(None, worker.identity, header, frames)
         elif kind == b"done":
             task_id, ok, packed = header
             if worker.actor_id is not None:
@@ -93,13 +97,14 @@ class WorkersMixin:
                 worker.blocked = False   # (a thread of the task may still be waiting)
                 if worker.task:   # the prefetched task starts now (never a GPU task)
                     scheduling.acquire(self.available, worker.task["shape"])
+            if packed is None:     # the result came in pieces, into the store
+                self._result_arrived(task_id, task["driver"] if task else None)
+                return
             if task is None:
                 return
             value = unpack_value(packed, frames)
             if ok and value.size_bytes > INLINE_LIMIT_BYTES:
-                self.store.put(task_id, value, task["driver"])
-                self._to_driver(task["driver"], (task_id, "stored", self.node_id,
-                                                 value.size_bytes))
+                self._keep_result(task_id, task["driver"], value)   # (agent_objects)
             else:
                 self._to_driver(task["driver"], (task_id, "ok" if ok else "error",
                                                  (value.data, 0, len(value.buffers))),
@@ -113,6 +118,7 @@ class WorkersMixin:
         self.gpus.give_back(task.get("gpus"))
 
     def _reap_workers(self) -> None:
+        before = len(self.workers)
         for identity, worker in list(self.workers.items()):
             code = worker.proc.poll()
             if code is None:
@@ -146,3 +152,5 @@ class WorkersMixin:
                 if worker.next is not None and worker.next["driver"] in self.routes:
                     # never started: run it on another worker
                     self.queue.appendleft(worker.next)
+        if len(self.workers) < before:
+            self._announce_room()     # to drivers whose actors the bound turned away

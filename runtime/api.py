@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import operator
+import os
 import hashlib
 import shutil
 import tempfile
@@ -90,10 +91,13 @@ def _get_core() -> DriverCore:
 def init(address: str | None = None, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          keys_dir: str | None = None, log_to_driver: bool = True,
-         ignore_reinit_error: bool = False) -> dict:
+         ignore_reinit_error: bool = False,
+         object_store_memory: int | str | None = None) -> dict:
     """Connect this program to a cluster. address: "auto" = this node's running runtime
     (address.json); "HOST:PORT" = that head; None = this node's runtime if one runs,
-    else an embedded one-node runtime for this program, torn down at exit."""
+    else an embedded one-node runtime for this program, torn down at exit.
+    object_store_memory: bytes of objects the embedded runtime keeps in memory before
+    spilling to disk (default $CORRAL_OBJECT_STORE_MEMORY, else 30 % of memory)."""
     global _core, _embedded
     with _lock:
         if _core is not None:
@@ -116,7 +120,8 @@ def init(address: str | None = None, num_cpus: float | None = None,
             keys_dir = keys_dir or info.get("keys_dir") or \
                 str(session.keys_dir(node_session.parent))
         elif address is None:
-            _embedded = _start_embedded(num_cpus, num_gpus, resources)
+            _embedded = _start_embedded(num_cpus, num_gpus, resources,
+                                        object_store_memory)
             address, keys_dir, home = (_embedded["address"], _embedded["keys_dir"],
                                        _embedded["node_id"])
         keys_dir = keys_dir or str(session.keys_dir())
@@ -135,7 +140,7 @@ def init(address: str | None = None, num_cpus: float | None = None,
         return {"address": address, "driver_id": _core.driver_id}
 
 
-def _start_embedded(num_cpus, num_gpus, resources) -> dict:
+def _start_embedded(num_cpus, num_gpus, resources, object_store_memory=None) -> dict:
     from runtime.startup import start_node
     # a fresh key pair per embedded runtime, in a 0700 dir of this user's (mkdtemp):
     # its ports are on loopback, where any local user can reach them
@@ -143,7 +148,8 @@ def _start_embedded(num_cpus, num_gpus, resources) -> dict:
     try:
         started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
                              resources=resources, node_dir=node_dir, node_ip="127.0.0.1",
-                             node_id="embedded")
+                             node_id="embedded", driver_pid=os.getpid(),  # dies with us
+                             discard_node_dir=True, object_store_memory=object_store_memory)
     except BaseException:
         shutil.rmtree(node_dir, ignore_errors=True)
         raise
@@ -363,9 +369,11 @@ def object_count() -> int:
 def node_stats(node_id: str, timeout_s: float = 10.0) -> dict:
     """A node agent's store and pool counters: objects, object_bytes, workers, queued."""
     from concurrent.futures import Future
+    from runtime.driver_loop import Call
     core = _get_core()
     future: Future = Future()
-    core._run(lambda: core.io.agent_stats(node_id, future))
+    core._run(Call(lambda: core.io.agent_stats(node_id, future), future,
+                   f"node_stats({node_id!r})"))
     return future.result(timeout_s)
 
 

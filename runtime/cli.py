@@ -51,6 +51,16 @@ def _address(ctx, param, value: str | None) -> str | None:
     return value
 
 
+def _size(ctx, param, value: str | None) -> int | None:
+    from runtime.store_memory import parse_bytes
+    if value is None:
+        return None
+    try:
+        return parse_bytes(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _env_port() -> int | None:
     text = os.environ.get("CORRAL_HEAD_PORT")
     if not text:
@@ -80,10 +90,21 @@ def _env_port() -> int | None:
 @click.option("--node-ip-address", "node_ip", help="IP other nodes reach this node at.")
 @click.option("--autoscaling-config", type=click.Path(),
               help="Cluster YAML for the autoscaler monitor (head only).")
+@click.option("--max-workers", type=click.IntRange(min=1), metavar="N",
+              help="Worker processes (task workers and actors) this node runs at most; "
+              "actors beyond it wait (default $CORRAL_MAX_WORKERS, else half the "
+              "available memory / 64 MiB, at least 4).")
 @click.option("--heartbeat-timeout-s", type=float,
               help="Seconds without heartbeat before a node is dead (head; default 10).")
-def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
-          autoscaling_config, heartbeat_timeout_s):
+@click.option("--object-store-memory", callback=_size, metavar="BYTES",
+              help="Bytes of objects this node keeps in memory; more spill to disk "
+              "(default $CORRAL_OBJECT_STORE_MEMORY, else 30% of its memory; e.g. 512M).")
+@click.option("--object-spill-limit", callback=_size, metavar="BYTES",
+              help="Bytes of objects this node may spill to disk (default "
+              "$CORRAL_OBJECT_SPILL_LIMIT, else the disk's room less 5%).")
+def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip, max_workers,
+          autoscaling_config, heartbeat_timeout_s, object_store_memory,
+          object_spill_limit):
     from runtime.startup import start_node
     if head and address:
         raise click.UsageError("give either --head or --address, not both")
@@ -92,9 +113,11 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
         port = env_port
     started = start_node(head=head, address=address, port=port, num_cpus=num_cpus,
                          num_gpus=num_gpus, resources=_resources(resources),
-                         node_id=node_id, node_ip=node_ip,
+                         node_id=node_id, node_ip=node_ip, max_workers=max_workers,
                          autoscaling_config=autoscaling_config,
-                         heartbeat_timeout_s=heartbeat_timeout_s)
+                         heartbeat_timeout_s=heartbeat_timeout_s,
+                         object_store_memory=object_store_memory,
+                         object_spill_limit=object_spill_limit)
     kind = "head" if head else "worker"
     click.echo(f"corral runtime started: {kind} node {started.node_id}, "
                f"cluster address {started.address} (CurveZMQ, keys in "

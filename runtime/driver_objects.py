@@ -1,11 +1,21 @@
 """Objects, on the driver's IO thread: uploading large put values, fetching values
-that stay on their node, freeing objects no reference is left to, agent stats."""
+that stay on their node, freeing objects no reference is left to, agent stats.
+
+A put value larger than PIECED_PUT_BYTES is uploaded in pieces: a put_begin naming its
+size (the agent takes room for it in memory or a spill file, or refuses it at once),
+then put_piece messages of at most PIECE_BYTES, so the agent never has to take in the
+whole value in one message (ZeroMQ drops a message it cannot allocate, silently, with
+the connection). A refused put fails the tasks that need it with ObjectStoreFullError
+(runtime.agent_objects); the driver keeps its own copy for get()."""
 from __future__ import annotations
 
 from runtime import protocol
 from runtime.driver_state import FAILED, Entry
-from runtime.errors import ObjectLostError
+from runtime.errors import ObjectLostError, ObjectStoreFullError
 from runtime.protocol import Packer, unpack_value
+
+PIECED_PUT_BYTES = 64 << 20
+PIECE_BYTES = 16 << 20
 
 
 class ObjectsMixin:
@@ -16,11 +26,15 @@ class ObjectsMixin:
         home = self.core.home_node_id
         if home not in self.core.agents:
             home = next(iter(self.core.agents))
-        packer = Packer()
-        packed = packer.value(entry.value)
-        protocol.send(self.core.agents[home], b"put", (object_id, packed,
-                                                       self.core.driver_id), packer.frames)
+        sock, value = self.core.agents[home], entry.value
         entry.node_id = home
+        if value.size_bytes <= PIECED_PUT_BYTES:
+            packer = Packer()
+            packed = packer.value(value)
+            protocol.send(sock, b"put", (object_id, packed, self.core.driver_id),
+                          packer.frames)
+            return
+        send_in_pieces(sock, object_id, self.core.driver_id, value)
 
     def fetch(self, object_id: bytes) -> None:
         core = self.core
@@ -52,6 +66,9 @@ class ObjectsMixin:
                 entry.fetching = False
                 if found:
                     entry.value = unpack_value(packed, frames)
+                elif packed and packed[0] == "full":     # ("full", node id, reason)
+                    entry.state = FAILED
+                    entry.error = ObjectStoreFullError(packed[1], packed[2])
                 else:
                     entry.state = FAILED
                     entry.error = ObjectLostError(object_id.hex(), "not in the node's store")
@@ -72,3 +89,27 @@ class ObjectsMixin:
         self.fetch_ids += 1
         self.rpc_stats[self.fetch_ids] = future
         protocol.send(self.core.agents[node_id], b"stats", self.fetch_ids)
+
+
+def send_in_pieces(sock, object_id: bytes, owner: str, value) -> None:
+    """A large value as put_begin (its size) and put_piece messages (its buffers)."""
+    views = [memoryview(buffer).cast("B") for buffer in value.buffers]
+    protocol.send(sock, b"put_begin", (object_id, owner, value.data,
+                                       [view.nbytes for view in views]))
+    for index, view in enumerate(views):
+        for offset in range(0, view.nbytes, PIECE_BYTES):
+            protocol.send(sock, b"put_piece", (object_id, index, offset),
+                          [view[offset:offset + PIECE_BYTES]])
+
+
+def send_result(sock, task: dict, ok: bool, result) -> None:
+    """A worker's b"done" for a task: a large result first goes in pieces into its
+    agent's store (then the done carries None), so the agent is never sent more than
+    a piece at once (runtime.agent_objects._result_arrived)."""
+    if ok and result.size_bytes > PIECED_PUT_BYTES:
+        send_in_pieces(sock, task["task_id"], task["driver"], result)
+        protocol.send(sock, b"done", (task["task_id"], ok, None))
+        return
+    packer = Packer()
+    payload = packer.value(result)
+    protocol.send(sock, b"done", (task["task_id"], ok, payload), packer.frames)

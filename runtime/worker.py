@@ -17,7 +17,7 @@ import traceback
 
 import zmq
 
-from runtime import api, gpus, nested_refs, protocol, sync_channel
+from runtime import api, driver_objects, gpus, nested_refs, protocol, sync_channel
 from runtime.protocol import Packer, serialize, unpack_value
 
 PR_SET_PDEATHSIG = 1
@@ -130,11 +130,8 @@ class Worker:
                     if self.direct is None:   # a task worker: this task's GPUs, or none
                         gpus.assign(task.get("gpu_ids", ()))
                     ok, result = self._run_task(task, frames)
-                    packer = Packer()
-                    payload = packer.value(result)
-                    with self.lock:
-                        protocol.send(self.sock, b"done", (task["task_id"], ok, payload),
-                                      packer.frames)
+                    with self.lock:   # a large result goes in pieces (driver_objects)
+                        driver_objects.send_result(self.sock, task, ok, result)
                     if self.exit_requested:   # asked while the task was blocked
                         self._close()
                         return
