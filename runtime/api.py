@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import operator
-import os
 import hashlib
 import shutil
 import tempfile
@@ -148,8 +147,7 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory=None) -> 
     try:
         started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
                              resources=resources, node_dir=node_dir, node_ip="127.0.0.1",
-                             node_id="embedded", driver_pid=os.getpid(),  # dies with us
-                             discard_node_dir=True, object_store_memory=object_store_memory)
+                             node_id="embedded", object_store_memory=object_store_memory)
     except BaseException:
         shutil.rmtree(node_dir, ignore_errors=True)
         raise
@@ -369,11 +367,9 @@ def object_count() -> int:
 def node_stats(node_id: str, timeout_s: float = 10.0) -> dict:
     """A node agent's store and pool counters: objects, object_bytes, workers, queued."""
     from concurrent.futures import Future
-    from runtime.driver_loop import Call
     core = _get_core()
     future: Future = Future()
-    core._run(Call(lambda: core.io.agent_stats(node_id, future), future,
-                   f"node_stats({node_id!r})"))
+    core._run(lambda: core.io.agent_stats(node_id, future))
     return future.result(timeout_s)
 
 

@@ -3,16 +3,13 @@ comes back from node agents and actor workers, and what follows from it (objects
 become ready, dependents are placed, failed work retried or failed)."""
 from __future__ import annotations
 
-import logging
 import sys
 
 from runtime import protocol
 from runtime.driver_state import FAILED, READY, TaskRecord, user_error
-from runtime.errors import (ActorDiedError, DriverIOError, ObjectLostError,
-                            ObjectStoreFullError, TaskError)
+from runtime.errors import (ActorDiedError, ObjectLostError, ObjectStoreFullError,
+                            TaskError)
 from runtime.protocol import Serialized
-
-log = logging.getLogger("corral.driver")
 
 
 class ResultsMixin:
@@ -33,10 +30,7 @@ class ResultsMixin:
         elif kind == b"results":
             with core.cv:
                 for item in header:
-                    try:
-                        self._result(item, frames)
-                    except Exception as error:   # this entry fails, not the thread
-                        self._result_failed(item, error)
+                    self._result(item, frames)
                 core.cv.notify_all()
             self._drain()
         elif kind == b"object":
@@ -47,9 +41,6 @@ class ResultsMixin:
         task_id, status = item[0], item[1]
         if status == "log":
             self._print(*item[2:])
-            return
-        if status == "worker_room":      # an agent at its worker bound has room again
-            self.worker_room(item[2], item[3] if len(item) > 3 else None)
             return
         record = core.tasks.pop(task_id, None)
         if record is None:
@@ -108,33 +99,8 @@ class ResultsMixin:
             self._fail(record, ObjectLostError(item[2].hex(), f"on node {item[3]}"))
         elif status == "store_full":     # (runtime.agent_objects) node id, reason
             self._fail(record, ObjectStoreFullError(item[2], item[3]))
-        elif status == "returned":   # item[4]: the agent's worker bound, if that was why
-            if len(item) > 4 and isinstance(item[4], dict):
-                self.turned_away(item[2], item[4])
+        elif status == "returned":
             self._returned(record, node_id=item[2], draining=item[3])
-
-    def _result_failed(self, item, error: Exception) -> None:
-        """One entry of a results message could not be handled: logged, and the object
-        it was for fails with DriverIOError (its get() raises instead of waiting)."""
-        core = self.core
-        task_id = item[0] if isinstance(item, (tuple, list)) and item else None
-        what = f"the result of {task_id.hex() if isinstance(task_id, bytes) else task_id!r}"
-        log.error("the driver's IO thread failed on %s (it goes on)", what,
-                  exc_info=error)
-        failure = DriverIOError(what, f"{type(error).__name__}: {error}")
-        if not isinstance(task_id, bytes):
-            return
-        record = core.tasks.pop(task_id, None)
-        if record is not None:
-            try:
-                self._fail(record, failure, lock=False)
-                return
-            except Exception:
-                log.exception("could not fail %s either", record.name)
-        entry = core.objects.get(task_id)
-        if entry is not None and not entry.local_ready:
-            entry.state, entry.error = FAILED, failure
-            core.unfinished.discard(task_id)
 
     def _returned(self, record: TaskRecord, node_id: str, draining: bool) -> None:
         """A node agent handed work back unstarted: it is draining, or this driver
