@@ -37,6 +37,12 @@ values; refs inside arguments (a list of refs...) reach the task as refs whose v
 are already there, and refs inside a put() value or a task's result carry a copy of
 their values (runtime.nested_refs).
 
+Each node keeps at most `object_store_memory` bytes of objects in memory (`corral start
+--object-store-memory`, init(object_store_memory=) for the embedded runtime; default 30 %
+of its memory) and spills the least recently used to its disk, reading them back when
+they are needed (runtime.objects, runtime.spill); an object neither can hold fails the
+tasks that need it with ObjectStoreFullError.
+
 Limits: Results of actor calls
 made directly (driver on the actor's host) come back inline whatever their size. An
 object on a node that died is lost (ObjectLostError), not reconstructed.

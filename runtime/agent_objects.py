@@ -45,8 +45,7 @@ class ObjectService:
             return
         peer = self._peer(node_id)
         if peer is None:    # a node that joined since this agent last heard the table
-            self.__dict__.setdefault("address_waits", []).append(
-                (time.monotonic() + FETCH_WAIT_S, task, arg))
+            self._address_waits.append((time.monotonic() + FETCH_WAIT_S, task, arg))
             task["missing"] += 1
             return
         fetch_id = next(self.fetch_ids)
@@ -54,6 +53,11 @@ class ObjectService:
         self.fetches[fetch_id] = (task, arg, limit_bytes)
         task["missing"] += 1
         self._send(peer, None, b"fetch", (fetch_id, object_id, limit_bytes))
+
+    @property
+    def _address_waits(self) -> list:
+        """[(deadline, task, arg)] of fetches from nodes not in the table yet."""
+        return self.__dict__.setdefault("address_waits", [])
 
     def _arg_values(self, worker, task: dict):
         """The values of a task's arguments as it goes to its worker: objects in this
@@ -204,11 +208,14 @@ class ObjectService:
     def _retry_address_waits(self) -> None:
         """Fetches from nodes whose address was not known yet: sent once the node
         table names them, lost after FETCH_WAIT_S."""
-        waits, self.__dict__["address_waits"] = self.__dict__.get("address_waits", []), []
+        waits = self._address_waits
+        if not waits:
+            return
+        self.__dict__["address_waits"] = []
         now = time.monotonic()
         for deadline_s, task, arg in waits:
             if arg[2] not in self.peer_addresses and deadline_s > now:
-                self.address_waits.append((deadline_s, task, arg))
+                self._address_waits.append((deadline_s, task, arg))
                 continue
             task["missing"] -= 1
             if arg[2] in self.peer_addresses:

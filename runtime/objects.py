@@ -143,6 +143,9 @@ class ObjectStore:
                 arrival.buffers = None
         if arrival.buffers is None:
             try:
+                if self.spill is None:
+                    raise ObjectStoreFullError(self.node_id, "no memory for it, and no "
+                                               "spill directory", arrival.size_bytes)
                 arrival.writer = self.spill.create(data, sizes)
             except ObjectStoreFullError as error:
                 self.fail(object_id, owner, error.reason)

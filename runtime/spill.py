@@ -107,7 +107,8 @@ class SpillDir:
         except OSError as error:
             writer.abort()
             raise self._full(f"cannot take {spilled.file_bytes} bytes for "
-                             f"{spilled.path}: {error.strerror}", spilled.size_bytes) from None
+                             f"{spilled.path}: {error.strerror}",
+                             spilled.size_bytes) from None
         try:
             writer.pwrite(memoryview(data), 0)
         except BaseException:

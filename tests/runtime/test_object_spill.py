@@ -113,6 +113,17 @@ def test_freed_objects_leave_no_file_and_close_removes_the_directory(store, tmp_
     assert not (tmp_path / "spill").exists()
 
 
+def test_a_new_agent_clears_what_a_killed_one_left(tmp_path):
+    spill = SpillDir(tmp_path / "spill", "n1")
+    spill.write(serialize(_array(1, MiB)))          # never freed: its agent was killed
+    assert len(_files(tmp_path / "spill")) == 1
+    again = SpillDir(tmp_path / "spill", "n1")
+    assert _files(tmp_path / "spill") == [] and again.used_bytes == 0
+    os.chmod(tmp_path / "spill", 0o755)             # not private: refused, not used
+    with pytest.raises(runtime.RuntimeSystemError, match="mode 700"):
+        SpillDir(tmp_path / "spill", "n1")
+
+
 def test_spill_limit_refuses_a_value_and_keeps_nothing_of_it(tmp_path):
     store = ObjectStore(MiB, SpillDir(tmp_path / "spill", "n1", limit_bytes=3 * MiB), "n1")
     try:
