@@ -170,7 +170,9 @@ def tiny_disk(tmp_path):
                     str(mount)], check=True)
     try:
         yield mount
-    finally:
+    finally:   # a node living on it is stopped first: its pid files go with the mount
+        for node_session in mount.glob("*/session"):
+            session.stop_session(node_session)
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
@@ -323,8 +325,8 @@ def test_objects_spilled_on_one_node_are_fetched_by_a_task_on_another(nodes):
     wait_until(lambda: _files(nodes.spill_dir("small")) == [], timeout_s=30)
 
 
-def test_a_spill_disk_that_fills_up_fails_results_until_objects_are_freed(nodes,
-                                                                          tiny_disk):
+def test_a_spill_disk_that_fills_up_fails_results_until_objects_are_freed(tiny_disk,
+                                                                          nodes):
     nodes.start("head", num_cpus=1)
     nodes.start("tiny", node_dir=tiny_disk / "node", num_cpus=1,
                 resources={"at_tiny": 1}, object_store_memory=8 * MiB)
