@@ -367,9 +367,11 @@ def object_count() -> int:
 def node_stats(node_id: str, timeout_s: float = 10.0) -> dict:
     """A node agent's store and pool counters: objects, object_bytes, workers, queued."""
     from concurrent.futures import Future
+    from runtime.driver_loop import Call
     core = _get_core()
     future: Future = Future()
-    core._run(lambda: core.io.agent_stats(node_id, future))
+    core._run(Call(lambda: core.io.agent_stats(node_id, future), future,
+                   f"node_stats({node_id!r})"))
     return future.result(timeout_s)
 
 

@@ -16,14 +16,13 @@ from concurrent.futures import Future
 import zmq
 
 from runtime import protocol
+from runtime.driver_loop import Call, fail_queued_commands
 from runtime.driver_state import ActorRecord, Entry, TaskRecord
-from runtime.errors import RuntimeConnectionError
+from runtime.errors import DriverIOError, RuntimeConnectionError
 from runtime.keys import MissingKeysError
 from runtime.objects import BUFFER_POOL
 
 log = logging.getLogger("corral.driver")
-HEARTBEAT_INTERVAL_S = 0.5
-EARLY_HEARTBEAT_S = 0.05  # a newly waiting shape is reported this soon after the last one
 
 
 class DriverCore:
@@ -79,6 +78,7 @@ class DriverCore:
         self.rpc_ids = itertools.count()
         self.rpc_futures: dict[int, Future] = {}
         self.running = True
+        self.io_error = None      # set when the IO thread gives up (runtime.driver_loop)
         self.next_heartbeat = 0.0
         self.thread = threading.Thread(target=self._loop, name="corral-driver", daemon=True)
         self.thread.start()
@@ -97,7 +97,14 @@ class DriverCore:
         return self.id_prefix + next(self.counter).to_bytes(8, "little")
 
     def _run(self, command) -> None:
+        """Queue a command for the IO thread. Once that thread gave up (DriverIOError,
+        runtime.driver_loop), every call raises its error at once."""
+        if self.io_error is not None:
+            raise self.io_error
         self.commands.append(command)
+        if self.io_error is not None:    # it gave up just now: none will run
+            fail_queued_commands(self, self.io_error)
+            raise self.io_error
         self._wake()
 
     def _wake(self) -> None:
@@ -113,7 +120,7 @@ class DriverCore:
             request_id = next(self.rpc_ids)
             self.rpc_futures[request_id] = future
             protocol.send(self.control, b"rpc", (request_id, method, kwargs))
-        self._run(send)
+        self._run(Call(send, future, f"the control call {method}"))
         try:
             ok, result = future.result(timeout_s)
         except TimeoutError:
@@ -249,8 +256,9 @@ class DriverCore:
         if notify and self.running:
             try:
                 self.call_control("driver_exit", timeout_s=2.0, driver_id=self.driver_id)
-            except RuntimeConnectionError:
-                pass  # the control service is gone: it drops this driver by itself
+            except (RuntimeConnectionError, DriverIOError):
+                pass  # the control service or the IO thread is gone: the control
+                # service drops this driver by itself
         self.running = False
         self._wake()
         self.thread.join(5)
@@ -267,44 +275,9 @@ class DriverCore:
 
     # ------------------------------------------------------------ IO thread
     def _loop(self) -> None:
-        from runtime import driver_io
-        io = driver_io.DriverIO(self)
-        self.io = io
-        while self.running:
-            events = self.poller.poll(50)
-            for sock, _ in events:
-                if type(sock) is int:       # an actor's sync channel
-                    io.sync_readable(sock)
-                    continue
-                if sock is self.wake_in:
-                    try:
-                        while True:
-                            self.wake_in.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        pass
-                    continue
-                for _ in range(1000):   # non-blocking receives until none is left
-                    try:
-                        _, kind, header, frames = protocol.recv(sock, False, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    io.handle(sock, kind, header, frames)
-            self.wake_pending = False
-            while self.commands:
-                command = self.commands.popleft()
-                if isinstance(command, TaskRecord):
-                    io.place(command)
-                else:
-                    command()
-            command = None  # the last record placed holds its argument refs: let go
-            io.run_due()
-            io.free_unreferenced()
-            io.flush()
-            now = time.monotonic()
-            if now >= self.next_heartbeat or (io.demand_changed and now >= self.next_heartbeat
-                                              - HEARTBEAT_INTERVAL_S + EARLY_HEARTBEAT_S):
-                self.next_heartbeat = now + HEARTBEAT_INTERVAL_S
-                io.heartbeat()
+        from runtime import driver_io, driver_loop
+        self.io = driver_io.DriverIO(self)
+        driver_loop.serve(self, self.io)   # survives bad events; see runtime.driver_loop
 
     def _learn_nodes(self, table) -> None:
         self.io.learn_nodes(table)

@@ -13,7 +13,7 @@ import zmq
 
 from runtime import protocol, scheduling, sync_channel
 from runtime.driver_state import FAILED, PENDING, TaskRecord
-from runtime.errors import ActorDiedError
+from runtime.errors import ActorDiedError, DriverIOError
 from runtime.protocol import INLINE_LIMIT_BYTES, Packer, Serialized
 
 log = logging.getLogger("corral.driver")
@@ -214,25 +214,53 @@ class PlacementMixin:
         self.core.outgoing[node_id].append(record)
 
     def flush(self) -> None:
+        """Send what was placed this round: a batch per node agent, calls straight to
+        same-host actors, frees. A batch that cannot be built or sent fails its own
+        records (DriverIOError), not the IO thread nor the other batches."""
         core = self.core
-        for node_id, records in core.outgoing.items():
-            if isinstance(node_id, tuple):   # ("actor", id): straight to its worker
-                actor = core.actors.get(node_id[1])
-                if actor is not None and actor.direct is not None and records:
-                    self._send_direct(actor, records)
+        outgoing, core.outgoing = core.outgoing, collections.defaultdict(list)
+        for node_id, records in outgoing.items():
+            if not records:
                 continue
-            sock = core.agents.get(node_id)
-            if sock is None or not records:
-                continue
-            packer = Packer()
-            specs = [self._spec(r, packer, node_id) for r in records]
-            protocol.send(sock, b"submit", specs, packer.frames)
-        core.outgoing.clear()
-        for node_id, oids in self.frees.items():
+            try:
+                if isinstance(node_id, tuple):   # ("actor", id): straight to its worker
+                    actor = core.actors.get(node_id[1])
+                    if actor is not None and actor.direct is not None:
+                        self._send_direct(actor, records)
+                    continue
+                sock = core.agents.get(node_id)
+                if sock is None:
+                    continue
+                packer = Packer()
+                specs = [self._spec(r, packer, node_id) for r in records]
+                protocol.send(sock, b"submit", specs, packer.frames)
+            except Exception as error:
+                self._batch_failed(node_id, records, error)
+        frees, self.frees = self.frees, collections.defaultdict(list)
+        for node_id, oids in frees.items():
             sock = core.agents.get(node_id)
             if sock is not None and oids:
-                protocol.send(sock, b"free", oids)
-        self.frees.clear()
+                try:
+                    protocol.send(sock, b"free", oids)
+                except zmq.ZMQError as error:   # the objects stay until the node goes
+                    log.warning("cannot free %d object(s) on node %s: %s", len(oids),
+                                node_id, error)
+
+    def _batch_failed(self, node_id, records: list, error: Exception) -> None:
+        what = f"sending {len(records)} task(s) to {node_id}"
+        log.error("the driver's IO thread failed on %s (it goes on)", what,
+                  exc_info=error)
+        failure = DriverIOError(what, f"{type(error).__name__}: {error}")
+        for record in records:
+            if self.core.tasks.pop(record.task_id, None) is None:
+                continue    # already answered (sent before the failure)
+            if record.kind == "task" and record.node_id is not None:
+                self.core.inflight[record.node_id] -= 1
+            elif record.kind == "actor_call" and record.direct:
+                actor = self.core.actors.get(record.actor_id)
+                if actor is not None and actor.direct_inflight > 0:
+                    actor.direct_inflight -= 1
+            self._fail(record, failure)
 
     def _spec(self, record: TaskRecord, packer: Packer, node_id: str) -> dict:
         return {"task_id": record.task_id, "driver": self.core.driver_id,

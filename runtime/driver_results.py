@@ -3,13 +3,16 @@ comes back from node agents and actor workers, and what follows from it (objects
 become ready, dependents are placed, failed work retried or failed)."""
 from __future__ import annotations
 
+import logging
 import sys
 
 from runtime import protocol
 from runtime.driver_state import FAILED, READY, TaskRecord, user_error
-from runtime.errors import (ActorDiedError, ObjectLostError, ObjectStoreFullError,
-                            TaskError)
+from runtime.errors import (ActorDiedError, DriverIOError, ObjectLostError,
+                            ObjectStoreFullError, TaskError)
 from runtime.protocol import Serialized
+
+log = logging.getLogger("corral.driver")
 
 
 class ResultsMixin:
@@ -30,7 +33,10 @@ class ResultsMixin:
         elif kind == b"results":
             with core.cv:
                 for item in header:
-                    self._result(item, frames)
+                    try:
+                        self._result(item, frames)
+                    except Exception as error:   # this entry fails, not the thread
+                        self._result_failed(item, error)
                 core.cv.notify_all()
             self._drain()
         elif kind == b"object":
@@ -101,6 +107,29 @@ class ResultsMixin:
             self._fail(record, ObjectStoreFullError(item[2], item[3]))
         elif status == "returned":
             self._returned(record, node_id=item[2], draining=item[3])
+
+    def _result_failed(self, item, error: Exception) -> None:
+        """One entry of a results message could not be handled: logged, and the object
+        it was for fails with DriverIOError (its get() raises instead of waiting)."""
+        core = self.core
+        task_id = item[0] if isinstance(item, (tuple, list)) and item else None
+        what = f"the result of {task_id.hex() if isinstance(task_id, bytes) else task_id!r}"
+        log.error("the driver's IO thread failed on %s (it goes on)", what,
+                  exc_info=error)
+        failure = DriverIOError(what, f"{type(error).__name__}: {error}")
+        if not isinstance(task_id, bytes):
+            return
+        record = core.tasks.pop(task_id, None)
+        if record is not None:
+            try:
+                self._fail(record, failure, lock=False)
+                return
+            except Exception:
+                log.exception("could not fail %s either", record.name)
+        entry = core.objects.get(task_id)
+        if entry is not None and not entry.local_ready:
+            entry.state, entry.error = FAILED, failure
+            core.unfinished.discard(task_id)
 
     def _returned(self, record: TaskRecord, node_id: str, draining: bool) -> None:
         """A node agent handed work back unstarted: it is draining, or this driver

@@ -99,6 +99,25 @@ class NotInitializedError(RuntimeSystemError):
         super().__init__("the runtime is not initialised: call runtime.init() first")
 
 
+class DriverIOError(RuntimeSystemError):
+    """The driver's IO thread failed while handling `what` (a message, a command, a
+    periodic step): the calls that depended on it fail with this error and the thread
+    goes on. `fatal`: the thread could not go on; every pending and later call of this
+    driver fails with this error (runtime.shutdown() and init() again to reconnect)."""
+
+    def __init__(self, what: str, cause: str, fatal: bool = False):
+        text = (f"the driver's IO thread stopped ({what} failed: {cause}); this driver can "
+                "no longer run work: call runtime.shutdown() and runtime.init() again"
+                if fatal else f"the driver's IO thread failed on {what}: {cause}")
+        super().__init__(text)
+        self.what = what
+        self.cause = cause
+        self.fatal = fatal
+
+    def __reduce__(self):
+        return (DriverIOError, (self.what, self.cause, self.fatal))
+
+
 class ObjectStoreFullError(RuntimeSystemError):
     """A node's object store could not hold an object: its memory is at capacity and
     spilling to disk failed too (the spill limit or the disk is full, or the object is
