@@ -24,7 +24,9 @@ every other address of the /24 fail at once instead of leaving the machine. A se
 died without cleaning up is cleaned by the next session that takes its slot.
 
 Hosts share this machine's file system apart from /tmp and /dev/shm (so keep test files
-under /tmp). Like a fresh machine, a host has an empty ~/.bashrc and a minimal ~/.profile
+under /tmp) and ~/.corral, which is a directory of the network's own, shared by its hosts
+(what `corral up` ships lands there and goes with the network, not in this machine's
+~/.corral). Like a fresh machine, a host has an empty ~/.bashrc and a minimal ~/.profile
 (bind-mounted over root's own, which here run pyenv's slow init on every SSH command), and
 sessions get PATH with this Python's bin directory first (sshd SetEnv), like a provisioned
 machine where our Python and the `corral` script are installed.
@@ -330,7 +332,7 @@ class HostNetwork:
                 rc_files += f"mount --bind {host.directory / name} /root/.{name} && "
         script = ("mount --make-rprivate / && mount -t tmpfs -o mode=1777 tmpfs /tmp && "
                   "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && " +
-                  (_fresh_mounts() if host.fresh else "") + rc_files +
+                  (_fresh_mounts() if host.fresh else _shared_corral_home(host)) + rc_files +
                   f"hostname {host.name} && mkdir -p /run/sshd && exec {SSHD} -D -e -f {config}")
         with open(host.sshd_log, "ab") as log:
             process = subprocess.Popen(
@@ -444,6 +446,16 @@ def _hidden_on_fresh_hosts() -> list[str]:
             continue
         hidden.append(path)
     return hidden
+
+
+def _shared_corral_home(host: TestHost) -> str:
+    """Shell that gives a (non-fresh) host's ~/.corral a directory of the network's own,
+    shared by its hosts: what `corral up` ships there (its environments) lands in the test
+    network's state and goes with it, never in this machine's real ~/.corral."""
+    shared = host.directory.parent / "corral-home"
+    shared.mkdir(mode=0o700, exist_ok=True)
+    return (f"mkdir -p /root/.corral && "
+            f"mount --bind {shlex.quote(str(shared))} /root/.corral && ")
 
 
 def _fresh_mounts() -> str:
