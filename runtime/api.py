@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import operator
+import os
 import hashlib
 import shutil
 import tempfile
@@ -147,7 +148,8 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory=None) -> 
     try:
         started = start_node(head=True, port=0, num_cpus=num_cpus, num_gpus=num_gpus,
                              resources=resources, node_dir=node_dir, node_ip="127.0.0.1",
-                             node_id="embedded", object_store_memory=object_store_memory)
+                             node_id="embedded", driver_pid=os.getpid(),  # dies with us
+                             discard_node_dir=True, object_store_memory=object_store_memory)
     except BaseException:
         shutil.rmtree(node_dir, ignore_errors=True)
         raise

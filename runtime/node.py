@@ -8,9 +8,10 @@ import logging
 import signal
 import socket
 
+from runtime import ipc_dirs
 from runtime.agent import NodeAgent
 from runtime.keys import load_cluster_keys
-from runtime.session import address_file, bind_ip_for, ipc_dir, write_json_atomic
+from runtime.session import address_file, bind_ip_for, write_json_atomic
 from runtime.spill import open_store
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
         bind_ip = bind_ip_for(node_ip)
     agent = NodeAgent(args.node_id, args.node_type, args.control, keys,
                       json.loads(args.resources), node_ip, bind_ip,
-                      ipc_dir(Path(args.session)),
+                      ipc_dirs.create_and_claim(args.session),  # before anything binds
                       gpu_ids=args.gpu_ids.split(",") if args.gpu_ids else None,
                       store=open_store(args.node_id, args.session, args.object_store_memory,
                                        args.object_spill_limit))
@@ -76,7 +77,10 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
     logging.getLogger("corral.agent").info("node %s agent on %s (%s)", args.node_id,
                                            agent.address, agent.total)
-    agent.serve_forever()
+    try:
+        agent.serve_forever()
+    finally:    # its sockets and its workers' (the workers died with it) go too
+        ipc_dirs.remove_dir(agent.ipc_dir)
 
 
 if __name__ == "__main__":

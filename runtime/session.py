@@ -15,17 +15,15 @@ address.json (written by every node's agent once it is up; read by init("auto"))
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
-import shutil
 import tempfile
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from runtime import private_paths, processes
+from runtime import ipc_dirs, private_paths, processes
 from runtime.private_paths import UnsafePathError
 from runtime.processes import is_alive
 
@@ -86,19 +84,9 @@ def keys_dir(base: Path | None = None) -> Path:
 
 def ipc_dir(session: Path) -> str:
     """The node's directory of ipc sockets (agent, actor workers): short, so socket
-    paths fit the 107-byte limit, private (0700), removed by stop_session."""
-    digest = hashlib.sha1(str(Path(session).resolve()).encode()).hexdigest()[:12]
-    parent = os.path.join(tempfile.gettempdir(), f"corral-ipc-{os.getuid()}")
-    _private_dir(parent)
-    path = os.path.join(parent, digest)
-    _private_dir(path)
-    return path
-
-
-def _private_dir(path: str) -> None:
-    """Create `path` 0700, then make sure it is ours alone: a real directory (not a
-    symlink someone planted in /tmp), owned by this uid, no group/other access."""
-    private_paths.ensure_dir(path, private=True)
+    paths fit the 107-byte limit, private (0700), removed by stop_session (and by
+    runtime.ipc_dirs.clean_stale once its agent is gone)."""
+    return ipc_dirs.create(session)
 
 
 def address_file(session: Path) -> Path:
@@ -259,5 +247,5 @@ def stop_session(session: Path) -> list[int]:
     for path in session.glob("*.pid"):
         path.unlink(missing_ok=True)
     address_file(session).unlink(missing_ok=True)
-    shutil.rmtree(ipc_dir(session), ignore_errors=True)
+    ipc_dirs.remove(session)
     return pids

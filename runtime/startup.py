@@ -2,6 +2,9 @@
 runtime of init()). Processes are detached (new session, stdio to session/logs) and
 tracked by pid files in the session directory, so `corral stop` stops exactly them.
 The node's GPUs are found here (runtime.gpus) and their ids given to its agent.
+Given driver_pid (init()'s embedded runtime), a keeper (runtime.fate) stops the node's
+processes and removes its directories once that driver is gone, however it ended.
+Every start removes the ipc sockets of agents that are gone (runtime.ipc_dirs).
 
 Autoscaler hook: on the head, when --autoscaling-config is given and the module
 `autoscaler.monitor` is importable and defines `main`, the head also starts
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import gpus, scheduling, session, store_memory
+from runtime import fate, ipc_dirs
 from runtime.errors import RuntimeStartError
 from runtime.keys import create_cluster_keys, has_cluster_keys, load_cluster_keys
 
@@ -82,6 +86,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
                node_type: str | None = None, autoscaling_config: str | None = None,
                node_dir: str | Path | None = None, node_ip: str | None = None,
                heartbeat_timeout_s: float | None = None, generate_keys: bool = True,
+               driver_pid: int | None = None, discard_node_dir: bool = False,
                wait_registered: bool = False,
                object_store_memory: int | str | None = None,
                object_spill_limit: int | str | None = None,
@@ -92,6 +97,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
     node_dir = Path(node_dir) if node_dir else session.node_dir()
     session_dir = session.session_dir(node_dir)
     session.address_file(session_dir).unlink(missing_ok=True)
+    ipc_dirs.clean_stale()        # sockets of agents that are gone (killed with -9)
     env = _env(node_dir)
     keys_dir = session.keys_dir(node_dir)
     if head and generate_keys and not has_cluster_keys(keys_dir):
@@ -106,6 +112,10 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     node_type = node_type or os.environ.get("CORRAL_NODE_TYPE")
     pids = {}
+    if driver_pid is not None:    # an embedded runtime: it dies with its driver
+        pids["fate"] = session.spawn_daemon(session_dir, "fate", fate.keeper_argv(
+            driver_pid, session_dir, node_dir if discard_node_dir else None,
+            fate.started_from_main_thread()), env)
     monitor = "not requested (no --autoscaling-config)" if head else "not the head"
     if head:
         port = session.DEFAULT_HEAD_PORT if port is None else port
