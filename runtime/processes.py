@@ -61,15 +61,21 @@ def is_alive(pid: int) -> bool:
     return proc is not None and _not_zombie(proc)
 
 
-def start_time_s(pid: int) -> float | None:
-    """When the process started (seconds since the epoch), or None if there is none."""
+def _ask(pid: int, question):
+    """question(proc) for the process with this PID, or None when it is gone or not ours
+    to ask."""
     proc = _process(pid)
     if proc is None:
         return None
     try:
-        return proc.create_time()
+        return question(proc)
     except psutil.Error:
         return None
+
+
+def start_time_s(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), or None if there is none."""
+    return _ask(pid, psutil.Process.create_time)
 
 
 def started_by(pid: int, written_s: float) -> bool:
@@ -81,24 +87,26 @@ def started_by(pid: int, written_s: float) -> bool:
 
 def cmdline(pid: int) -> list[str] | None:
     """The process's argv, or None when it is gone or not ours to read."""
-    proc = _process(pid)
-    if proc is None:
-        return None
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return None
+    return _ask(pid, psutil.Process.cmdline)
 
 
 def environ(pid: int) -> dict[str, str] | None:
     """The process's environment, or None when it is gone or not ours to read."""
-    proc = _process(pid)
-    if proc is None:
-        return None
-    try:
-        return proc.environ()
-    except psutil.Error:
-        return None
+    return _ask(pid, psutil.Process.environ)
+
+
+def _live_env_values(name: str):
+    """(pid, value of `name` in its environment) for every live process that has it, in
+    one pass; processes whose environment we may not read (other users', unless we are
+    root) are skipped."""
+    for pid in psutil.pids():
+        proc = _process(pid)
+        try:
+            value = proc.environ().get(name) if proc is not None else None
+        except psutil.Error:  # gone, or not ours to read
+            continue
+        if value and _not_zombie(proc):
+            yield pid, value
 
 
 def pids_with_env(name: str, values) -> dict[str, set[int]]:
@@ -106,16 +114,10 @@ def pids_with_env(name: str, values) -> dict[str, set[int]]:
     in one pass over the processes however many values are asked for. Processes whose
     environment we may not read (other users', unless we are root) are skipped."""
     found: dict[str, set[int]] = {value: set() for value in values}
-    if not found:
-        return found
-    for pid in psutil.pids():
-        proc = _process(pid)
-        try:
-            value = proc.environ().get(name) if proc is not None else None
-        except psutil.Error:  # gone, or not ours to read
-            continue
-        if value in found and _not_zombie(proc):
-            found[value].add(pid)
+    if found:
+        for pid, value in _live_env_values(name):
+            if value in found:
+                found[value].add(pid)
     return found
 
 
@@ -126,14 +128,8 @@ def pids_with_env_in(name: str, parent_dir: str) -> dict[str, set[int]]:
     rules as pids_with_env: other users' unreadable processes are skipped."""
     parent_dir = os.path.abspath(parent_dir)
     found: dict[str, set[int]] = {}
-    for pid in psutil.pids():
-        proc = _process(pid)
-        try:
-            value = proc.environ().get(name) if proc is not None else None
-        except psutil.Error:  # gone, or not ours to read
-            continue
-        if value and os.path.dirname(os.path.normpath(value)) == parent_dir \
-                and _not_zombie(proc):
+    for pid, value in _live_env_values(name):
+        if os.path.dirname(os.path.normpath(value)) == parent_dir:
             found.setdefault(value, set()).add(pid)
     return found
 
