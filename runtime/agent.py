@@ -161,7 +161,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
         drained_idle = self.draining and not busy and not self.queue and \
             not any(w.next for w in self.workers.values())
-        kwargs = dict(node_id=self.node_id, resources_available=self.available,
+        kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
                       idle_since_s=self.idle_since_s, queued_demand=dict(demand),
                       drained_idle=drained_idle)
         protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
@@ -310,6 +310,10 @@ class NodeAgent(ObjectService, WorkersMixin):
             return True
         if not scheduling.fits(task["shape"], self.available):
             return False
+        if task["kind"] == "actor_create":      # the node's worker bound (agent_bound)
+            slot = self._actor_slot(task)
+            if slot is not True:
+                return slot is None             # handed back, or wait for room here
         allocation = self.gpus.take(task["shape"].get("GPU", 0.0))
         if allocation is None:    # enough GPU in total, but split over ids in use
             return False
@@ -325,7 +329,8 @@ class NodeAgent(ObjectService, WorkersMixin):
                             if w.actor_id is None and not w.blocked)
                 starting = any(not w.ready and w.actor_id is None
                                for w in self.workers.values())
-                if count < self.max_task_workers and not starting:
+                if count < self.max_task_workers and not starting and \
+                        self._task_worker_room(count):
                     self._spawn_worker(None)
                 return False
         scheduling.acquire(self.available, task["shape"])
@@ -353,6 +358,8 @@ class NodeAgent(ObjectService, WorkersMixin):
         worker = self.actors.get(task["actor_id"])
         if worker is None and task["actor_id"] in self.unplaced_calls:
             self.unplaced_calls[task["actor_id"]].append(task)
+        elif worker is None and self._return_call(task):
+            return                  # its creation went back to its driver (agent_bound)
         elif worker is None:
             self._to_driver(task["driver"], (task["task_id"], "actor_died",
                                              task["actor_id"], "no such actor on this node"))

@@ -9,6 +9,7 @@ import sys
 import uuid
 
 from runtime import gpus, protocol, scheduling, sync_channel
+from runtime.agent_bound import WorkerBoundMixin
 from runtime.protocol import INLINE_LIMIT_BYTES, unpack_value
 
 
@@ -26,8 +27,9 @@ class WorkerProcess:
         self.blocked = False    # its task waits in get(): its resources are lent out
 
 
-class WorkersMixin:
-    """Part of NodeAgent (runtime.agent): its worker processes."""
+class WorkersMixin(WorkerBoundMixin):
+    """Part of NodeAgent (runtime.agent): its worker processes, at most as many as the
+    node's bound allows (runtime.agent_bound)."""
 
     def _spawn_worker(self, actor_id: bytes | None, gpu_ids: list | None = None
                       ) -> WorkerProcess:
@@ -116,6 +118,7 @@ class WorkersMixin:
         self.gpus.give_back(task.get("gpus"))
 
     def _reap_workers(self) -> None:
+        before = len(self.workers)
         for identity, worker in list(self.workers.items()):
             code = worker.proc.poll()
             if code is None:
@@ -149,3 +152,5 @@ class WorkersMixin:
                 if worker.next is not None and worker.next["driver"] in self.routes:
                     # never started: run it on another worker
                     self.queue.appendleft(worker.next)
+        if len(self.workers) < before:
+            self._announce_room()     # to drivers whose actors the bound turned away

@@ -90,6 +90,10 @@ def _env_port() -> int | None:
 @click.option("--node-ip-address", "node_ip", help="IP other nodes reach this node at.")
 @click.option("--autoscaling-config", type=click.Path(),
               help="Cluster YAML for the autoscaler monitor (head only).")
+@click.option("--max-workers", type=click.IntRange(min=1), metavar="N",
+              help="Worker processes (task workers and actors) this node runs at most; "
+              "actors beyond it wait (default $CORRAL_MAX_WORKERS, else half the "
+              "available memory / 64 MiB, at least 4).")
 @click.option("--heartbeat-timeout-s", type=float,
               help="Seconds without heartbeat before a node is dead (head; default 10).")
 @click.option("--object-store-memory", callback=_size, metavar="BYTES",
@@ -98,7 +102,7 @@ def _env_port() -> int | None:
 @click.option("--object-spill-limit", callback=_size, metavar="BYTES",
               help="Bytes of objects this node may spill to disk (default "
               "$CORRAL_OBJECT_SPILL_LIMIT, else the disk's room less 5%).")
-def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
+def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip, max_workers,
           autoscaling_config, heartbeat_timeout_s, object_store_memory,
           object_spill_limit):
     from runtime.startup import start_node
@@ -109,7 +113,7 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip,
         port = env_port
     started = start_node(head=head, address=address, port=port, num_cpus=num_cpus,
                          num_gpus=num_gpus, resources=_resources(resources),
-                         node_id=node_id, node_ip=node_ip,
+                         node_id=node_id, node_ip=node_ip, max_workers=max_workers,
                          autoscaling_config=autoscaling_config,
                          heartbeat_timeout_s=heartbeat_timeout_s,
                          object_store_memory=object_store_memory,

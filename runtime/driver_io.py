@@ -5,7 +5,9 @@ DriverCore's IO thread; touches shared object entries under core.cv.
 By responsibility: this module (node table, heartbeats), runtime.driver_place
 (placement and sending), runtime.driver_results (results, failures, retries, actor
 restarts), runtime.driver_objects (uploads, fetches, frees), runtime.driver_relocate
-(where actors run, for passed-on handles; IO-thread timers)."""
+(where actors run, for passed-on handles; IO-thread timers), runtime.driver_bound
+(actors waiting for a worker process). The loop that runs them, and what happens when
+one of them raises: runtime.driver_loop."""
 from __future__ import annotations
 
 import collections
@@ -17,6 +19,7 @@ import time
 import zmq
 
 from runtime import protocol, scheduling
+from runtime.driver_bound import DriverBoundMixin
 from runtime.driver_objects import ObjectsMixin
 from runtime.driver_place import PlacementMixin
 from runtime.driver_relocate import RelocateMixin
@@ -31,7 +34,8 @@ log = logging.getLogger("corral.driver")
 UNFIT_WARNING_S = 10.0
 
 
-class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
+class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
+               DriverBoundMixin):
     def __init__(self, core):
         self.core = core
         self.waiting: dict[tuple, collections.deque] = {}     # shape key -> records
@@ -44,6 +48,9 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
         self.timers: list = []         # heap of (due, seq, action): later() / run_due()
         self.timer_ids = itertools.count()
         self.warned_unfit: set = set()
+        self.full_nodes: dict[str, dict] = {}   # node id -> its agent's bound notice
+        self.bound_waiting: collections.deque = collections.deque()  # actor creations
+        self.bound_explained_s: float | None = None    # when that wait was explained
 
     # ------------------------------------------------------------ nodes
     def learn_nodes(self, table) -> None:
@@ -61,6 +68,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
             core.nodes[node_id] = node
             if node["alive"] and node_id not in core.agents:
                 core.agents[node_id] = self._connect(node)
+            if not node["alive"] or node.get("draining"):
+                self.forget_full(node_id)
             if not node["alive"] and old is not None and old["alive"]:
                 self._node_died(node_id)
             elif not node["alive"] and node_id in core.agents:
@@ -68,6 +77,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
         if joined and len(core.agents) > len(joined):
             self.rebalance(joined)
         self._drain()
+        if joined and self.bound_waiting:
+            self.drain_bound()
 
     def _connect(self, node) -> zmq.Socket:
         core = self.core
@@ -116,6 +127,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin):
             if queue:
                 demand[key] += len(queue)
         self._warn_unfit(demand)
+        demand.update(self.bound_demand())
         request_id = self._rpc_id()
         protocol.send(self.core.control, b"rpc", (request_id, "driver_heartbeat", {
             "driver_id": self.core.driver_id, "pending_demand": dict(demand)}))

@@ -51,8 +51,11 @@ class PlacementMixin:
                 actor.via_agent += 1
                 self._send(record, actor.node_id)
             return
-        node_id = self._choose(record.shape, limit=record.kind == "task")
+        node_id = self._choose(record.shape, limit=record.kind == "task",
+                               new_worker=record.kind == "actor_create")
         if node_id is None:
+            if record.kind == "actor_create" and self.wait_for_worker(record):
+                return        # nodes fit it but are at their worker bound
             queue = self.waiting.setdefault(scheduling.shape_key(record.shape),
                                             collections.deque())
             if not queue:   # a shape newly waiting: tell the control (and autoscaler) now
@@ -164,10 +167,15 @@ class PlacementMixin:
             core.dep_waiters[oid].append(record)
         return not record.deps
 
-    def _choose(self, shape: dict, limit: bool) -> str | None:
+    def _choose(self, shape: dict, limit: bool, new_worker: bool = False) -> str | None:
+        """The least loaded node whose resources fit the shape. limit: not one with 8
+        tasks in flight per CPU. new_worker (an actor): not one at its bound of worker
+        processes (runtime.driver_bound)."""
         best, best_load = None, None
         for node_id, node in self.core.nodes.items():
             if not node["alive"] or node.get("draining") or node_id not in self.core.agents:
+                continue
+            if new_worker and self.node_full(node_id):
                 continue
             total = node["resources_total"]
             if not scheduling.fits(shape, total):
@@ -200,7 +208,8 @@ class PlacementMixin:
         for key, queue in list(self.waiting.items()):
             while queue:
                 record = queue[0]
-                node_id = self._choose(record.shape, limit=record.kind == "task")
+                node_id = self._choose(record.shape, limit=record.kind == "task",
+                                       new_worker=record.kind == "actor_create")
                 if node_id is None:
                     break
                 queue.popleft()

@@ -48,6 +48,9 @@ class ResultsMixin:
         if status == "log":
             self._print(*item[2:])
             return
+        if status == "worker_room":      # an agent at its worker bound has room again
+            self.worker_room(item[2], item[3] if len(item) > 3 else None)
+            return
         record = core.tasks.pop(task_id, None)
         if record is None:
             if status == "stored":
@@ -105,7 +108,9 @@ class ResultsMixin:
             self._fail(record, ObjectLostError(item[2].hex(), f"on node {item[3]}"))
         elif status == "store_full":     # (runtime.agent_objects) node id, reason
             self._fail(record, ObjectStoreFullError(item[2], item[3]))
-        elif status == "returned":
+        elif status == "returned":   # item[4]: the agent's worker bound, if that was why
+            if len(item) > 4 and isinstance(item[4], dict):
+                self.turned_away(item[2], item[4])
             self._returned(record, node_id=item[2], draining=item[3])
 
     def _result_failed(self, item, error: Exception) -> None:

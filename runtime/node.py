@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 
-from runtime import ipc_dirs
+from runtime import ipc_dirs, worker_bound
 from runtime.agent import NodeAgent
 from runtime.keys import load_cluster_keys
 from runtime.session import address_file, bind_ip_for, write_json_atomic
@@ -45,6 +45,9 @@ def main(argv=None) -> None:
                         "offers (runtime.gpus); default 0..GPU-1")
     parser.add_argument("--bind-ip", help="listen address (default: --node-ip, "
                         "127.0.0.1 if that is loopback, else every interface)")
+    parser.add_argument("--max-workers", type=worker_bound.parse,
+                        help="worker processes at most (runtime.worker_bound: default "
+                        "$CORRAL_MAX_WORKERS, else derived from available memory)")
     parser.add_argument("--object-store-memory", help="bytes of objects kept in memory "
                         "(runtime.store_memory: default $CORRAL_OBJECT_STORE_MEMORY, "
                         "else 30%% of the node's memory); more spill to disk")
@@ -77,6 +80,7 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "running", False))
     logging.getLogger("corral.agent").info("node %s agent on %s (%s)", args.node_id,
                                            agent.address, agent.total)
+    agent.set_worker_bound(worker_bound.for_node(agent.total, args.max_workers))
     try:
         agent.serve_forever()
     finally:    # its sockets and its workers' (the workers died with it) go too

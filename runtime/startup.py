@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import gpus, scheduling, session, store_memory
-from runtime import fate, ipc_dirs
+from runtime import fate, ipc_dirs, worker_bound
 from runtime.errors import RuntimeStartError
 from runtime.keys import create_cluster_keys, has_cluster_keys, load_cluster_keys
 
@@ -86,7 +86,8 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
                node_type: str | None = None, autoscaling_config: str | None = None,
                node_dir: str | Path | None = None, node_ip: str | None = None,
                heartbeat_timeout_s: float | None = None, generate_keys: bool = True,
-               driver_pid: int | None = None, discard_node_dir: bool = False,
+               max_workers: int | None = None, driver_pid: int | None = None,
+               discard_node_dir: bool = False,
                wait_registered: bool = False,
                object_store_memory: int | str | None = None,
                object_spill_limit: int | str | None = None,
@@ -150,6 +151,12 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
             "--keys-dir", str(keys_dir), "--session", str(session_dir)]
     for flag, size in store_sizes.items():   # not given: the agent reads the env's
         argv += [flag, str(size)]
+    try:                          # not given: the agent reads $CORRAL_MAX_WORKERS
+        worker_bound.check_environment()
+    except ValueError as error:
+        raise RuntimeStartError(f"${worker_bound.ENV_MAX_WORKERS}: {error}") from None
+    if max_workers is not None:
+        argv += ["--max-workers", str(worker_bound.parse(max_workers))]
     if node_type:
         argv += ["--node-type", node_type]
     if total.get("GPU"):
