@@ -11,14 +11,13 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import socket
 import time
 import uuid
 
 import zmq
 
-from runtime import protocol, scheduling
+from runtime import ipc_dirs, protocol, scheduling
 from runtime.agent_objects import ObjectService
 from runtime.agent_workers import WorkerProcess, WorkersMixin
 from runtime.gpu_ids import GpuIds, default_ids, ids_of
@@ -389,9 +388,7 @@ class NodeAgent(ObjectService, WorkersMixin):
             worker.proc.kill()
         for worker in self.workers.values():
             worker.proc.wait()
-        try:
-            os.unlink(protocol.ipc_path(self.local_endpoint))
-        except OSError:
-            pass
+        # its ipc dir (its sockets, its workers'), before anything that could abort
+        ipc_dirs.remove_dir(self.ipc_dir)
         self.store.close()      # spilled objects go with the node
         self.ctx.destroy(linger=0)

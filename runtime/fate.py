@@ -2,33 +2,32 @@
 driver, however the driver ends - runtime.shutdown(), an exception, SIGTERM, SIGKILL.
 
 The runtime's control service and agent are detached daemons (their own sessions, so
-a Ctrl-C in the driver's terminal does not reach them). With them starts a keeper,
-`python -m runtime.fate` (pid file fate.pid), which watches the driver:
-
-- on Linux the kernel sends it SIGTERM the moment the driver dies (prctl
-  PR_SET_PDEATHSIG, through the process's own C library). That signal comes when the
-  *thread* that started it ends, so it is asked for only when the runtime was started
-  from the driver's main thread (`death_signal`);
-- everywhere, it polls every POLL_S whether the driver still runs (its parent pid
-  changes when the driver dies; the driver's pid and start time, for a driver that is
-  not its parent), as runtime.worker does for workers.
+a Ctrl-C in the driver's terminal does not reach them). Before them starts a keeper,
+`python -m runtime.fate` (pid file fate.pid), which watches the driver through a
+lifeline: a pipe whose write end only the driver holds. The kernel closes it when the
+driver's last thread is gone, however it ended, and the keeper reads end-of-file at
+once - on every OS, from whichever thread init() ran. (Not prctl's PR_SET_PDEATHSIG:
+it follows the thread that forked, comes again for each thread of a dying process the
+child is handed to, and may come before the driver looks dead, so that a keeper could
+not tell it from a normal stop.) Every POLL_S the keeper also checks the driver's pid
+and start time, for a lifeline someone else holds too (a child forked from the driver).
 
 When the driver is gone the keeper stops the session's processes by their pid files
-(the agent takes its workers down with it, and removes its ipc directory), removes
-the ipc directory and, for an embedded runtime, the node directory (keys, logs), then
-exits. A SIGTERM while the driver still runs is a normal stop (runtime.session.
+(the agent takes its workers down with it, and removes its ipc directory), removes the
+ipc directory and, for an embedded runtime, the node directory (keys, logs), then
+exits. A SIGTERM while the lifeline holds is a normal stop (runtime.session.
 stop_session, from the driver's shutdown): the keeper just exits.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,53 +35,74 @@ from runtime import ipc_dirs, processes
 
 log = logging.getLogger("corral.fate")
 
-PR_SET_PDEATHSIG = 1
-POLL_S = 0.25
+POLL_S = 0.5
+_lifelines: dict[int, int] = {}     # keeper pid -> the write end this driver holds
 
 
-def set_death_signal(signum: int) -> bool:
-    """Ask the kernel for `signum` when this process's parent (thread) dies. Linux only;
-    False elsewhere or when the C library has no prctl."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)   # glibc or musl, whichever we run on
-        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def keeper_argv(driver_pid: int, session: Path, node_dir: Path | None,
-                death_signal: bool) -> list[str]:
-    """The `python -m` arguments of a keeper for this driver and session. node_dir:
-    removed too once the driver is gone (an embedded runtime's own directory)."""
-    argv = ["runtime.fate", "--driver-pid", str(driver_pid),
+def start_keeper(driver_pid: int, session: Path, node_dir: Path | None,
+                 env: dict | None = None) -> int:
+    """Start the keeper of this session for this process (the driver, `driver_pid`),
+    detached like the runtime's daemons (stdio to session/logs/fate.log, pid file
+    session/fate.pid). node_dir: removed too once the driver is gone (an embedded
+    runtime's own directory). Returns its pid."""
+    _release_stale_lifelines()
+    read_end, write_end = os.pipe()         # not inherited by anything else we start
+    logs = Path(session) / "logs"
+    logs.mkdir(exist_ok=True, mode=0o700)
+    argv = [sys.executable, "-m", "runtime.fate", "--driver-pid", str(driver_pid),
             "--driver-start-s", repr(processes.start_time_s(driver_pid) or 0.0),
-            "--session", str(session)]
+            "--lifeline-fd", str(read_end), "--session", str(session)]
     if node_dir is not None:
         argv += ["--node-dir", str(node_dir)]
-    if death_signal:
-        argv += ["--death-signal"]
-    return argv
+    try:
+        with open(logs / "fate.log", "ab") as log_file:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=env, close_fds=True, pass_fds=(read_end,))
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    _lifelines[proc.pid] = write_end
+    (Path(session) / "fate.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
 
 
-def started_from_main_thread() -> bool:
-    """The death signal follows the thread that forks: ask for it only from the main
-    thread, which lives as long as the driver."""
-    return threading.current_thread() is threading.main_thread()
+def _release_stale_lifelines() -> None:
+    """Close the lifelines of keepers that are gone (their runtimes were stopped)."""
+    for pid in [pid for pid in _lifelines if not processes.is_alive(pid)]:
+        os.close(_lifelines.pop(pid))
+        try:
+            os.waitpid(pid, os.WNOHANG)     # our child: not left a zombie
+        except ChildProcessError:
+            pass
 
 
 class Watch:
-    """Whether the driver still runs."""
+    """Whether the driver is gone: its lifeline at end-of-file, or its pid no longer
+    the process it was."""
 
-    def __init__(self, driver_pid: int, driver_start_s: float):
+    def __init__(self, driver_pid: int, driver_start_s: float, lifeline_fd: int | None):
         self.driver_pid = driver_pid
         self.remembered = {driver_pid: driver_start_s} if driver_start_s else None
-        self.our_parent = os.getppid() == driver_pid
+        self.lifeline_fd = lifeline_fd
+
+    def wait(self, timeout_s: float) -> bool:
+        """Up to timeout_s for the driver to go; True when it is gone."""
+        if self.lifeline_fd is not None:
+            readable, _, _ = select.select([self.lifeline_fd], [], [], timeout_s)
+            if readable and os.read(self.lifeline_fd, 1) == b"":
+                return True
+        else:
+            time.sleep(timeout_s)
+        return self.driver_gone()
 
     def driver_gone(self) -> bool:
-        if self.our_parent and os.getppid() != self.driver_pid:
-            return True                       # reparented: the driver died
+        if self.lifeline_fd is not None:
+            readable, _, _ = select.select([self.lifeline_fd], [], [], 0)
+            if readable and os.read(self.lifeline_fd, 1) == b"":
+                return True
         if self.remembered is not None:
             return not processes.still_same(self.remembered)
         return not processes.is_alive(self.driver_pid)
@@ -99,35 +119,37 @@ def clean_up(session: Path, node_dir: Path | None) -> list[int]:
 
 
 class _Terminated(Exception):
-    """SIGTERM arrived (the death signal, or a normal stop)."""
+    """SIGTERM arrived: a normal stop, unless the driver is gone too."""
+
+
+_terminated: list[int] = []
 
 
 def _on_sigterm(signum, frame):
-    raise _Terminated()
+    if not _terminated:          # once: a second one must not cut the clean-up short
+        _terminated.append(signum)
+        raise _Terminated()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="runtime.fate")
     parser.add_argument("--driver-pid", type=int, required=True)
     parser.add_argument("--driver-start-s", type=float, default=0.0)
+    parser.add_argument("--lifeline-fd", type=int,
+                        help="read end of a pipe only the driver writes to")
     parser.add_argument("--session", required=True)
     parser.add_argument("--node-dir")
-    parser.add_argument("--death-signal", action="store_true",
-                        help="ask the kernel for SIGTERM when the driver dies")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
-    if args.death_signal:
-        set_death_signal(signal.SIGTERM)
-    watch = Watch(args.driver_pid, args.driver_start_s)
+    watch = Watch(args.driver_pid, args.driver_start_s, args.lifeline_fd)
     try:
-        while not watch.driver_gone():
-            time.sleep(POLL_S)
+        while not watch.wait(POLL_S):
+            pass
     except _Terminated:
         if not watch.driver_gone():
             return 0                          # a normal stop: the driver cleans up
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # finish the clean-up
     session = Path(args.session)
     node_dir = Path(args.node_dir) if args.node_dir else None
     stopped = clean_up(session, node_dir)

@@ -9,9 +9,9 @@ time (runtime.processes identifies a process by both). Then:
 - the agent removes the directory when it stops (runtime.node), as `corral stop` does
   (runtime.session.stop_session) - its workers die with it;
 - a directory whose owner is gone (an agent killed with -9, a node the autoscaler took
-  away) is stale: `clean_stale` removes it, at every start of a node on this machine;
-  one without an owner file (an older corral) is stale when it is older than
-  UNCLAIMED_GRACE_S and none of its sockets accepts a connection;
+  away) and none of whose sockets accepts a connection is stale: `clean_stale` removes
+  it, at every start of a node on this machine; one without an owner file (an older
+  corral) is stale when it is older than UNCLAIMED_GRACE_S and no socket answers;
 - the parent directory goes once it is empty.
 
 Creating, claiming and removing hold an flock on the parent directory, so a cleaner
@@ -174,15 +174,19 @@ def _remove_if_empty(parent: str) -> None:
 
 
 def is_stale(path: str, now_s: float | None = None) -> bool:
-    """No live process uses this ipc directory (see the module docstring)."""
+    """No live process uses this ipc directory (see the module docstring). Whatever
+    its owner file says, a socket in it that accepts a connection keeps it: an owner
+    in another PID namespace sharing this /tmp (a container) looks dead from here."""
     owner = owner_of(path)
-    if owner is not None:
-        return not _owner_runs(owner)
-    info = _lstat(path)
-    if info is None:
+    if owner is not None and _owner_runs(owner):
         return False
-    if (now_s if now_s is not None else time.time()) - info.st_mtime < UNCLAIMED_GRACE_S:
-        return False    # being set up, perhaps
+    if owner is None:
+        info = _lstat(path)
+        if info is None:
+            return False
+        if (now_s if now_s is not None else time.time()) - info.st_mtime < \
+                UNCLAIMED_GRACE_S:
+            return False    # being set up, perhaps
     return not any(_accepts(entry.path) for entry in _sockets(path))
 
 

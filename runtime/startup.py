@@ -2,8 +2,9 @@
 runtime of init()). Processes are detached (new session, stdio to session/logs) and
 tracked by pid files in the session directory, so `corral stop` stops exactly them.
 The node's GPUs are found here (runtime.gpus) and their ids given to its agent.
-Given driver_pid (init()'s embedded runtime), a keeper (runtime.fate) stops the node's
-processes and removes its directories once that driver is gone, however it ended.
+Given driver_pid (this process: init()'s embedded runtime), a keeper (runtime.fate)
+stops the node's processes and removes its directories once that driver is gone,
+however it ended.
 Every start removes the ipc sockets of agents that are gone (runtime.ipc_dirs).
 
 Autoscaler hook: on the head, when --autoscaling-config is given and the module
@@ -114,9 +115,8 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
     node_type = node_type or os.environ.get("CORRAL_NODE_TYPE")
     pids = {}
     if driver_pid is not None:    # an embedded runtime: it dies with its driver
-        pids["fate"] = session.spawn_daemon(session_dir, "fate", fate.keeper_argv(
-            driver_pid, session_dir, node_dir if discard_node_dir else None,
-            fate.started_from_main_thread()), env)
+        pids["fate"] = fate.start_keeper(driver_pid, session_dir,
+                                         node_dir if discard_node_dir else None, env)
     monitor = "not requested (no --autoscaling-config)" if head else "not the head"
     if head:
         port = session.DEFAULT_HEAD_PORT if port is None else port

@@ -19,14 +19,14 @@ import pytest
 
 from runtime import ipc_dirs, processes, session
 from runtime.startup import start_node
+from tests.helpers import wait_for
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 REPO = str(Path(__file__).resolve().parents[2])
 
 # A driver with an embedded runtime and one actor; it prints what the test needs, then
-# waits to be ended. IN_THREAD: init() runs in a thread that then exits (so no death
-# signal: the keeper's poll must notice the driver's end).
+# waits to be ended. IN_THREAD: init() runs in a thread that then exits.
 DRIVER = """
 import json, os, sys, threading, time
 import runtime
@@ -90,6 +90,13 @@ class Driver:
         return not self.left() and not os.path.exists(self.ipc_dir) and \
             not self.node_dir.exists()
 
+    def describe(self) -> str:
+        keeper_log = self.node_dir / "session" / "logs" / "fate.log"
+        return (f"left: {sorted(self.left())} of {self.pids} workers {self.workers}; "
+                f"ipc dir there: {os.path.exists(self.ipc_dir)}; node dir there: "
+                f"{self.node_dir.exists()}; keeper log: "
+                f"{keeper_log.read_text()[-2000:] if keeper_log.exists() else None}")
+
     def clean_up(self) -> None:
         """Whatever the test left (on failure): ours, by pid."""
         if self.proc.poll() is None:
@@ -113,7 +120,7 @@ def test_embedded_runtime_dies_with_its_driver(signum):
         killed_s = time.monotonic()
         driver.proc.send_signal(signum)
         driver.proc.wait(30)
-        wait_until(driver.gone, timeout_s=15)
+        wait_for(driver.gone, 15, "the runtime to go", describe=driver.describe)
         print(f"{signal.Signals(signum).name}: runtime gone "
               f"{time.monotonic() - killed_s:.2f} s after the driver was killed")
     finally:
@@ -122,14 +129,15 @@ def test_embedded_runtime_dies_with_its_driver(signum):
 
 
 def test_runtime_started_from_a_thread_dies_with_its_driver():
-    """init() in a thread that ended: the kernel's death signal would follow that thread,
-    so the keeper is not given one; its poll notices the driver's end."""
+    """init() in a thread that ended: the runtime lives on with the driver (a death
+    signal would have followed that thread), and dies with it."""
     driver = Driver(in_thread=True)
     try:
+        time.sleep(1.0)               # the thread is gone; the runtime is not
         assert not driver.left() ^ driver.all_pids()
         driver.proc.kill()
         driver.proc.wait(30)
-        wait_until(driver.gone, timeout_s=15)
+        wait_for(driver.gone, 15, "the runtime to go", describe=driver.describe)
     finally:
         driver.clean_up()
 
@@ -161,7 +169,8 @@ def test_agent_killed_leaves_no_socket_after_the_next_start(tmp_path):
         wait_until(lambda: not any(processes.is_alive(pid) for pid in workers))
         socket_path = os.path.join(directory, "agent.sock")
         assert os.path.exists(socket_path)       # left behind by a SIGKILL
-        assert ipc_dirs.is_stale(directory)
+        # (stale once the agent's last thread is gone: until then it still listens)
+        wait_until(lambda: ipc_dirs.is_stale(directory))
         second = _start_head(tmp_path, "second")
         assert not os.path.exists(directory)
         assert os.path.exists(os.path.join(ipc_dirs.path_for(second.session), "agent.sock"))
@@ -223,7 +232,8 @@ def test_unclaimed_dir_is_stale_only_when_old_and_no_socket_answers(tmp_path):
 
 def test_owner_with_a_reused_pid_is_not_taken_for_alive(tmp_path):
     """owner.json names pid and start time: the same pid with another start time (a
-    re-used pid) is a dead owner."""
+    re-used pid) is a dead owner, unless a socket in the dir still answers (an owner in
+    another PID namespace that shares /tmp looks dead from here)."""
     directory = tmp_path / "ipc"
     directory.mkdir(mode=0o700)
     me = os.getpid()
@@ -232,4 +242,12 @@ def test_owner_with_a_reused_pid_is_not_taken_for_alive(tmp_path):
     assert not ipc_dirs.is_stale(str(directory))
     (directory / ipc_dirs.OWNER_FILE).write_text(json.dumps(
         {"pid": me, "start_time_s": processes.start_time_s(me) - 1000.0}))
+    assert ipc_dirs.is_stale(str(directory))
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(str(directory / "agent.sock"))
+        live.listen(1)
+        assert not ipc_dirs.is_stale(str(directory))
+    finally:
+        live.close()
     assert ipc_dirs.is_stale(str(directory))
