@@ -120,7 +120,7 @@ def test_embedded_runtime_dies_with_its_driver(signum):
         killed_s = time.monotonic()
         driver.proc.send_signal(signum)
         driver.proc.wait(30)
-        wait_for(driver.gone, 15, "the runtime to go", describe=driver.describe)
+        wait_for(driver.gone, 30, "the runtime to go", describe=driver.describe)
         print(f"{signal.Signals(signum).name}: runtime gone "
               f"{time.monotonic() - killed_s:.2f} s after the driver was killed")
     finally:
@@ -137,7 +137,7 @@ def test_runtime_started_from_a_thread_dies_with_its_driver():
         assert not driver.left() ^ driver.all_pids()
         driver.proc.kill()
         driver.proc.wait(30)
-        wait_for(driver.gone, 15, "the runtime to go", describe=driver.describe)
+        wait_for(driver.gone, 30, "the runtime to go", describe=driver.describe)
     finally:
         driver.clean_up()
 

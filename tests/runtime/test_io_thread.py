@@ -34,10 +34,9 @@ def sleepy(seconds):
 
 def test_node_stats_for_an_unknown_node_fails_and_the_thread_goes_on(one_node):
     core = api.current_core()
-    started_s = time.monotonic()
+    # the error itself, not concurrent.futures' TimeoutError after timeout_s
     with pytest.raises(DriverIOError, match="node_stats\\('no-such-node'\\).*KeyError"):
-        api.node_stats("no-such-node", timeout_s=30)
-    assert time.monotonic() - started_s < 10      # the error, not the timeout
+        api.node_stats("no-such-node", timeout_s=3600)
     assert core.thread.is_alive()
     assert runtime.get([double.remote(i) for i in range(20)], timeout=60) == \
         [2 * i for i in range(20)]
@@ -76,12 +75,10 @@ def _pending_get(ref):
     outcome = []
 
     def wait():
-        started_s = time.monotonic()
-        try:
-            outcome.append(("value", runtime.get(ref, timeout=60)))
+        try:        # a get that were not failed would wait far longer than the test
+            outcome.append(("value", runtime.get(ref, timeout=3600)))
         except BaseException as error:   # what the test looks at
             outcome.append(("error", error))
-        outcome.append(time.monotonic() - started_s)
     thread = threading.Thread(target=wait)
     thread.start()
     return thread, outcome
@@ -100,16 +97,12 @@ def test_an_io_thread_that_cannot_go_on_fails_everything_at_once(one_node):
     time.sleep(0.5)                               # it runs now
     thread, outcome = _pending_get(ref)
     core.poller = BrokenPoller()
-    thread.join(20)
+    thread.join(60)
     assert not thread.is_alive()
     kind, error = outcome[0]
     assert kind == "error" and isinstance(error, DriverIOError) and error.fatal, outcome
-    assert outcome[1] < 20                        # at once, not after get's 60 s
     assert "runtime.shutdown() and runtime.init() again" in str(error)
-    wait_until_dead = time.monotonic() + 10
-    while core.thread.is_alive() and time.monotonic() < wait_until_dead:
-        time.sleep(0.05)
-    assert not core.thread.is_alive()
+    wait_until(lambda: not core.thread.is_alive(), timeout_s=30)
     with pytest.raises(DriverIOError):            # later calls: at once
         double.remote(1)
     with pytest.raises(DriverIOError):
@@ -131,7 +124,7 @@ def test_a_step_that_keeps_failing_gives_up(one_node, monkeypatch):
     def broken_heartbeat():
         raise OSError("the control socket is gone")
     core.io.heartbeat = broken_heartbeat
-    thread.join(30)
+    thread.join(60)
     assert not thread.is_alive()
     kind, error = outcome[0]
     assert kind == "error" and isinstance(error, DriverIOError) and error.fatal
