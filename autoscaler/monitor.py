@@ -154,14 +154,14 @@ class Monitor:
         """Write what a full disk refused before: waiting events, the state file (the
         status file is rewritten by _write_status, which remembers it failed)."""
         self.events.flush(now_s)
-        if self.state.unsaved:
-            self.state.save()
+        self.state.save_if_changed()   # (waiting-to-join times change in observe)
 
     def _write_status(self, now_s: float, plan: Plan, snapshot) -> None:
         """Rewrite the status file when what it says changed (idle timers aside), and at
         least every STATUS_REFRESH_S so its idle times stay roughly current."""
         extra = {**summarize(snapshot), "backoffs": [dataclasses.asdict(backoff)
-                                                     for backoff in snapshot.backoffs]}
+                                                     for backoff in snapshot.backoffs],
+                 "refresh_s": STATUS_REFRESH_S}   # `corral health` judges staleness by it
         content = json.dumps([plan.to_dict(), extra], sort_keys=True, default=str)
         content = re.sub(r'"idle_for_s": [0-9.]+', "", content)
         if content != self._status_content or \

@@ -2,8 +2,12 @@
 nodes it is bootstrapping, and since when nodes wait to join the runtime.
 
 Everything here can be lost (a monitor restart): nodes and their stages live in the
-provider's tags, so a new monitor rebuilds the rest; backoffs and failure counts are also
-saved to a small state file so a restart does not forget a quarantine.
+provider's tags, so a new monitor rebuilds the rest. What a restart must not forget is
+also saved to a small state file: backoffs and failure counts (a quarantine stays), and
+since when each node waits to join the runtime (wall clock), so that a monitor the
+head's supervisor restarts (runtime.supervisor) still declares a node that never joins
+failed after join_timeout_s instead of starting its wait again. The monitor saves after
+each round in which any of it changed (`save_if_changed`).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ class MonitorState:
     path: Path | None = None
     config_token: str = ""  # the config the state belongs to (its hash)
     unsaved: bool = False  # the last save failed (a full disk): save again
+    saved_text: str | None = None  # what the file holds (as far as we wrote it)
 
     # -- launch failures --------------------------------------------------------------------
     def launch_failed(self, node_type: str, error: ClusterError, now_s: float) -> LaunchBackoff:
@@ -76,9 +81,7 @@ class MonitorState:
         leaves `unsaved` set, for the monitor to try again next round; False then."""
         if self.path is None:
             return True
-        data = {"failed_nodes": {name: sorted(ids) for name, ids in self.failed_nodes.items()},
-                "backoffs": [dataclasses.asdict(backoff) for backoff in self.backoffs.values()],
-                "failure_streak": self.failure_streak, "config_token": self.config_token}
+        data = self._data()
         try:
             write_json_atomic(self.path, data)
         except OSError as error:
@@ -88,7 +91,24 @@ class MonitorState:
             self.unsaved = True
             return False
         self.unsaved = False
+        self.saved_text = json.dumps(data, sort_keys=True)
         return True
+
+    def save_if_changed(self) -> bool:
+        """save() when the state differs from what was last written (or that failed);
+        True when the file is current."""
+        if self.path is None:
+            return True
+        if not self.unsaved and json.dumps(self._data(), sort_keys=True) == self.saved_text:
+            return True
+        return self.save()
+
+    def _data(self) -> dict:
+        return {"failed_nodes": {name: sorted(ids) for name, ids in self.failed_nodes.items()},
+                "backoffs": [dataclasses.asdict(backoff) for backoff in self.backoffs.values()],
+                "failure_streak": dict(self.failure_streak),
+                "waiting_to_join_since": dict(self.waiting_to_join_since),
+                "config_token": self.config_token}
 
     @classmethod
     def load(cls, path: str | Path | None, config_token: str = "") -> "MonitorState":
@@ -107,6 +127,10 @@ class MonitorState:
                               for item in data.get("backoffs", [])}
             state.failure_streak = {name: int(count) for name, count
                                     in data.get("failure_streak", {}).items()}
-        except (OSError, ValueError, TypeError, KeyError):
+            state.waiting_to_join_since = {
+                str(node_id): float(since_s) for node_id, since_s
+                in (data.get("waiting_to_join_since") or {}).items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return cls(path=state.path, config_token=config_token)
+        state.saved_text = json.dumps(state._data(), sort_keys=True)
         return state

@@ -25,6 +25,7 @@ COMMANDS = {
     "validate": ("launcher.commands.validate:validate", "Check a cluster YAML file."),
     "start": ("runtime.cli:start", "Start the runtime on this node (used by start commands)."),
     "stop": ("runtime.cli:stop", "Stop this node's runtime processes."),
+    "health": ("runtime.cli:health", "Say whether this node's runtime services run."),
     "plan": ("autoscaler.commands:plan", "Show the nodes a given demand needs."),
     "simulate": ("autoscaler.commands:simulate", "Replay a demand trace through the planner."),
     "monitor": ("autoscaler.commands:monitor", "Follow the autoscaler's event log."),

@@ -6,7 +6,9 @@
 The plan compares every existing node's stored hashes (launcher.hashing) with the
 config's: nothing changed -> nothing runs; commands or file contents changed -> sync,
 setup, restart; only the head's config changed -> re-upload it; node_config changed ->
-replace the node. Existing nodes are counted by their type tags, so re-running `up`
+replace the node. A head whose hashes match but whose runtime services died beyond what
+its supervisor brings back (launcher.head_services) is restarted (sync files, start
+commands), so `up` repairs it instead of reporting nothing to do. Existing nodes are counted by their type tags, so re-running `up`
 never duplicates nodes. The head and every node are bootstrapped concurrently, a thread
 each; workers do not wait for the head (the runtime retries joining it).
 """
@@ -19,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from launcher import paths
+from launcher import head_services, paths
 from launcher.bootstrap import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ONLY,
                                 BootstrapOutcome, BootstrapSteps, NodeBootstrap,
                                 StageCallback)
@@ -140,9 +142,19 @@ def _decide(config, node: Node, context: ClusterContext | None, options: UpOptio
     return NodeAction(KEEP, node.kind, node.node_type, node, None, "up to date")
 
 
+def _repair_head(provider: NodeProvider, head: Node, keep: NodeAction) -> NodeAction:
+    """An up-to-date head whose runtime services are down (asked on the head: `corral
+    health`) gets its start commands run again; one that cannot be asked is kept."""
+    reason = head_services.repair_reason(head_services.probe(provider, head).report)
+    if reason is None:
+        return keep
+    return NodeAction(UPDATE, KIND_HEAD, head.node_type, head, RESTART_ONLY, reason)
+
+
 def plan_up(config, provider: NodeProvider, options: UpOptions = UpOptions(),
             keys_dir: str | None = None) -> UpPlan:
-    """What `up` would do. Reads the provider's listing and tags; changes nothing.
+    """What `up` would do. Reads the provider's listing and tags, and asks an up-to-date
+    head whether its runtime services run (`corral health`); changes nothing.
     Damaged nodes (launcher.cluster.all_nodes) are repaired, never worked around: a
     damaged head is replaced when there is no readable head (one head per cluster, so
     never a second one beside it), any other damaged node is removed (and min_workers
@@ -168,6 +180,8 @@ def plan_up(config, provider: NodeProvider, options: UpOptions = UpOptions(),
                                      f"{head_type})")
         else:
             head_action = _decide(config, head, context, options, head_is_new=False)
+            if head_action.action == KEEP:
+                head_action = _repair_head(provider, head, head_action)
     else:
         head_action = NodeAction(CREATE, KIND_HEAD, head_type, None, FULL, "no head yet")
     actions.append(head_action)

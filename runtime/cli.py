@@ -128,7 +128,8 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip, 
 
 
 @click.command(help="Stop this node's runtime processes (by the pids in "
-               "$CORRAL_NODE_DIR/session). Does nothing if none run.")
+               "$CORRAL_NODE_DIR/session), the head's supervisor first, so that "
+               "nothing is started again. Does nothing if none run.")
 def stop():
     stopped = session.stop_session(session.session_dir(create=False))
     if stopped:
@@ -137,4 +138,23 @@ def stop():
         click.echo("corral runtime: nothing running on this node")
 
 
-__all__ = ["start", "stop", "RuntimeStartError"]
+@click.command(help="Say whether this node's runtime services run: the head's control "
+               "service and autoscaler monitor (up, RESTARTING while the supervisor "
+               "brings one back, DOWN when nothing will), the node agent, the "
+               "supervisor, and whether the autoscaler's view is stale. Exit code 1 "
+               "when anything is not running or stale.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def health(as_json):
+    from runtime.supervisor_report import describe, health as node_health
+    report = node_health(session.session_dir(create=False))
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(f"corral runtime on this node ({report['session']}):")
+        for line in describe(report):
+            click.echo(line)
+    if not report["healthy"]:
+        click.get_current_context().exit(1)
+
+
+__all__ = ["start", "stop", "health", "RuntimeStartError"]

@@ -22,27 +22,46 @@ The load the autoscaler reads, `get_load` (client side: runtime.state.get_load()
      "node_types": {"type": {"CPU": 2.0}, ...}}    # from --autoscaling-config/set_node_types
 
 Nodes removed by `drain_nodes`/`remove_nodes` (runtime.control_drain) are left out of it.
+
+Restarts: the head's supervisor (runtime.supervisor) restarts a service that died, with
+`--resume`: it binds the port it had and takes back the state it saved
+(runtime.control_persist) after every batch of requests that changed it, before
+answering them. Agents and drivers keep their sockets: they reconnect by themselves, and
+an agent the service does not know registers again on its next heartbeat. A service
+started under a supervisor also starts the supervisor again when that one died, so the
+two cover each other (a new supervisor adopts the services that run).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
+from pathlib import Path
 
 import zmq
 
-from runtime import protocol, scheduling
+from runtime import control_persist, protocol, scheduling
 from runtime.control_drain import DrainMixin
+from runtime.control_persist import PersistMixin
 from runtime.keys import ClusterKeys, load_cluster_keys
 
 log = logging.getLogger("corral.control")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+SUPERVISOR_CHECK_S = 1.0
+# Requests that change what control_persist keeps: a batch with one of them is saved
+# before its replies are sent.
+DURABLE_METHODS = frozenset({
+    "register_node", "register_driver", "driver_exit", "request_resources",
+    "set_node_types", "register_actor", "remove_actor", "actor_up", "kv_put",
+    "drain_nodes", "remove_nodes"})
 
 
-class ControlService(DrainMixin):
+class ControlService(DrainMixin, PersistMixin):
     def __init__(self, bind_address: str, keys: ClusterKeys | None,
                  heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
-                 node_types: dict | None = None):
+                 node_types: dict | None = None, state_file: Path | None = None,
+                 cluster_key: str = ""):
         self.ctx = zmq.Context()
         self.sock = protocol.bind_router(self.ctx, bind_address, keys)
         self.port = int(self.sock.last_endpoint.decode().rsplit(":", 1)[1])
@@ -60,10 +79,16 @@ class ControlService(DrainMixin):
         self.request_bundles: list[dict] = []
         self.removed_nodes: set[str] = set()     # dropped by drain/remove: not let back
         self.running = True
+        self.state_file = Path(state_file) if state_file else None
+        self.cluster_key = cluster_key
+        self.dirty = False            # changed since the state file was written
+        self.held_replies: list = []  # (identity, reply) sent once the change is saved
+        self.save_failure: str | None = None
+        self.supervised_session = os.environ.get("CORRAL_SUPERVISED_SESSION")
 
     # ------------------------------------------------------------------ loop
     def serve_forever(self) -> None:
-        next_check = 0.0
+        next_check = next_supervisor_check = 0.0
         while self.running:
             if self.sock.poll(200):
                 while True:
@@ -77,12 +102,32 @@ class ControlService(DrainMixin):
                         self._handle(identity, kind, header)
                     if not self.sock.poll(0):
                         break
+                self.save_state()
+                self._send_held_replies()
             now = time.monotonic()
             if now >= next_check:
                 self._check_liveness(now)
+                self.save_state()
                 next_check = now + 0.25
+            if self.supervised_session and now >= next_supervisor_check and self.running:
+                next_supervisor_check = now + SUPERVISOR_CHECK_S
+                self._check_supervisor()
+        self.save_state()
         self.sock.close()
         self.ctx.term()
+
+    def _send_held_replies(self) -> None:
+        replies, self.held_replies = self.held_replies, []
+        for identity, reply in replies:
+            self._send(identity, b"reply", reply)
+
+    def _check_supervisor(self) -> None:
+        """Start the head's supervisor again if it died (not while the node stops)."""
+        from runtime import supervision
+        try:
+            supervision.ensure_supervisor(Path(self.supervised_session))
+        except OSError as error:
+            log.warning("cannot start the supervisor again: %s", error)
 
     def _handle(self, identity: bytes, kind: bytes, header) -> None:
         """One request. Whatever its header holds, the service goes on: a header that
@@ -108,7 +153,9 @@ class ControlService(DrainMixin):
         except Exception as error:  # reported to the caller, not swallowed
             log.exception("rpc %.100r failed", method)
             result, ok = f"{type(error).__name__}: {error}", False
-        self._send(identity, b"reply", (request_id, ok, result))
+        if type(method) is str and method in DURABLE_METHODS:
+            self.dirty = True
+        self.held_replies.append((identity, (request_id, ok, result)))
 
     def _send(self, identity: bytes, kind: bytes, header) -> None:
         try:
@@ -120,7 +167,7 @@ class ControlService(DrainMixin):
     def _check_liveness(self, now: float) -> None:
         for node in self.nodes.values():
             if node["alive"] and now - node["last_heartbeat"] > self.heartbeat_timeout_s:
-                node["alive"] = False
+                node["alive"], self.dirty = False, True
                 log.warning("node %s missed heartbeats for %.1f s: dead",
                             node["node_id"], self.heartbeat_timeout_s)
                 self._broadcast_nodes()
@@ -131,6 +178,7 @@ class ControlService(DrainMixin):
                 self._driver_gone(driver_id)
 
     def _driver_gone(self, driver_id: str) -> None:
+        self.dirty = True
         self.drivers.pop(driver_id, None)
         self.dead_drivers.append(driver_id)
         del self.dead_drivers[:-1000]
@@ -188,9 +236,9 @@ class ControlService(DrainMixin):
 
     def rpc_driver_heartbeat(self, identity, driver_id, pending_demand):
         driver = self.drivers.get(driver_id)
-        if driver is None:
+        if driver is None:       # new to this service (it restarted without its state)
             self.rpc_register_driver(identity, driver_id)
-            driver = self.drivers[driver_id]
+            driver, self.dirty = self.drivers[driver_id], True
         driver.update(last_heartbeat=time.monotonic(), pending_demand=pending_demand)
         return {"nodes": self._node_table()}
 
@@ -302,20 +350,36 @@ def main(argv=None) -> None:
     parser.add_argument("--autoscaling-config")
     parser.add_argument("--bind-ip")
     parser.add_argument("--port-file", required=True)
+    parser.add_argument("--state-file", help="where the state is kept (default: "
+                        f"{control_persist.STATE_FILE} beside the port file)")
+    parser.add_argument("--resume", action="store_true",
+                        help="a restart: bind the port of the port file and take back "
+                        "the state file's state (a fresh start discards it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     keys = load_cluster_keys(args.keys_dir)   # no keys, no service: MissingKeysError
-    from runtime.session import bind_ip_for
+    from runtime.session import bind_ip_for, read_json, write_json_atomic
     host = bind_ip_for(args.bind_ip)
+    port_file = Path(args.port_file)
+    state_file = Path(args.state_file) if args.state_file else \
+        port_file.with_name(control_persist.STATE_FILE)
+    port = args.port
+    previous = read_json(port_file) if args.resume else None
+    if previous and isinstance(previous.get("port"), int) and previous["port"] > 0:
+        port = previous["port"]       # where agents and drivers reconnect
     node_types = node_types_from_config(args.autoscaling_config) \
         if args.autoscaling_config else {}
-    service = ControlService(f"tcp://{host}:{args.port}", keys, args.heartbeat_timeout_s,
-                             node_types)
-    from runtime.session import write_json_atomic
-    from pathlib import Path
-    write_json_atomic(Path(args.port_file), {"port": service.port, "secure": True})
-    log.info("control service on %s:%d (CurveZMQ)", host, service.port)
+    service = ControlService(f"tcp://{host}:{port}", keys, args.heartbeat_timeout_s,
+                             node_types, state_file=state_file,
+                             cluster_key=keys.public.decode("ascii"))
+    if args.resume:
+        service.resume()
+    service.dirty = True              # a fresh start replaces an older cluster's file
+    service.save_state()
+    write_json_atomic(port_file, {"port": service.port, "secure": True})
+    log.info("control service on %s:%d (CurveZMQ)%s", host, service.port,
+             " resumed" if args.resume else "")
     import signal
     signal.signal(signal.SIGTERM, lambda *_: setattr(service, "running", False))
     service.serve_forever()

@@ -33,6 +33,7 @@ class DrainMixin:
     """Part of ControlService (runtime.control)."""
 
     removed_nodes: set
+    dirty: bool                  # the state to save (runtime.control_persist) changed
     drain_lease_s: float = DRAIN_LEASE_S
 
     def rpc_drain_nodes(self, identity, node_ids):
@@ -82,6 +83,7 @@ class DrainMixin:
         for node in self.nodes.values():
             if node["draining"] and not node.get("removed") and now > node["drain_until"]:
                 node["draining"], node["drained_idle"], changed = False, False, True
+                self.dirty = True
                 log.info("node %s: drain lapsed, it takes work again", node["node_id"])
         if changed:
             self._broadcast_nodes()

@@ -238,12 +238,29 @@ def stop_pids(pids: list[int], grace_s: float = 5.0) -> None:
 
 
 def stop_session(session: Path) -> list[int]:
-    """Stop exactly this node's runtime processes (by the pids in the session dir)."""
+    """Stop exactly this node's runtime processes (by the pids in the session dir). The
+    head's supervisor goes first, and a marker naming this process (runtime.supervision
+    .STOP_MARKER) keeps anything from being started again meanwhile; a process started
+    just before (the control service starting the supervisor again) is found in a
+    second round."""
     if not session.is_dir():
         return []
-    found = running_pids(session)
-    pids = [found[name] for name in sorted(found, key=lambda n: n != "agent")]
-    stop_pids(pids)
+    marker = session / "stopping"
+    try:
+        marker.write_text(f"{os.getpid()}\n")
+    except OSError:               # (a full disk) the supervisor still goes first
+        pass
+    pids = []
+    try:
+        for _ in range(3):
+            found = running_pids(session)
+            if not found:
+                break
+            names = sorted(found, key=lambda n: (n != "supervisor", n != "agent"))
+            stop_pids([found[name] for name in names])
+            pids += [found[name] for name in names]
+    finally:
+        marker.unlink(missing_ok=True)
     for path in session.glob("*.pid"):
         path.unlink(missing_ok=True)
     address_file(session).unlink(missing_ok=True)

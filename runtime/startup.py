@@ -10,7 +10,10 @@ Every start removes the ipc sockets of agents that are gone (runtime.ipc_dirs).
 Autoscaler hook: on the head, when --autoscaling-config is given and the module
 `autoscaler.monitor` is importable and defines `main`, the head also starts
 `python3 -m autoscaler.monitor --config PATH --address HEAD_IP:PORT` (pid file
-`monitor.pid`, log `logs/monitor.log`); otherwise it logs why it skipped it."""
+`monitor.pid`, log `logs/monitor.log`); otherwise it logs why it skipped it.
+On a head started by `corral start` (not an embedded runtime) the control service and
+the monitor run under the head's supervisor (runtime.supervisor), which restarts them
+when they die."""
 from __future__ import annotations
 
 import importlib
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import gpus, scheduling, session, store_memory
-from runtime import fate, ipc_dirs, worker_bound
+from runtime import fate, ipc_dirs, supervision, worker_bound
 from runtime.errors import RuntimeStartError
 from runtime.keys import create_cluster_keys, has_cluster_keys, load_cluster_keys
 
@@ -133,7 +136,11 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
         if autoscaling_config:
             argv += ["--autoscaling-config", str(autoscaling_config)]
             (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
-        pids["control"] = session.spawn_daemon(session_dir, "control", argv, env)
+        if driver_pid is None:    # corral start: the head's supervisor runs it
+            supervision.start_service(session_dir, "control", argv, env, pids,
+                                      restart_args=["--resume"])
+        else:
+            pids["control"] = session.spawn_daemon(session_dir, "control", argv, env)
         port = _wait_for(port_file, pids, session_dir, timeout_s)["port"]
         address = f"{head_ip}:{port}"
         control = f"{node_ip or '127.0.0.1'}:{port}"  # the control binds node_ip if given
@@ -207,7 +214,9 @@ def _start_monitor(session_dir: Path, config: str, address: str, env: dict,
     if not hasattr(module, "main"):
         log.info("autoscaler monitor not started: autoscaler.monitor has no main()")
         return "not started (autoscaler.monitor has no main)"
-    pids["monitor"] = session.spawn_daemon(
-        session_dir, "monitor",
-        ["autoscaler.monitor", "--config", str(config), "--address", address], env)
+    argv = ["autoscaler.monitor", "--config", str(config), "--address", address]
+    if "supervisor" in pids:      # restarted by the head's supervisor when it dies
+        supervision.start_service(session_dir, "monitor", argv, env, pids)
+    else:
+        pids["monitor"] = session.spawn_daemon(session_dir, "monitor", argv, env)
     return "started"

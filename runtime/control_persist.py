@@ -1,0 +1,262 @@
+"""What the control service keeps on disk, so that one restarted after a crash (by the
+head's supervisor, runtime.supervisor) resumes the cluster instead of starting empty.
+
+Kept (the state nobody else can give back): the node table (ids, addresses, resources,
+alive, draining, removed), the drivers and the recently dead ones, the actor directory
+(named actors, and where every published actor runs), the KV store, the node types, the
+request_resources bundles and the nodes removed by the autoscaler (which must stay out).
+Not kept (rebuilt within a heartbeat): each node's available resources, idle time and
+queued demand, and each driver's pending demand. A restored node counts as alive with a
+fresh heartbeat deadline: an agent that is still there heartbeats at once and goes on
+(its connection to the old service reconnects by itself, same port, same keys), and one
+that is gone is declared dead after the heartbeat timeout, as any node would be.
+
+The file, `<session>/control.state.json` (0600, in the node's private session dir), is
+replaced atomically (temp file + rename) after each batch of requests that changed
+something, before their replies leave, so an acknowledged change survives a kill -9 of
+the service. It is not fsync-ed: it has to survive the process, not the machine (a
+rebooted head starts a fresh cluster). It names the cluster key it belongs to; a file of
+another cluster (or damaged, or another version) is set aside with a warning, never
+half-used.
+
+Values are JSON with bytes (ids, identities) tagged: {"$bytes": base64}; a dict whose
+keys are not all plain strings is {"$dict": [[key, value], ...]}. A KV value that is
+none of JSON's types or bytes is not kept (logged).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from runtime import private_paths
+
+log = logging.getLogger("corral.control")
+STATE_FILE = "control.state.json"
+STATE_VERSION = 1
+MAX_STATE_BYTES = 512 << 20
+DEAD_DRIVERS_KEPT = 1000
+
+
+class UnencodableError(ValueError):
+    """A value the state file cannot hold (not JSON, not bytes)."""
+
+
+def encode(value):
+    """A JSON-able form of `value` (see the module docstring)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (list, tuple)):
+        return [encode(item) for item in value]
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and not key.startswith("$") for key in value):
+            return {key: encode(item) for key, item in value.items()}
+        return {"$dict": [[encode(key), encode(item)] for key, item in value.items()]}
+    raise UnencodableError(f"a {type(value).__name__} cannot be kept in the state file")
+
+
+def decode(value):
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and "$bytes" in value:
+            return base64.b64decode(value["$bytes"])
+        if len(value) == 1 and "$dict" in value:
+            return {_hashable(decode(key)): decode(item) for key, item in value["$dict"]}
+        return {key: decode(item) for key, item in value.items()}
+    return value
+
+
+def _hashable(key):
+    return tuple(_hashable(item) for item in key) if isinstance(key, list) else key
+
+
+def write_private_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (mode 0600): readers see the old file or the new one
+    whole, never a part. Not fsync-ed (see the module docstring)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def state_path(session_dir: Path) -> Path:
+    return Path(session_dir) / STATE_FILE
+
+
+# ------------------------------------------------------------------------ snapshot
+
+_NODE_KEPT = ("node_id", "node_type", "address", "ipc", "hostname", "alive", "identity",
+              "resources_total", "draining")
+
+
+def snapshot(service, cluster_key: str) -> dict:
+    """The state of a ControlService (runtime.control) worth keeping, JSON-able."""
+    now = time.monotonic()
+    nodes = []
+    for node in service.nodes.values():
+        kept = {key: node.get(key) for key in _NODE_KEPT}
+        kept["removed"] = bool(node.get("removed"))
+        kept["drain_left_s"] = max(0.0, node.get("drain_until", 0.0) - now) \
+            if node.get("draining") else 0.0
+        nodes.append(kept)
+    kv = []
+    for key, value in service.kv.items():
+        try:
+            kv.append([encode(key), encode(value)])
+        except UnencodableError as error:
+            log.warning("KV key %.100r is not kept across restarts: %s", key, error)
+    return encode({
+        "version": STATE_VERSION, "cluster_key": cluster_key, "saved_at_s": time.time(),
+        "nodes": nodes,
+        "drivers": [[driver_id, driver["identity"]]
+                    for driver_id, driver in service.drivers.items()],
+        "dead_drivers": service.dead_drivers[-DEAD_DRIVERS_KEPT:],
+        "actors": [[name, info] for name, info in service.actors.items()],
+        "actor_nodes": [[actor_id, info] for actor_id, info in service.actor_nodes.items()],
+        "node_types": service.node_types, "request_bundles": service.request_bundles,
+        "removed_nodes": sorted(service.removed_nodes)}) | {"kv": kv}
+
+
+def save(service, path: Path, cluster_key: str) -> None:
+    """Write the service's state to `path` (OSError when the disk refuses it)."""
+    data = json.dumps(snapshot(service, cluster_key), separators=(",", ":"))
+    write_private_atomic(path, data.encode("utf-8"))
+
+
+class StateFileUnusable(ValueError):
+    """The state file is damaged, of another cluster, or of another version."""
+
+
+def load(path: Path, cluster_key: str) -> dict | None:
+    """The decoded state in `path`; None when there is none. StateFileUnusable when it
+    cannot be used; UnsafePathError when another user could have written it."""
+    try:
+        raw = private_paths.read_file(path, MAX_STATE_BYTES)
+    except FileNotFoundError:
+        return None
+    try:
+        data = decode(json.loads(raw))
+    except (ValueError, TypeError) as error:
+        raise StateFileUnusable(f"not a state file ({error})") from None
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        raise StateFileUnusable(f"not a version {STATE_VERSION} state file")
+    if data.get("cluster_key") != cluster_key:
+        raise StateFileUnusable("written by another cluster (another key)")
+    return data
+
+
+def restore(service, data: dict) -> None:
+    """Put a loaded state into a fresh ControlService (see the module docstring for what
+    is rebuilt from heartbeats instead). All or nothing: StateFileUnusable leaves the
+    service as it was."""
+    now = time.monotonic()
+    try:
+        nodes = {}
+        for kept in data.get("nodes") or ():
+            kept = dict(kept)
+            left_s = float(kept.pop("drain_left_s", 0.0) or 0.0)
+            removed = kept.pop("removed", False)
+            node = dict(kept, resources_total=dict(kept.get("resources_total") or {}),
+                        resources_available={}, idle_since_s=None, queued_demand={},
+                        last_heartbeat=now, drained_idle=False, drain_since=now,
+                        drain_until=now + left_s, draining=bool(kept.get("draining")),
+                        alive=bool(kept.get("alive")))
+            if removed:
+                node["removed"] = True
+            nodes[str(node["node_id"])] = node
+        tables = {
+            "nodes": nodes,
+            "drivers": {str(driver_id): {"identity": bytes(identity), "pending_demand": {},
+                                         "last_heartbeat": now}
+                        for driver_id, identity in data.get("drivers") or ()},
+            "dead_drivers": [str(driver) for driver in data.get("dead_drivers") or ()],
+            "actors": {str(name): dict(info) for name, info in data.get("actors") or ()},
+            "actor_nodes": {bytes(actor_id): dict(info)
+                            for actor_id, info in data.get("actor_nodes") or ()},
+            "kv": {key: value for key, value in data.get("kv") or ()},
+            "node_types": {str(name): dict(resources) for name, resources
+                           in (data.get("node_types") or {}).items()},
+            "request_bundles": [dict(bundle) for bundle in data.get("request_bundles") or ()],
+            "removed_nodes": {str(node_id) for node_id in data.get("removed_nodes") or ()}}
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise StateFileUnusable(f"a damaged entry ({type(error).__name__}: {error})") \
+            from None
+    for name, table in tables.items():
+        setattr(service, name, table)
+
+
+def set_aside(path: Path, why: str) -> Path | None:
+    """Move an unusable state file out of the way (kept for a post-mortem) and log it."""
+    target = Path(path).with_name(f"{Path(path).name}.unusable")
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        log.warning("the control state %s is unusable (%s) and could not be moved "
+                    "aside: %s", path, why, error)
+        return None
+    log.warning("the control state %s is unusable (%s): moved to %s; starting empty "
+                "(agents register again by themselves)", path, why, target)
+    return target
+
+
+class PersistMixin:
+    """Part of ControlService (runtime.control): saving and resuming its state."""
+
+    state_file: Path | None
+    cluster_key: str
+    dirty: bool
+    save_failure: str | None
+
+    def save_state(self) -> None:
+        """Write the state file if something changed. A disk that refuses it is logged
+        once per cause; the service goes on, and tries again after the next change or
+        liveness check."""
+        if not self.dirty or self.state_file is None:
+            return
+        try:
+            save(self, self.state_file, self.cluster_key)
+        except OSError as error:
+            text = error.strerror or str(error)
+            if text != self.save_failure:
+                log.warning("cannot save the control state to %s: %s (kept in memory; "
+                            "a restarted service would miss what changed since)",
+                            self.state_file, text)
+            self.save_failure = text
+            return
+        if self.save_failure is not None:
+            log.info("the control state %s is saved again", self.state_file)
+        self.dirty, self.save_failure = False, None
+
+    def resume(self) -> bool:
+        """Take back the saved state (True); none, or an unusable file (set aside,
+        logged): start empty (False)."""
+        try:
+            data = load(self.state_file, self.cluster_key)
+            if data is None:
+                log.warning("no saved state at %s: resuming empty (agents register "
+                            "again by themselves)", self.state_file)
+                return False
+            restore(self, data)
+        except StateFileUnusable as error:
+            set_aside(self.state_file, str(error))
+            return False
+        log.info("resumed from %s: %d nodes, %d drivers, %d named actors, %d actors "
+                 "placed, %d node types", self.state_file, len(self.nodes),
+                 len(self.drivers), len(self.actors), len(self.actor_nodes),
+                 len(self.node_types))
+        return True
