@@ -124,6 +124,9 @@ def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip, 
                f"{session.keys_dir(started.session.parent)})")
     if head:
         click.echo(f"  autoscaler monitor: {started.monitor}")
+        if "supervisor" in started.pids:
+            click.echo(f"  supervisor: pid {started.pids['supervisor']} restarts the control "
+                       "service and the monitor if they die (`corral health` shows them)")
         click.echo("  connect with: runtime.init(address=\"auto\")")
 
 

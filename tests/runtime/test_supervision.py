@@ -362,6 +362,8 @@ def test_services_killed_in_a_loop_under_a_workload(cluster):
 
 
 def test_up_repairs_a_head_whose_services_died_with_their_supervisor(cluster):
+    view = cluster.session / supervisor_report.AUTOSCALER_STATUS_FILE
+    wait_for(view.exists, 60, "the monitor's first status file")
     pids = running(cluster.session)
     os.kill(pids["supervisor"], signal.SIGSTOP)
     kill9(pids["control"])
@@ -370,8 +372,13 @@ def test_up_repairs_a_head_whose_services_died_with_their_supervisor(cluster):
     os.kill(pids["supervisor"], signal.SIGCONT)
     wait_for(lambda: not set(running(cluster.session)) & {"control", "monitor",
                                                            "supervisor"}, 10, "them gone")
+    # what the dead monitor last wrote: as if long ago (no monitor refreshes it now)
+    os.utime(view, (time.time() - 100, time.time() - 100))
     status = cluster.run("status")
     assert status.returncode == 1, status.stdout + status.stderr
+    assert re.search(r"autoscaler view\s+STALE: written 1\d\d s ago", status.stdout), \
+        status.stdout
+    assert "the autoscaler's view is stale: written 1" in status.stderr, status.stderr
     assert re.search(r"control service\s+DOWN", status.stdout), status.stdout
     assert re.search(r"autoscaler monitor\s+DOWN", status.stdout), status.stdout
     assert "control service down" in status.stdout          # the head's row says so
@@ -386,6 +393,7 @@ def test_up_repairs_a_head_whose_services_died_with_their_supervisor(cluster):
     wait_for(cluster.healthy, 30, "the repaired head's services")
     status = cluster.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
+    assert "STALE" not in status.stdout and "stale" not in status.stderr
     again = cluster.run("up")
     assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
     down = cluster.run("down", "-y")
