@@ -366,6 +366,7 @@ def main(argv=None) -> None:
         port_file.with_name(control_persist.STATE_FILE)
     port = args.port
     previous = read_json(port_file) if args.resume else None
+    previous = previous if isinstance(previous, dict) else None
     if previous and isinstance(previous.get("port"), int) and previous["port"] > 0:
         port = previous["port"]       # where agents and drivers reconnect
     node_types = node_types_from_config(args.autoscaling_config) \
@@ -377,7 +378,8 @@ def main(argv=None) -> None:
         service.resume()
     service.dirty = True              # a fresh start replaces an older cluster's file
     service.save_state()
-    write_json_atomic(port_file, {"port": service.port, "secure": True})
+    if not previous or previous.get("port") != service.port:   # (a full disk: as it was)
+        write_json_atomic(port_file, {"port": service.port, "secure": True})
     log.info("control service on %s:%d (CurveZMQ)%s", host, service.port,
              " resumed" if args.resume else "")
     import signal

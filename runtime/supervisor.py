@@ -201,7 +201,7 @@ class Supervisor:
             service.backoff_s = min(BACKOFF_MAX_S, service.backoff_s * 2)
             log.error("cannot start the %s: %s", label(service.name), error)
             return
-        write_private_atomic(pid_file, f"{proc.pid}\n".encode())
+        write_pid_file(pid_file, proc.pid)
         service.proc, service.pid, service.adopted = proc, proc.pid, None
         service.state, service.since_s = "running", time.time()
         service.started_at, service.next_try_s = time.monotonic(), None
@@ -230,6 +230,27 @@ class Supervisor:
         while self.running:
             self.tick()
             time.sleep(TICK_S)
+
+
+def write_pid_file(path: Path, pid: int) -> bool:
+    """Record a pid (atomically; on a full disk, over the old file in place, which
+    needs no new block). False, logged, when neither works: the process runs but
+    `corral stop` will not find it by its pid file (the providers also find a node's
+    processes by their CORRAL_NODE_DIR)."""
+    data = f"{pid}\n".encode()
+    try:
+        write_private_atomic(path, data)
+        return True
+    except OSError as error:
+        first = error
+    try:
+        with open(path, "r+b") as handle:
+            handle.write(data)
+            handle.truncate()
+        return True
+    except OSError:
+        log.error("cannot write %s (pid %d): %s", path, pid, first)
+        return False
 
 
 def _hold_lock(session: Path) -> int | None:
@@ -263,8 +284,7 @@ def main(argv=None) -> int:
     if lock is None:
         log.info("another supervisor runs for %s: exiting", session)
         return 0
-    write_private_atomic(sessions.pid_file(session, "supervisor"),
-                         f"{os.getpid()}\n".encode())
+    write_pid_file(sessions.pid_file(session, "supervisor"), os.getpid())
     supervisor = Supervisor(session)
     signal.signal(signal.SIGTERM, lambda *_: setattr(supervisor, "running", False))
     log.info("supervising %s (pid %d)", session, os.getpid())

@@ -4,7 +4,8 @@ supervisor), first on a head started with start_node, then on a process-provider
 cluster brought up by the `corral` CLI under a running workload, with invariants: no
 lost result of a retryable task, never two control services / monitors / supervisors /
 heads, nothing left after `down`, status says down or restarting while it is and up
-afterwards, and `corral up` repairs a head whose services died with their supervisor."""
+afterwards, and `corral up` repairs a head whose services died with their supervisor;
+a full disk on the head (a small tmpfs) does not stop a restart."""
 from __future__ import annotations
 
 import json
@@ -216,6 +217,49 @@ def test_a_failing_service_is_retried_with_a_growing_backoff(head):
     assert service_pids(head.base / "head", "runtime.control") == [new_pid]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs as the head's "
+                    "disk needs root")
+def test_a_full_disk_on_the_head_does_not_stop_restarts(tmp_path):
+    from tests.autoscaler.test_monitor_disk_full import SmallDisk
+    from tests.runtime.conftest import LocalCluster
+    node_dir = tmp_path / "cluster" / "head"
+    node_dir.mkdir(parents=True)
+    disk = SmallDisk(node_dir, 32 << 20)
+    cluster = LocalCluster(tmp_path / "cluster", heartbeat_timeout_s=2.0)
+    try:
+        started = cluster.start_head(num_cpus=1)
+        session_dir = started.session
+        cluster.connect()
+
+        @runtime.remote(max_retries=3)
+        def square(x):
+            return x * x
+        assert runtime.get(square.remote(3), timeout=60) == 9
+        disk.fill()
+        old_pid = running(session_dir)["control"]
+        kill9(old_pid)
+        restarted_after(session_dir, "control", old_pid)
+        runtime.shutdown()
+        cluster.connect()                 # the new service answers a new driver
+        assert runtime.get(square.remote(4), timeout=60) == 16
+
+        @runtime.remote(num_cpus=0)
+        class Named:
+            def ping(self):
+                return "pong"
+        named = Named.options(name="named", lifetime="detached").remote()
+        assert runtime.get(named.ping.remote(), timeout=60) == "pong"   # (not saved)
+        assert "supervisor" in running(session_dir)
+        assert b"named" not in (session_dir / STATE_FILE).read_bytes()   # no room
+        disk.free()
+        wait_for(lambda: b"named" in (session_dir / STATE_FILE).read_bytes(), 30,
+                 "the state to be saved once the disk has room")
+    finally:
+        runtime.shutdown()
+        cluster.stop()
+        disk.unmount()
+
+
 def _bound(sock: socket.socket, port: int) -> bool:
     try:
         sock.bind(("127.0.0.1", port))
@@ -359,6 +403,9 @@ def test_services_killed_in_a_loop_under_a_workload(cluster):
     # the restarted monitor still removes idle workers
     wait_for(lambda: cluster.workers() == [], 90, "idle workers to be removed",
              describe=lambda: str(events(cluster.session)[-5:]))
+    down = cluster.run("down", "-y")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert cluster.all_pids() == {}           # nothing of any node is left running
 
 
 def test_up_repairs_a_head_whose_services_died_with_their_supervisor(cluster):
