@@ -84,7 +84,8 @@ class ControlService(DrainMixin, PersistMixin):
         self.dirty = False            # changed since the state file was written
         self.held_replies: list = []  # (identity, reply) sent once the change is saved
         self.save_failure: str | None = None
-        self.supervised_session = os.environ.get("CORRAL_SUPERVISED_SESSION")
+        # set by the head's supervisor for this process alone (not for what it starts)
+        self.supervised_session = os.environ.pop("CORRAL_SUPERVISED_SESSION", None)
 
     # ------------------------------------------------------------------ loop
     def serve_forever(self) -> None:

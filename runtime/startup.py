@@ -138,7 +138,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
             (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
         if driver_pid is None:    # corral start: the head's supervisor runs it
             supervision.start_service(session_dir, "control", argv, env, pids,
-                                      restart_args=["--resume"])
+                                      restart_args=["--resume"], covers_supervisor=True)
         else:
             pids["control"] = session.spawn_daemon(session_dir, "control", argv, env)
         port = _wait_for(port_file, pids, session_dir, timeout_s)["port"]

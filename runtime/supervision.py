@@ -144,15 +144,18 @@ def ensure_supervisor(session: Path, env: dict | None = None) -> subprocess.Pope
 
 
 def start_service(session: Path, name: str, argv: list[str], env: dict, pids: dict,
-                  restart_args: list[str] = (),
+                  restart_args: list[str] = (), covers_supervisor: bool = False,
                   timeout_s: float = SERVICE_START_TIMEOUT_S) -> int:
     """Have the node's supervisor run `python -m <argv>` as service `name` (started
     first if it does not run: then the services of an earlier start are forgotten).
-    Returns once the service runs; its pid and the supervisor's go into `pids`."""
+    covers_supervisor: the service is told (ENV_SUPERVISED) to start the supervisor
+    again should it die (the control service does). Returns once the service runs; its
+    pid and the supervisor's go into `pids`."""
     session = Path(session)
     fresh = not supervisor_running(session)
     spec = {} if fresh else read_json(spec_path(session)).get("services") or {}
-    spec[name] = {"argv": list(argv), "restart_args": list(restart_args)}
+    spec[name] = {"argv": list(argv), "restart_args": list(restart_args),
+                  "covers_supervisor": bool(covers_supervisor)}
     pid_file = sessions.pid_file(session, name)
     if name not in sessions.running_pids(session):
         pid_file.unlink(missing_ok=True)

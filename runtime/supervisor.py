@@ -57,6 +57,7 @@ class Service:
     name: str
     argv: list
     restart_args: list
+    covers_supervisor: bool = False      # told to start the supervisor again
     proc: subprocess.Popen | None = None
     pid: int | None = None
     adopted: dict | None = None          # {pid: start time} of an adopted process
@@ -83,7 +84,7 @@ class Supervisor:
     def __init__(self, session: Path, env: dict | None = None):
         self.session = Path(session)
         self.env = dict(env if env is not None else os.environ)
-        self.env[ENV_SUPERVISED] = str(self.session)
+        self.env.pop(ENV_SUPERVISED, None)       # only for the services that cover us
         self.services: dict[str, Service] = {}
         self.spec_stamp = None
         self.running = True
@@ -115,6 +116,7 @@ class Supervisor:
                 self._take_up(service)
             service.argv = [str(part) for part in entry["argv"]]
             service.restart_args = [str(part) for part in entry.get("restart_args") or ()]
+            service.covers_supervisor = bool(entry.get("covers_supervisor"))
         for name in set(self.services) - set(wanted):
             log.info("%s is no longer supervised", label(name))
             del self.services[name]
@@ -193,7 +195,9 @@ class Supervisor:
         argv = service.argv + ([] if first else service.restart_args)
         old_pid = service.pid
         try:
-            proc = spawn(self.session, service.name, argv, self.env)
+            env = dict(self.env, **{ENV_SUPERVISED: str(self.session)}) \
+                if service.covers_supervisor else self.env
+            proc = spawn(self.session, service.name, argv, env)
         except OSError as error:
             service.last_exit = f"could not be started: {error}"
             service.next_try = time.monotonic() + service.backoff_s
