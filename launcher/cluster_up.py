@@ -1,6 +1,6 @@
 """`corral up`: plan what each node needs, then create and bootstrap them all at once.
 
-    plan = plan_up(config, provider, options)   # reads tags only; touches nothing
+    plan = plan_up(config, provider, options)   # reads tags, asks the head; changes nothing
     result = apply_up(config, provider, plan, on_stage=...)
 
 The plan compares every existing node's stored hashes (launcher.hashing) with the
@@ -8,9 +8,10 @@ config's: nothing changed -> nothing runs; commands or file contents changed -> 
 setup, restart; only the head's config changed -> re-upload it; node_config changed ->
 replace the node. A head whose hashes match but whose runtime services died beyond what
 its supervisor brings back (launcher.head_services) is restarted (sync files, start
-commands), so `up` repairs it instead of reporting nothing to do. Existing nodes are counted by their type tags, so re-running `up`
-never duplicates nodes. The head and every node are bootstrapped concurrently, a thread
-each; workers do not wait for the head (the runtime retries joining it).
+commands), so `up` repairs it instead of reporting nothing to do. Existing nodes are
+counted by their type tags, so re-running `up` never duplicates nodes. The head and
+every node are bootstrapped concurrently, a thread each; workers do not wait for the
+head (the runtime retries joining it).
 """
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """The head's supervisor: keeps the control service and the autoscaler monitor running.
 
 `corral start --head` (runtime.startup) starts `python -m runtime.supervisor --session
-DIR` and asks it for each service (`runtime.supervision.start_service`); the supervisor starts them as its
-children (new sessions, stdio to session/logs/<name>.log, pid files <name>.pid as
-before) and, when one ends however it ended, starts it again after a backoff: 0.5 s,
-doubled after each failure up to 30 s, back to 0.5 s once the service ran for a minute.
-A restart runs the service's argv plus its restart arguments (the control service's
-`--resume`: same port, saved state). Every exit and restart is a line in the
-supervisor's log (session/logs/supervisor.log) and an event in the autoscaler's event
-log (`service-down`, `service-restarted`, with the exit code or signal), which `corral
-monitor` shows.
+DIR` and asks it for each service (runtime.supervision.start_service); the supervisor
+starts them as its children (new sessions, stdio to session/logs/<name>.log, pid files
+<name>.pid as before) and, when one ends however it ended, starts it again after a
+backoff: 0.5 s, doubled after each failure up to 30 s, back to 0.5 s once the service
+ran for a minute. A restart runs the service's argv plus its restart arguments (the
+control service's `--resume`: same port, saved state). Every exit and restart is a line
+in the supervisor's log (session/logs/supervisor.log) and an event in the autoscaler's
+event log (`service-down`, `service-restarted`, with the exit code or signal), which
+`corral monitor` shows.
 
 One supervisor per node: it holds an exclusive lock (session/supervisor.lock) for its
 life and writes supervisor.pid once it has it; a second one waits briefly and exits. A
@@ -19,8 +19,8 @@ cannot be known (it is not our child), and is logged as such. The control servic
 starts the supervisor again when it finds the lock free (runtime.control), so the two
 cover each other; `corral up` repairs a head where both died (launcher.head_services).
 
-What to run is in session/supervisor.json (written by runtime.supervision.start_service, read again when
-it changes); what runs is in session/supervisor.state.json (written on every change;
+What to run is in session/supervisor.json (written by start_service, read again when it
+changes); what runs is in session/supervisor.state.json (written on every change;
 `corral health` reads it, runtime.supervisor_report). `corral stop` (runtime.session.
 stop_session) stops the supervisor first and leaves a marker (session/stopping, naming
 the stopping process) under which nothing is started again.
