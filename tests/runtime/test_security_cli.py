@@ -133,9 +133,11 @@ def test_corral_start_and_stop(tmp_path):
         assert f"127.0.0.1:{port}" in out.stdout
         again = _corral(["start", "--head"], head_dir)
         assert again.returncode == 1 and "already runs" in again.stderr
-        pids = list(session.running_pids(head_dir / "session").values()) + \
-            list(session.running_pids(worker_dir / "session").values())
-        assert len(pids) == 3
+        on_head = session.running_pids(head_dir / "session")
+        on_worker = session.running_pids(worker_dir / "session")
+        assert set(on_head) == {"supervisor", "control", "agent"} and set(on_worker) == \
+            {"agent"}
+        pids = list(on_head.values()) + list(on_worker.values())
         script = tmp_path / "driver.py"
         script.write_text(DRIVER)
         env = dict(os.environ, CORRAL_NODE_DIR=str(head_dir), PYTHONPATH=REPO)
