@@ -391,4 +391,4 @@ class NodeAgent(ObjectService, WorkersMixin):
         # its ipc dir (its sockets, its workers'), before anything that could abort
         ipc_dirs.remove_dir(self.ipc_dir)
         self.store.close()      # spilled objects go with the node
-        self.ctx.destroy(linger=0)
+        protocol.destroy_context(self.ctx)

@@ -44,7 +44,7 @@ class ControlClient:
             self.sock = protocol.connect_authenticated(
                 self.ctx, f"tcp://{resolved}", keys, b"C" + uuid.uuid4().bytes, timeout_s)
         except BaseException:
-            self.ctx.destroy(linger=0)
+            protocol.destroy_context(self.ctx)
             raise
         self.ids = itertools.count()
 
@@ -66,7 +66,7 @@ class ControlClient:
                 return result
 
     def close(self) -> None:
-        self.ctx.destroy(linger=0)
+        protocol.destroy_context(self.ctx)
 
     def __enter__(self):
         return self

@@ -46,7 +46,7 @@ class DriverCore:
                 self.ctx, f"tcp://{control_address}", keys, self.identity,
                 connect_timeout_s)
         except BaseException:
-            self.ctx.destroy(linger=0)      # no other thread uses it yet
+            protocol.destroy_context(self.ctx)      # no other thread uses it yet
             raise
         self.wake_in = self.ctx.socket(zmq.PAIR)
         self.wake_in.bind(f"inproc://wake-{self.driver_id}")
@@ -271,7 +271,7 @@ class DriverCore:
         for actor in list(self.sync_actors.values()):
             if actor.sync is not None:
                 actor.sync.close()
-        self.ctx.destroy(linger=0)
+        protocol.destroy_context(self.ctx)
 
     # ------------------------------------------------------------ IO thread
     def _loop(self) -> None:

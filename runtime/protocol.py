@@ -335,6 +335,13 @@ def _handshake_reason(event: int) -> str:
 
 _zap_lock = threading.Lock()
 _zap_contexts: set[int] = set()
+_zap_threads: dict[int, threading.Thread] = {}
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+# Sent by destroy_context over inproc (only this process can reach it): the handler
+# closes its own socket and ends, so destroying the context never closes that socket
+# under the thread blocked in it (which aborts libzmq: "pfd.revents & POLLIN").
+ZAP_STOP = b"corral-zap-stop"
+ZAP_STOP_WAIT_S = 1.0
 
 
 def ensure_zap_handler(ctx: zmq.Context, keys: ClusterKeys) -> None:
@@ -348,6 +355,8 @@ def ensure_zap_handler(ctx: zmq.Context, keys: ClusterKeys) -> None:
     ready = threading.Event()
     thread = threading.Thread(target=_zap_loop, args=(ctx, keys.public, ready),
                               name="corral-zap", daemon=True)
+    with _zap_lock:
+        _zap_threads[id(ctx)] = thread
     thread.start()
     if not ready.wait(10):
         raise ZapSetupError("the ZAP authentication handler did not start")
@@ -357,7 +366,7 @@ def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Even
     allowed = z85.decode(cluster_public_z85)
     sock = ctx.socket(zmq.REP)
     sock.linger = 0
-    sock.bind("inproc://zeromq.zap.01")
+    sock.bind(ZAP_ENDPOINT)
     ready.set()
     while True:
         try:
@@ -365,13 +374,40 @@ def _zap_loop(ctx: zmq.Context, cluster_public_z85: bytes, ready: threading.Even
         except zmq.ContextTerminated:
             sock.close()
             return
+        if msg == [ZAP_STOP]:
+            sock.send(b"")
+            sock.close()
+            return
         if len(msg) < 6:
+            sock.send_multipart([b"1.0", b"", b"400", b"malformed ZAP request", b"", b""])
             continue
         version, request_id, _domain, _address, _identity, mechanism = msg[:6]
         credentials = msg[6:]
         ok = mechanism == b"CURVE" and bool(credentials) and credentials[0] == allowed
         status = (b"200", b"OK") if ok else (b"400", b"client key not admitted")
         sock.send_multipart([version, request_id, status[0], status[1], b"", b""])
+
+
+def destroy_context(ctx: zmq.Context) -> None:
+    """ctx.destroy(linger=0), after ending the context's ZAP handler (if it has one)
+    from its own thread: destroy closes every socket of the context, and closing the
+    handler's socket under the thread blocked in it aborts the process."""
+    with _zap_lock:
+        thread = _zap_threads.pop(id(ctx), None)
+        _zap_contexts.discard(id(ctx))
+    if thread is not None and thread.is_alive():
+        stopper = ctx.socket(zmq.REQ)
+        stopper.linger = 0
+        try:
+            stopper.connect(ZAP_ENDPOINT)
+            stopper.send(ZAP_STOP)
+            stopper.poll(int(ZAP_STOP_WAIT_S * 1000))
+        except zmq.ZMQError as error:
+            log.warning("could not stop the ZAP handler before closing: %s", error)
+        finally:
+            stopper.close()
+        thread.join(ZAP_STOP_WAIT_S)
+    ctx.destroy(linger=0)
 
 
 def ipc_endpoint(directory: str, name: str) -> str:
