@@ -31,7 +31,6 @@ import base64
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -72,21 +71,8 @@ def decode(text):
     return json.loads(text, object_hook=_object_hook)
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (mode 0600): readers see the old file or the new one
-    whole, never a part. Not fsync-ed (see the module docstring)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+# Written whole or not at all; not fsync-ed (see the module docstring).
+write_private_atomic = private_paths.write_private_atomic
 
 
 def state_path(session_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from runtime.errors import RuntimeSystemError
@@ -154,3 +155,24 @@ def read_file(path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def write_private_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Replace `path` with `data` (mode 0600): readers see the old file or the new one
+    whole, never a part, and two writers never share a temporary file (each gets its own
+    name in the same directory). `fsync` also survives a power cut, at its cost."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -147,22 +147,8 @@ def find_address(running: bool = False,
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Readers see the old file or the whole new one, never a part; two writers never
-    share a temp file (each gets its own unique name in the same directory)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Readers see the old file or the whole new one, never a part (0600, fsync-ed)."""
+    private_paths.write_private_atomic(path, json.dumps(data).encode("utf-8"), fsync=True)
 
 
 def read_json(path: Path) -> dict | None:
