@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -64,9 +63,7 @@ def main() -> None:
                       f"(runs: {', '.join(f'{t:.2f}' for t in times)})", flush=True)
     finally:
         os.environ.pop(ssh_shell.DISABLE_VARIABLE, None)
-        wheelhouses = getattr(up_time, "WHEELHOUSES", None)  # up_time's shared cache
-        if wheelhouses is not None:
-            shutil.rmtree(wheelhouses, ignore_errors=True)
+        up_time.remove_shared_wheelhouses()
     slow_s = figures["hosts whose ~/.bashrc sleeps 0.3 s"]
     print(f"target: slow-rc 1+{WORKERS} < {TARGET_SLOW_RC_S:g} s: "
           f"{'met' if slow_s < TARGET_SLOW_RC_S else 'MISSED'}")

@@ -92,19 +92,29 @@ def _down_and_clean(config_path: Path, env: dict) -> None:
     except subprocess.TimeoutExpired:
         print("warning: corral down timed out", file=sys.stderr)
     finally:
-        os.unlink(Path(env["CORRAL_HOME"]) / "wheelhouses")  # the shared cache stays
-        shutil.rmtree(env["CORRAL_HOME"], ignore_errors=True)
+        shutil.rmtree(env["CORRAL_HOME"], ignore_errors=True)  # the shared cache stays
 
 
-WHEELHOUSES = Path(tempfile.mkdtemp(prefix="corral-bench-wheelhouses-"))
+_WHEELHOUSES: list[Path] = []  # the bench's wheelhouse cache, made on first use
+
+
+def shared_wheelhouses() -> Path:
+    if not _WHEELHOUSES:
+        _WHEELHOUSES.append(Path(tempfile.mkdtemp(prefix="corral-bench-wheelhouses-")))
+    return _WHEELHOUSES[0]
+
+
+def remove_shared_wheelhouses() -> None:
+    while _WHEELHOUSES:
+        shutil.rmtree(_WHEELHOUSES.pop(), ignore_errors=True)
 
 
 def bench_env() -> dict:
-    """This process's environment with a new CORRAL_HOME that shares the bench's
-    wheelhouse cache (a symlink), so runs after the first find it built."""
+    """This process's environment with a new CORRAL_HOME and the bench's one wheelhouse
+    cache (CORRAL_WHEELHOUSE_CACHE), so runs after the first find it built."""
     env = dict(os.environ)
     env["CORRAL_HOME"] = tempfile.mkdtemp(prefix="corral-bench-home-")
-    os.symlink(WHEELHOUSES, Path(env["CORRAL_HOME"]) / "wheelhouses")
+    env["CORRAL_WHEELHOUSE_CACHE"] = str(shared_wheelhouses())
     return env
 
 
@@ -176,7 +186,7 @@ def main() -> None:
     try:
         report(args)
     finally:
-        shutil.rmtree(WHEELHOUSES, ignore_errors=True)
+        remove_shared_wheelhouses()
 
 
 def report(args) -> None:
