@@ -33,7 +33,8 @@ from launcher.command_batch import run_batch
 from launcher.errors import BootstrapError, ClusterError
 from launcher.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS
 # ClusterContext is part of this module's interface (the autoscaler builds one).
-from launcher.node_context import DEFAULT_NODE_DIR, ClusterContext, known_node_dir, node_ip
+from launcher.node_context import (DEFAULT_NODE_DIR, ClusterContext, head_ssh_key,
+                                   known_node_dir, node_ip)
 from launcher.providers.base import Node, NodeProvider
 from launcher.ship.layout import ACTIVE_ENV_SHELL, ships_to
 from launcher.ship.probe import NodeProbe, parse_probe, probe_command
@@ -272,7 +273,7 @@ class NodeBootstrap:
                 document = self.context.head_document(self.node_dir)
                 paths.write_private(os.path.join(staging, "cluster.yaml"),
                                     yaml.safe_dump(document, sort_keys=False))
-                key_path = self.config.auth.ssh_private_key
+                key_path = head_ssh_key(self.config)
                 if key_path and document["auth"].get("ssh_private_key") != key_path:
                     with open(os.path.expanduser(key_path), "rb") as handle:
                         paths.write_private(os.path.join(staging, "ssh_key"), handle.read())

@@ -89,9 +89,11 @@ def _check_local(document: dict, provider: dict, check_local_files: bool,
         # ssh_user and ssh_private_key may be left to ~/.ssh/config, ssh-agent and ssh's
         # defaults (launcher.ssh_config); the head has none of those.
         notices.append((("auth", "ssh_private_key"),
-                        "no auth.ssh_private_key: this machine logs in with ssh-agent and "
-                        "~/.ssh/config keys, but the head gets no key, so it cannot "
-                        "restart or add workers itself; name a key file to let it"))
+                        "no auth.ssh_private_key: this machine logs in with ~/.ssh/config "
+                        "and ssh-agent keys; the head gets the head host's first "
+                        "IdentityFile (or ~/.ssh/id_*) without a passphrase, and no key "
+                        "if there is none (keys only in ssh-agent), so it cannot restart "
+                        "or add workers itself; name a key file to be sure"))
     head_ip = provider.get("head_ip")
     worker_ips = provider.get("worker_ips")
     if isinstance(worker_ips, list):

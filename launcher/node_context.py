@@ -131,11 +131,39 @@ class ClusterContext:
         # authenticates as its own service account instead (gcp/client.py falls back to
         # the instance's credentials when no file is named).
         document["provider"].pop("credentials_file", None)
-        if self.config.provider_type != "process" and document["auth"].get("ssh_private_key"):
+        if self.config.provider_type != "process" and head_ssh_key(self.config):
             document["auth"]["ssh_private_key"] = f"{node_dir}/ssh_key"
         for remote, (_, copy) in self.head_copies(node_dir).items():
             document["file_mounts"][remote] = copy
         return document
+
+
+def head_ssh_key(config) -> str | None:
+    """The key file the head reaches workers with (it travels to the head as ssh_key,
+    0600): auth.ssh_private_key when the YAML names one; else, on the local provider,
+    the key this machine's SSH set-up gives the head host (the first IdentityFile of
+    ~/.ssh/config, or ssh's default ~/.ssh/id_*, that exists and has no passphrase).
+    None when there is no such file (keys only in ssh-agent): the head then has no key,
+    which `corral validate` says."""
+    if config.auth.ssh_private_key:
+        return config.auth.ssh_private_key
+    if config.provider_type != "local" or not config.provider.get("head_ip"):
+        return None
+    from launcher import ssh_config
+    from launcher.errors import ClusterError
+    from launcher.ssh_keyfile import read_key_facts
+    try:
+        spec = ssh_config.resolve(config.provider["head_ip"], known_hosts_path=os.devnull,
+                                  user=config.auth.ssh_user)
+    except ClusterError:
+        return None
+    for path in spec.identity_files:
+        try:
+            if os.path.isfile(path) and not read_key_facts(path).encrypted:
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def known_node_dir(runner) -> str | None:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
 
 import pytest
 import yaml
 
+from launcher import ssh_config
 from launcher.bootstrap import FULL, NO_RESTART, RESTART_ONLY, CONFIG_ONLY
 from launcher.cluster_up import (CREATE, KEEP, REPLACE, UPDATE, UpOptions, apply_up,
                                  plan_up)
@@ -295,3 +298,37 @@ def test_tag_writer_keeps_order_merges_while_busy_and_ends_at_the_final_tags(tmp
     assert provider.nodes[node_id].tags["corral-runtime-hash"] == "abc"
     writer.finish({TAG_FAILURE: "late"})  # after finishing, writes go straight through
     assert provider.nodes[node_id].tags[TAG_FAILURE] == "late"
+
+
+def _new_key(path, passphrase: str = "") -> str:
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(path)],
+                   check=True, capture_output=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("passphrase", ["", "secret"])
+def test_head_gets_the_ssh_config_key_when_the_yaml_names_none(tmp_path, keys_dir,
+                                                               monkeypatch, passphrase):
+    """With no auth.ssh_private_key, the head still reaches workers with the key this
+    machine's ~/.ssh/config gives the head host, unless that key needs a passphrase."""
+    key = _new_key(tmp_path / "id_rack", passphrase)
+    ssh_config_file = tmp_path / "ssh_config"
+    ssh_config_file.write_text(f"Host 10.0.0.1\n  IdentityFile {key}\n")
+    monkeypatch.setenv(ssh_config.CONFIG_ENV, str(ssh_config_file))
+    config = make_config(tmp_path)
+    assert config.auth.ssh_private_key is None
+    provider = FakeProvider(config, str(tmp_path / "nodes"))
+    _, result = up(config, provider, keys_dir)
+    assert result.ok
+    head = provider.non_terminated_nodes({"corral-node-kind": "head"})[0]
+    uploaded = yaml.safe_load(open(node_file(provider, head.id, "cluster.yaml")))
+    shipped = node_file(provider, head.id, "ssh_key")
+    if passphrase:  # the head cannot use it: nothing travels, validate said so
+        assert not (uploaded["auth"] or {}).get("ssh_private_key")
+        assert not os.path.exists(shipped)
+        return
+    assert uploaded["auth"]["ssh_private_key"] == "/tmp/corral/ssh_key"
+    assert open(shipped).read() == open(key).read()
+    assert stat.S_IMODE(os.stat(shipped).st_mode) == 0o600
