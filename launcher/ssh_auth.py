@@ -170,11 +170,8 @@ class KeyStrategy(AuthStrategy):
                               "fix auth.ssh_private_key, or remove it to log in with "
                               "ssh-agent and ~/.ssh/config keys")
         try:
-            return f"key {path}", load_private_key(path)
+            return _file_or_agent_key(path, agent_keys)
         except paramiko.PasswordRequiredException:
-            held = _agent_copy(path, agent_keys)
-            if held is not None:
-                return f"key {path} (from ssh-agent)", held
             where = (f"; {agent_problem}" if agent_problem else "" if self.spec.agent_socket
                      else "; no ssh-agent is running (SSH_AUTH_SOCK is not set)")
             raise SSHKeyError(host, path, "is passphrase-protected and ssh-agent does not "
@@ -191,16 +188,26 @@ class KeyStrategy(AuthStrategy):
         if not os.path.isfile(path):
             return None  # ssh skips missing IdentityFile entries (and its defaults) too
         try:
-            return f"key {path}", load_private_key(path)
+            return _file_or_agent_key(path, agent_keys)
         except paramiko.PasswordRequiredException:
-            held = _agent_copy(path, agent_keys)
-            if held is not None:
-                return f"key {path} (from ssh-agent)", held
             skipped.append(f"{path} is passphrase-protected and not in ssh-agent "
                            f"(run `ssh-add {path}`)")
         except (OSError, ValueError, paramiko.SSHException) as error:
             skipped.append(f"{path} cannot be read as a private key ({error})")
         return None
+
+
+def _file_or_agent_key(path: str, agent_keys: dict) -> tuple[str, paramiko.PKey]:
+    """(how to name it, the key) from the file, or the agent's copy of a key whose file
+    needs a passphrase. Raises PasswordRequiredException when the agent has no copy,
+    and what load_private_key raises for a file it cannot read."""
+    try:
+        return f"key {path}", load_private_key(path)
+    except paramiko.PasswordRequiredException:
+        held = _agent_copy(path, agent_keys)
+        if held is None:
+            raise
+        return f"key {path} (from ssh-agent)", held
 
 
 def _agent_copy(path: str, agent_keys: dict) -> paramiko.PKey | None:
