@@ -118,6 +118,15 @@ def _cmdline(pid: int) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
+def _exited(pid: int) -> bool:
+    """The process is gone, or has exited and is not yet reaped (state Z or X)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -174,10 +183,13 @@ class TestHost:
         return [pid for pid in _all_pids() if _pid_ns_inode(pid) == inode]
 
     def processes(self) -> list[tuple[int, str]]:
-        """(root-namespace pid, cmdline) of every process in this host, sshd's excluded."""
+        """(root-namespace pid, cmdline) of every live process in this host, sshd's
+        excluded. A process that has exited and waits for its parent to reap it (a
+        zombie: no cmdline left, e.g. a command the connection's command server just
+        ran) runs nothing and is not listed."""
         return [(pid, _cmdline(pid)) for pid in self._namespace_pids()
                 if pid != self.init_pid and _comm(pid) not in SSHD_COMMS
-                and not _is_command_server(pid)]
+                and not _is_command_server(pid) and not _exited(pid)]
 
     def run(self, cmd: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command inside this host (its net, mount, PID and UTS namespaces)."""
