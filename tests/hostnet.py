@@ -64,6 +64,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime import processes
+
 STATE_ROOT = Path("/run/corral-testhosts")
 SLOT_COUNT = 8
 SLOT_SIZE = 32
@@ -116,15 +118,6 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def _exited(pid: int) -> bool:
-    """The process is gone, or has exited and is not yet reaped (state Z or X)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
 
 
 def _comm(pid: int) -> str:
@@ -189,7 +182,7 @@ class TestHost:
         ran) runs nothing and is not listed."""
         return [(pid, _cmdline(pid)) for pid in self._namespace_pids()
                 if pid != self.init_pid and _comm(pid) not in SSHD_COMMS
-                and not _is_command_server(pid) and not _exited(pid)]
+                and not _is_command_server(pid) and processes.is_alive(pid)]
 
     def run(self, cmd: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command inside this host (its net, mount, PID and UTS namespaces)."""
