@@ -177,12 +177,18 @@ class TestHost:
 
     def processes(self) -> list[tuple[int, str]]:
         """(root-namespace pid, cmdline) of every live process in this host, sshd's
-        excluded. A process that has exited and waits for its parent to reap it (a
-        zombie: no cmdline left, e.g. a command the connection's command server just
-        ran) runs nothing and is not listed."""
-        return [(pid, _cmdline(pid)) for pid in self._namespace_pids()
-                if pid != self.init_pid and _comm(pid) not in SSHD_COMMS
-                and not _is_command_server(pid) and processes.is_alive(pid)]
+        excluded. A process that is exiting runs nothing and is not listed: a zombie
+        waiting to be reaped, and one caught between releasing its memory and becoming
+        a zombie, whose cmdline already reads empty (CI saw the connection's command
+        server so, the moment `down` closed its connection)."""
+        listed = []
+        for pid in self._namespace_pids():
+            if pid == self.init_pid or _comm(pid) in SSHD_COMMS or _is_command_server(pid):
+                continue
+            cmdline = _cmdline(pid)
+            if cmdline and processes.is_alive(pid):
+                listed.append((pid, cmdline))
+        return listed
 
     def run(self, cmd: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command inside this host (its net, mount, PID and UTS namespaces)."""
