@@ -25,7 +25,7 @@ from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
 TAG_LAUNCHED_BY = "corral-launched-by"
 LAUNCHED_BY_AUTOSCALER = "autoscaler"
 
-# bootstrap(provider, node) -> outcome with .ok and .error (launcher.bootstrap's
+# bootstrap(provider, node) -> outcome with .ok and .error (launcher.bootstrap.stages's
 # BootstrapOutcome); it must not raise for a node failure.
 BootstrapFn = Callable[[NodeProvider, Node], object]
 

@@ -11,7 +11,7 @@ from autoscaler import report
 
 
 def _load(config_file: str):
-    from launcher.config import load_config
+    from launcher.config.load import load_config
     return load_config(config_file)
 
 

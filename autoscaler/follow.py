@@ -53,7 +53,7 @@ def _follow_local(path: Path, *, follow: bool, lines: int, echo) -> None:
 
 def _follow_on_head(config_file: str, *, follow: bool, lines: int, echo) -> None:
     """Run `corral monitor` on the head through its CommandRunner."""
-    from launcher.cluster import find_head, open_cluster
+    from launcher.commands.cluster import find_head, open_cluster
     from launcher.errors import ClusterError
     command = (f"corral monitor --events {REMOTE_EVENTS} --lines {int(lines)} "
                f"{'--follow' if follow else '--no-follow'}")

@@ -239,9 +239,9 @@ class Monitor:
 
 def build_monitor(config_path: str, address: str, keys_dir: str | None,
                   node_dir: str | None, options: MonitorOptions) -> Monitor:
-    from launcher.bootstrap import ClusterContext, bootstrap_node
-    from launcher.config import load_normalised_config
-    from launcher.hashing import config_hash
+    from launcher.bootstrap.stages import ClusterContext, bootstrap_node
+    from launcher.config.load import load_normalised_config
+    from launcher.bootstrap.hashing import config_hash
     from launcher.providers import make_provider
     config = load_normalised_config(config_path)
     provider = make_provider(config)

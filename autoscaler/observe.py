@@ -3,7 +3,7 @@ the planner's Snapshot.
 
 The runtime's load comes through a `LoadSource` (the real one asks the head's control
 service with runtime.state's get_load; tests pass a fake). Its structure is documented in
-runtime/control.py.
+runtime/control/service.py.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class LoadSource(abc.ABC):
 
     @abc.abstractmethod
     def get_load(self) -> dict:
-        """The control service's load report (runtime.control: get_load)."""
+        """The control service's load report (runtime.control.service: get_load)."""
 
     def drain(self, node_ids: list[str]) -> list[str] | None:
         """Ask the runtime to place no more work on these nodes. Returns the ids that are
@@ -63,7 +63,7 @@ class RuntimeLoadSource(LoadSource):
             return []  # could not ask: terminate nothing this round
 
     def get_load(self) -> dict:
-        from runtime.client import ControlClient
+        from runtime.control.client import ControlClient
         from runtime.errors import RuntimeSystemError
         if self._client is None:
             self._client = ControlClient(self.address, self.keys_dir, timeout_s=self.timeout_s)

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from launcher.config_model import ClusterConfig
+    from launcher.config.model import ClusterConfig
 
 # Resources any task may use. Every other resource (GPU, TPU, custom accelerators) is
 # scarce: nodes that have it are kept for work that asks for it.
@@ -62,9 +62,9 @@ def policy_from_config(config: "ClusterConfig",
                        launch_hashes: Mapping[str, str] | None = None,
                        max_bootstrap_failures: int = DEFAULT_MAX_BOOTSTRAP_FAILURES) -> Policy:
     """The policy of a normalised ClusterConfig. `launch_hashes` ({type: hash}) overrides
-    the launcher's (launcher.hashing.launch_hash, which `corral up` tags nodes with);
+    the launcher's (launcher.bootstrap.hashing.launch_hash, which `corral up` tags nodes with);
     pass {} to switch hash checking off."""
-    from launcher.hashing import launch_hash  # the same hash `corral up` tags nodes with
+    from launcher.bootstrap.hashing import launch_hash  # the same hash `corral up` tags nodes with
     types = {}
     for name, spec in config.worker_node_types().items():
         if launch_hashes is None:

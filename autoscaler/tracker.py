@@ -5,7 +5,7 @@ Everything here can be lost (a monitor restart): nodes and their stages live in 
 provider's tags, so a new monitor rebuilds the rest. What a restart must not forget is
 also saved to a small state file: backoffs and failure counts (a quarantine stays), and
 since when each node waits to join the runtime (wall clock), so that a monitor the
-head's supervisor restarts (runtime.supervisor) still declares a node that never joins
+head's supervisor restarts (runtime.node.supervisor) still declares a node that never joins
 failed after join_timeout_s instead of starting its wait again. The monitor saves after
 each round in which any of it changed (`save_if_changed`).
 """

@@ -29,7 +29,7 @@ def rss_mib(pid: int) -> float:
 
 def agent_pid() -> int:
     """The embedded runtime's node agent, from its session's pid files."""
-    from runtime import session
+    from runtime.node import session
     return session.running_pids(runtime.api._embedded["session"])["agent"]
 
 

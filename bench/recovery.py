@@ -3,8 +3,8 @@ service until the cluster works again, i.e. a new driver connects (registers wit
 control service) and a task round trip succeeds. Each kill is on a fresh head (a head
 and one worker node on loopback, started like `corral start`), so every figure is a
 first kill: later kills within a minute wait longer on purpose (the supervisor's
-backoff doubles, runtime.supervisor). Also: how long the control service takes to save
-its state (runtime.control_persist) for a cluster of a given size, which it does after
+backoff doubles, runtime.node.supervisor). Also: how long the control service takes to save
+its state (runtime.control.persist) for a cluster of a given size, which it does after
 each batch of requests that changed it. Not a test: figures depend on the machine.
 
     python3 bench/recovery.py [--kills 10] [--nodes 100 --actors 1000]
@@ -24,9 +24,10 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import runtime  # noqa: E402
-from runtime import control_persist, session  # noqa: E402
+from runtime.control import persist as control_persist  # noqa: E402
+from runtime.node import session
 from runtime.errors import RuntimeConnectionError  # noqa: E402
-from runtime.startup import start_node  # noqa: E402
+from runtime.node.startup import start_node  # noqa: E402
 
 
 @runtime.remote(max_retries=3)

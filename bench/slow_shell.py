@@ -4,7 +4,7 @@ user's `pyenv init` or `conda init` does), next to the same cluster on bare host
     sudo python3 bench/slow_shell.py [--runs 3]
 
 sshd starts the user's shell, and bash its ~/.bashrc, for every SSH command; corral's
-command session (launcher.ssh_shell) pays that once per node and connection instead of
+command session (launcher.ssh.shell) pays that once per node and connection instead of
 once per host claim, tag write and bootstrap stage. Target: under 1.5 s on the slow hosts.
 For comparison, the slow hosts once more with one SSH channel per command
 (CORRAL_SSH_COMMAND_SESSION=0, as before the command session: 4.7 s). Runs as
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import up_time  # noqa: E402  (puts the checkout on sys.path)
-from launcher import ssh_shell  # noqa: E402
+from launcher.ssh import shell as ssh_shell  # noqa: E402
 from tests.testhosts import host_network, missing_requirements  # noqa: E402
 
 TARGET_SLOW_RC_S = 1.5

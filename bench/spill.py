@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy  # noqa: E402
 
 import runtime  # noqa: E402
-from runtime import api, session  # noqa: E402
+from runtime import api  # noqa: E402
+from runtime.node import session
 
 MiB = 1 << 20
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher import ssh_pool  # noqa: E402
-from launcher.ssh_runner import SSHRunner  # noqa: E402
+from launcher.ssh import pool as ssh_pool  # noqa: E402
+from launcher.ssh.runner import SSHRunner  # noqa: E402
 from tests.hostnet import host_network  # noqa: E402
 
 

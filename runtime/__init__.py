@@ -20,12 +20,12 @@
     counter = Counter.options(name="counter").remote()
     runtime.get(counter.add.remote(runtime.put(5)))
 
-Processes (see DESIGN.md "Runtime"): runtime.control (one per cluster, on the head:
+Processes (see DESIGN.md "Runtime"): runtime.control.service (one per cluster, on the head:
 node table, resource view, named actors, KV, drivers, aggregated pending demand — the
-load structure is documented in runtime.control), runtime.node/runtime.agent (one per
-node: worker pool, resources, local object store, heartbeats), runtime.worker, and
-drivers (runtime.driver + runtime.driver_io). Wire format and authentication:
-runtime.protocol. `corral start`/`corral stop`: runtime.cli and runtime.startup (which
+load structure is documented in runtime.control.service), runtime.agent.main/runtime.agent.service (one per
+node: worker pool, resources, local object store, heartbeats), runtime.worker.main, and
+drivers (runtime.driver.core + runtime.driver.io_thread). Wire format and authentication:
+runtime.protocol.frames. `corral start`/`corral stop`: runtime.cli and runtime.node.startup (which
 also documents the autoscaler-monitor hook). Tools read the load with runtime.state.
 
 `init()` without an address connects to this node's runtime when one runs
@@ -35,12 +35,12 @@ also documents the autoscaler-monitor hook). Tools read the load with runtime.st
 ObjectRefs passed as task arguments (positional or keyword) are replaced by their
 values; refs inside arguments (a list of refs...) reach the task as refs whose values
 are already there, and refs inside a put() value or a task's result carry a copy of
-their values (runtime.nested_refs).
+their values (runtime.driver.nested_refs).
 
 Each node keeps at most `object_store_memory` bytes of objects in memory (`corral start
 --object-store-memory`, init(object_store_memory=) for the embedded runtime; default 30 %
 of its memory) and spills the least recently used to its disk, reading them back when
-they are needed (runtime.objects, runtime.spill); an object neither can hold fails the
+they are needed (runtime.agent.store, runtime.agent.spill); an object neither can hold fails the
 tasks that need it with ObjectStoreFullError.
 
 Limits: Results of actor calls

@@ -12,15 +12,17 @@ import threading
 import time
 from pathlib import Path
 
-from runtime import protocol, scheduling, session
-from runtime.driver import DriverCore
-from runtime.driver_state import FAILED, READY, ActorRecord, Entry, TaskRecord
-from runtime.gpus import get_gpu_ids  # noqa: F401 - part of the API (in a task: its ids)
+from runtime import scheduling
+from runtime.protocol import frames as protocol
+from runtime.node import session
+from runtime.driver.core import DriverCore
+from runtime.driver.records import FAILED, READY, ActorRecord, Entry, TaskRecord
+from runtime.node.gpus import get_gpu_ids  # noqa: F401 - part of the API (in a task: its ids)
 from runtime.errors import (GetTimeoutError, NotInitializedError, ObjectLostError,
                             RuntimeConnectionError, RuntimeSystemError)
-from runtime.keys import load_cluster_keys
-from runtime.objects import BUFFER_POOL
-from runtime.protocol import Serialized, serialize
+from runtime.node.keys import load_cluster_keys
+from runtime.agent.store import BUFFER_POOL
+from runtime.protocol.frames import Serialized, serialize
 
 _lock = threading.Lock()
 _core: DriverCore | None = None
@@ -56,7 +58,7 @@ class ObjectRef:
     def __eq__(self, other):
         return isinstance(other, ObjectRef) and other.id == self.id
 
-    def __reduce__(self):  # see runtime.nested_refs
+    def __reduce__(self):  # see runtime.driver.nested_refs
         return nested_refs.reduce_ref(self)
 
 
@@ -141,7 +143,7 @@ def init(address: str | None = None, num_cpus: float | None = None,
 
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory=None) -> dict:
-    from runtime.startup import start_node
+    from runtime.node.startup import start_node
     # a fresh key pair per embedded runtime, in a 0700 dir of this user's (mkdtemp):
     # its ports are on loopback, where any local user can reach them
     node_dir = tempfile.mkdtemp(prefix="corral-embedded-")
@@ -198,7 +200,7 @@ def put(value) -> ObjectRef:
 
 
 # In a task worker: (enter, leave, tick) around a get/wait that has to block, so the
-# node agent lends the task's resources to other work meanwhile (see runtime.worker).
+# node agent lends the task's resources to other work meanwhile (see runtime.worker.main).
 _blocking_hooks: tuple | None = None
 
 
@@ -369,7 +371,7 @@ def object_count() -> int:
 def node_stats(node_id: str, timeout_s: float = 10.0) -> dict:
     """A node agent's store and pool counters: objects, object_bytes, workers, queued."""
     from concurrent.futures import Future
-    from runtime.driver_loop import Call
+    from runtime.driver.loop import Call
     core = _get_core()
     future: Future = Future()
     core._run(Call(lambda: core.io.agent_stats(node_id, future), future,
@@ -392,7 +394,7 @@ def _convert(value):
 
 def _args(core, args, kwargs):
     """Arguments as ("v", Serialized) / ("ref", ObjectRef); refs found inside arguments
-    are added as hidden keyword refs (runtime.nested_refs)."""
+    are added as hidden keyword refs (runtime.driver.nested_refs)."""
     nested = nested_refs.start_collecting()
     try:
         conv_args = [_convert(a) for a in args] if args else []
@@ -456,7 +458,7 @@ def make_shape(options: dict, default_cpus: float) -> dict:
                                  options.get("resources"), default_cpus)
 
 
-from runtime import nested_refs  # noqa: E402 - it subclasses ObjectRef, defined above
+from runtime.driver import nested_refs  # noqa: E402 - it subclasses ObjectRef, defined above
 
 __all__ = ["init", "shutdown", "put", "get", "wait", "nodes", "cluster_resources",
            "available_resources", "request_resources", "ObjectRef", "get_gpu_ids"]

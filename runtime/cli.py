@@ -1,7 +1,7 @@
 """`corral start` and `corral stop`: the runtime's processes on this node. Defaults come
 from the environment the launcher sets (CORRAL_NODE_DIR, CORRAL_NODE_ID,
 CORRAL_NODE_TYPE, CORRAL_NODE_RESOURCES, CORRAL_HEAD_IP, CORRAL_HEAD_PORT); without
-CORRAL_NODE_DIR the node dir is the per-user default (runtime.session). A node dir, keys
+CORRAL_NODE_DIR the node dir is the per-user default (runtime.node.session). A node dir, keys
 or address that another user owns or may write is refused (UnsafePathError, exit 1)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 import click
 
-from runtime import session
+from runtime.node import session
 from runtime.errors import RuntimeStartError
 
 
@@ -52,7 +52,7 @@ def _address(ctx, param, value: str | None) -> str | None:
 
 
 def _size(ctx, param, value: str | None) -> int | None:
-    from runtime.store_memory import parse_bytes
+    from runtime.agent.store_memory import parse_bytes
     if value is None:
         return None
     try:
@@ -105,7 +105,7 @@ def _env_port() -> int | None:
 def start(head, address, port, num_cpus, num_gpus, resources, node_id, node_ip, max_workers,
           autoscaling_config, heartbeat_timeout_s, object_store_memory,
           object_spill_limit):
-    from runtime.startup import start_node
+    from runtime.node.startup import start_node
     if head and address:
         raise click.UsageError("give either --head or --address, not both")
     env_port = _env_port()        # validated for workers too: they join through it
@@ -148,7 +148,7 @@ def stop():
                "when anything is not running or stale.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def health(as_json):
-    from runtime.supervisor_report import describe, health as node_health
+    from runtime.node.health import describe, health as node_health
     report = node_health(session.session_dir(create=False))
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 from runtime import api
-from runtime.driver_state import ActorRecord, TaskRecord
+from runtime.driver.records import ActorRecord, TaskRecord
 from runtime.errors import ActorNameTakenError
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "name"}
@@ -125,7 +125,7 @@ class ActorHandle:
     """Calls an actor. A handle passed to a task or actor (pickled) carries the node the
     actor runs on and its restarts so far (epoch), so the receiving process can call it
     too; when that node or worker dies, the receiver asks the control service where the
-    owner restarted it (runtime.driver_relocate)."""
+    owner restarted it (runtime.driver.relocate)."""
 
     def __init__(self, actor_id: bytes, class_name: str, name: str | None = None,
                  node_id: str | None = None, epoch: int = 0):

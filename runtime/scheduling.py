@@ -71,7 +71,7 @@ def node_resources(num_cpus: float | None, num_gpus: float | None,
                    cpu_count: int, detected: dict | None = None) -> dict:
     """A node's total resources: explicit flags win, then CORRAL_NODE_RESOURCES, then
     what was found on the machine (its CPU count; `detected`: GPUs and their
-    accelerator_type, runtime.gpus)."""
+    accelerator_type, runtime.node.gpus)."""
     total = {k: float(v) for k, v in (env_resources or {}).items()}
     if num_cpus is not None:
         total["CPU"] = float(num_cpus)

@@ -1,8 +1,8 @@
 """Cluster state for tools (the autoscaler): the load the control service aggregates.
-See runtime.control for the exact structure of get_load()."""
+See runtime.control.service for the exact structure of get_load()."""
 from __future__ import annotations
 
-from runtime.client import ControlClient
+from runtime.control.client import ControlClient
 
 
 def _call(method: str, address: str | None, keys_dir: str | None, **kwargs):
@@ -37,7 +37,7 @@ def drain_nodes(node_ids: list[str], address: str | None = None,
                 keys_dir: str | None = None) -> list[str]:
     """Mark these nodes draining (no new work is placed there); returns the ids that are
     drained and idle, which are removed from the node table at once (safe to terminate).
-    See runtime.control_drain."""
+    See runtime.control.drain."""
     return list(_call("drain_nodes", address, keys_dir, node_ids=list(node_ids)))
 
 

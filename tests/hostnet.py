@@ -45,7 +45,7 @@ After each test the fixture closes pooled SSH connections, kills every process i
 host's PID namespace except its init (sshd) and wipes the host's /tmp and /dev/shm.
 `TestHost.processes()` lists the host's processes other than sshd's own (the listener and
 its per-connection `sshd`/`sshd-session` processes, and corral's per-connection command
-server, launcher.ssh_shell).
+server, launcher.ssh.shell).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime import processes
+from runtime.node import processes
 
 STATE_ROOT = Path("/run/corral-testhosts")
 SLOT_COUNT = 8
@@ -129,7 +129,7 @@ def _comm(pid: int) -> str:
 
 def _is_command_server(pid: int) -> bool:
     """corral's command server of an SSH connection (`python3 -c ... corral-shell NONCE`,
-    launcher.ssh_shell): part of the session, like sshd's own processes."""
+    launcher.ssh.shell): part of the session, like sshd's own processes."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -411,7 +411,7 @@ class HostNetwork:
     def reset_hosts(self) -> None:
         """Between tests: every host back to a clean state (only sshd running, empty /tmp)."""
         with contextlib.suppress(ImportError):
-            from launcher import ssh_pool
+            from launcher.ssh import pool as ssh_pool
             ssh_pool.close_all()
         for host in self.all_hosts:
             if _pid_ns_inode(host.init_pid) is None or host.sshd_options or host.bashrc:
@@ -426,7 +426,7 @@ class HostNetwork:
             return
         self._closed = True
         with contextlib.suppress(ImportError):
-            from launcher import ssh_pool
+            from launcher.ssh import pool as ssh_pool
             ssh_pool.close_all()
         for host in self.all_hosts:
             self.stop_host(host)

@@ -5,10 +5,10 @@ import sys
 
 import click
 
-from launcher.cluster import open_cluster
-from launcher.cluster_down import (PURGED_RESOURCES, can_purge, mount_targets_left,
+from launcher.commands.cluster import open_cluster
+from launcher.commands.cluster_down import (PURGED_RESOURCES, can_purge, mount_targets_left,
                                    nodes_to_take_down, take_down)
-from launcher.cluster_down import purge as purge_cluster
+from launcher.commands.cluster_down import purge as purge_cluster
 from launcher.errors import ClusterError, UsageError
 from launcher.progress import print_table
 from launcher.providers.base import STATE_DAMAGED

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from launcher.cluster import find_head, open_cluster, worker_nodes
+from launcher.commands.cluster import find_head, open_cluster, worker_nodes
 
 
 def _address(node, internal: bool) -> str:

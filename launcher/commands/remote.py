@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 
-from launcher.command_runner import run_on_many
-from launcher.cluster import command_env, find_head, open_cluster, pick_node
+from launcher.bootstrap.command_runner import run_on_many
+from launcher.commands.cluster import command_env, find_head, open_cluster, pick_node
 from launcher.errors import ClusterError
 
 MAX_PARALLEL = 32
@@ -119,7 +119,7 @@ def attach(config_path, node_id):
         node = pick_node(provider, config, node_id) if node_id else head
         runner = provider.command_runner(node)
         env = command_env(provider, config, node, head, runner)
-        from launcher.ssh_runner import env_prefix
+        from launcher.ssh.runner import env_prefix
         shell = 'exec "${SHELL:-bash}" -l'
         if "CORRAL_ENV" in env:  # a login shell's profile would put the env off PATH
             from launcher.ship.layout import ATTACH_SHELL_COMMAND

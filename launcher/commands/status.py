@@ -1,5 +1,5 @@
 """`corral status CONFIG`: the cluster's nodes as their tags describe them, then the
-head's runtime services as the head sees them (launcher.head_services: up, restarting,
+head's runtime services as the head sees them (launcher.commands.head_services: up, restarting,
 down, and whether the autoscaler's view is stale), then the autoscaler's view (read
 from the head) when the autoscaler is installed."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Callable
 
 import click
 
-from launcher.cluster import all_nodes, damage_error, display_ip, open_cluster
-from launcher import head_services
+from launcher.commands.cluster import all_nodes, damage_error, display_ip, open_cluster
+from launcher.commands import head_services
 from launcher.errors import ClusterError
 from launcher.progress import print_table
 from launcher.providers.base import STATE_DAMAGED

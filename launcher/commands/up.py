@@ -6,8 +6,8 @@ import sys
 import click
 
 from launcher import paths
-from launcher.cluster import default_config_hint, load_cluster_config
-from launcher.cluster_up import UpOptions, UpPlan, UpResult, apply_up, ensure_cluster_keys, \
+from launcher.commands.cluster import default_config_hint, load_cluster_config
+from launcher.commands.cluster_up import UpOptions, UpPlan, UpResult, apply_up, ensure_cluster_keys, \
     plan_up
 from launcher.errors import ClusterError, UsageError
 from launcher.progress import ProgressView, print_table

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from launcher.config import load_config_with_notices
-from launcher.config_model import ClusterConfig
+from launcher.config.load import load_config_with_notices
+from launcher.config.model import ClusterConfig
 
 
 def summary(config: ClusterConfig) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from launcher.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from launcher.config import ClusterConfig
+    from launcher.config.load import ClusterConfig
     from launcher.providers.base import NodeProvider
 
 # provider.type -> the setup.cfg extra that brings its cloud SDK

@@ -12,8 +12,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:  # pragma: no cover
-    from launcher.command_runner import CommandRunner
-    from launcher.config import ClusterConfig
+    from launcher.bootstrap.command_runner import CommandRunner
+    from launcher.config.load import ClusterConfig
 
 NodeId = str
 

@@ -28,7 +28,7 @@ import shlex
 import time
 from typing import Mapping
 
-from launcher.command_runner import CommandRunner
+from launcher.bootstrap.command_runner import CommandRunner
 from launcher.errors import CommandError, ProviderError
 
 DEFAULT_STATE_DIR = "/tmp/corral-host"

@@ -73,7 +73,7 @@ class LocalProvider(NodeProvider):
     def _new_runner(self, ip: str, base_env: Mapping[str, str] | None = None):
         """`ip` as the user wrote it (an address or a ~/.ssh/config alias); what auth leaves
         unset (user, key) comes from ~/.ssh/config, ssh-agent and ssh's defaults."""
-        from launcher.ssh_runner import SSHRunner
+        from launcher.ssh.runner import SSHRunner
         auth = self.config.auth
         return SSHRunner(ip, user=auth.ssh_user, private_key_path=auth.ssh_private_key,
                          cluster_name=self.cluster_name, proxy_command=auth.ssh_proxy_command,
@@ -293,7 +293,7 @@ class LocalProvider(NodeProvider):
 
     def close(self) -> None:
         """Forget this provider's runners. Their SSH connections belong to the process-wide
-        pool (launcher.ssh_pool), which other runners to the same hosts may be using right
+        pool (launcher.ssh.pool), which other runners to the same hosts may be using right
         now, so they are left to it (ssh_pool.close_all() ends them)."""
         with self._runners_lock:
             self._runners = {}

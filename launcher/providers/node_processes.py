@@ -9,7 +9,7 @@ A node's processes are recognised two ways:
   for an unrelated, newer process is never touched).
 
 Nothing is ever matched by name. The caller's own process and its ancestors are never
-signalled. Process inspection itself is runtime.processes (psutil). Besides that module
+signalled. Process inspection itself is runtime.node.processes (psutil). Besides that module
 this one imports only the standard library: the `local` provider sends both sources to a
 host (see launcher.providers.local.stop_script), whose Python may lack corral.
 """
@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 
-from runtime.processes import (ENV_NODE_DIR, caller_and_ancestors, is_alive,
+from runtime.node.processes import (ENV_NODE_DIR, caller_and_ancestors, is_alive,
                                kill, pids_with_env, remember, started_by, still_same,
                                stop)
 
@@ -76,7 +76,7 @@ def stop_processes_of(node_dirs, grace_s: float = 5.0, rounds: int = 5,
     """Stop every process of several nodes at once: SIGTERM, wait up to grace_s, SIGKILL
     what is left; search again (a dying parent may have started a child) and stop what
     appeared, up to `rounds` times, until nothing is found. `remembered`
-    ({node_dir: {pid: start time}}, see runtime.processes.remember) adds processes found
+    ({node_dir: {pid: start time}}, see runtime.node.processes.remember) adds processes found
     earlier, e.g. from pid files that an orderly `corral stop` removed since.
     Returns {node_dir: {"terminated": [...], "killed": [...], "left": [...]}}."""
     dirs = [os.path.abspath(node_dir) for node_dir in node_dirs]
@@ -145,17 +145,17 @@ def load(name, source):
     sys.modules[name] = module
     exec(compile(source, "<corral %s>" % name, "exec"), module.__dict__)
     return module
-load("runtime.processes", {processes!r})
+load("runtime.node.processes", {processes!r})
 sys.exit(load("corral_node_processes", {node_processes!r}).main(sys.argv[1:]))
 """
 
 
 def remote_program() -> str:
     """Python source that runs `main` (same arguments) with only the standard library
-    and psutil on the host: runtime.processes and this module travel as source, so a
+    and psutil on the host: runtime.node.processes and this module travel as source, so a
     host's Python needs neither corral nor the same corral version as this launcher.
     Exits NO_PSUTIL_EXIT, after a line on stderr, when that Python lacks psutil."""
-    from runtime import processes
+    from runtime.node import processes
     return _PROGRAM.format(no_psutil=NO_PSUTIL_EXIT,
                            processes=inspect.getsource(processes),
                            node_processes=inspect.getsource(sys.modules[__name__]))

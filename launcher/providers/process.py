@@ -39,14 +39,14 @@ from filelock import FileLock
 
 from launcher import paths
 from launcher import tags as T
-from launcher.command_runner import LocalRunner
+from launcher.bootstrap.command_runner import LocalRunner
 from launcher.errors import (NodeNotFoundError, PartialTerminateError, ProviderError,
                              StateFileError, UsageError)
 from launcher.providers.base import (STATE_DAMAGED, STATE_RUNNING, STATE_STOPPING,
                                      STATE_TERMINATED, Node, NodeId, NodeProvider, matches)
 from launcher.providers.node_processes import stop_processes_of
 from launcher.providers.process_records import NODE_FILE, kind_from_id, read_record
-from runtime.processes import ENV_NODE_DIR, caller_and_ancestors, pids_with_env_in
+from runtime.node.processes import ENV_NODE_DIR, caller_and_ancestors, pids_with_env_in
 
 log = logging.getLogger(__name__)
 
@@ -344,5 +344,5 @@ class ProcessProvider(NodeProvider):
 
 def _plain(value):
     """JSON-ready copy of a (possibly frozen) node_config."""
-    from launcher.frozen import thaw
+    from launcher.config.frozen import thaw
     return thaw(value)

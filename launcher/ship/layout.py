@@ -54,14 +54,14 @@ def incoming_dir(home: str, wheelhouse_hash: str, token: str) -> str:
 def ships_to(runner) -> bool:
     """Whether a node reached through `runner` gets corral shipped: it is another
     machine, reached over SSH (the process provider's LocalRunner runs here). No runner
-    is an SSHRunner unless launcher.ssh_runner was imported, so this imports nothing."""
-    ssh_runner = sys.modules.get("launcher.ssh_runner")
+    is an SSHRunner unless launcher.ssh.runner was imported, so this imports nothing."""
+    ssh_runner = sys.modules.get("launcher.ssh.runner")
     return ssh_runner is not None and isinstance(runner, ssh_runner.SSHRunner)
 
 
 class NodeShellValue(str):
     """An environment value the node's shell expands (`$HOME/...`, `...:$PATH`).
-    launcher.ssh_runner.env_prefix writes it inside double quotes instead of single
+    launcher.ssh.runner.env_prefix writes it inside double quotes instead of single
     quotes. Only built here, from constants and paths corral chose: never user text."""
 
     expand_on_node = True

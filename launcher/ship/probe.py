@@ -2,7 +2,7 @@
 shipping corral there needs to know, all in one shell script.
 
 It prints `key=value` lines: the node dir (created 0700 with keys/ and session/, as
-launcher.bootstrap always did), $HOME, the system and machine (uname), the Python to use
+launcher.bootstrap.stages always did), $HOME, the system and machine (uname), the Python to use
 (the first of python3.13, python3.12, python3.11, python3 on PATH that is >= 3.11, with
 its resolved path, version and libc), every other Python it looked at, the environments already
 installed under ~/.corral/envs (launcher.ship.layout) and the one `env` points to; all

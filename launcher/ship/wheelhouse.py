@@ -42,7 +42,7 @@ from launcher.ship.wheel_file import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-HASH_LENGTH = 16  # hex digits, as launcher.hashing keeps them
+HASH_LENGTH = 16  # hex digits, as launcher.bootstrap.hashing keeps them
 REPACK_THREADS = 4
 # The cache keeps the wheelhouses used most recently; older ones go once unused for a
 # while (every edit of corral's code makes a new one, 10-30 MB).

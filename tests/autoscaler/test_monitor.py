@@ -9,9 +9,9 @@ import pytest
 from autoscaler.events import EventLog, parse_events
 from autoscaler.monitor import Monitor, MonitorOptions
 from autoscaler.tracker import MonitorState
-from launcher.config import normalize
+from launcher.config.load import normalize
 from launcher.errors import CapacityError, ProviderAuthError
-from launcher.hashing import launch_hash
+from launcher.bootstrap.hashing import launch_hash
 from launcher.tags import TAG_LAUNCH_HASH, TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE
 from runtime.errors import RuntimeConnectionError
 from tests.autoscaler.fakes import (FakeBootstrap, FakeClock, FakeProvider, FakeRuntime,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from launcher.config import normalize
+from launcher.config.load import normalize
 from tests.aws.moto_server import REGION, seed_public_parameter
 
 TEST_IMAGE_ID = "ami-0123456789abcdef0"  # moto does not check that an AMI exists

@@ -54,7 +54,7 @@ def test_bootstrap_twice_creates_nothing_new(cluster_name, ec2, iam):
     rebootstrapped = AWSProvider.bootstrap(first)
     assert again.to_dict() == first.to_dict() == rebootstrapped.to_dict()
     # what the head re-reads (the normalised config) passes the schema as it is
-    from launcher.config import normalize
+    from launcher.config.load import normalize
     assert normalize(first.to_dict(), check_local_files=False).to_dict() == first.to_dict()
     assert len(cluster_groups(ec2, cluster_name)) == 1
     pairs = ec2.describe_key_pairs(
@@ -213,7 +213,7 @@ def test_default_image_is_current_ubuntu_from_ssm(cluster_name):
 
 
 def test_without_zones_every_default_subnet_is_used_in_zone_order(cluster_name, ec2):
-    from launcher.config import normalize
+    from launcher.config.load import normalize
     from tests.aws.configs import aws_document
     document = aws_document(cluster_name)
     del document["provider"]["availability_zone"]

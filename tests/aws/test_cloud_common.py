@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.errors import CapacityError, ConfigError, ProviderAuthError, QuotaError
 from launcher.providers import cloud_common as cc
 
@@ -114,7 +114,7 @@ def test_ssh_open_notice(capsys):
 
 
 def test_aws_node_config_keys_are_checked_with_a_suggestion():
-    from launcher.config import normalize
+    from launcher.config.load import normalize
     from launcher.errors import ConfigErrors
     from tests.aws.configs import aws_document
     document = aws_document("c")
@@ -130,7 +130,7 @@ def test_aws_node_config_keys_are_checked_with_a_suggestion():
 
 def test_example_aws_config_loads():
     from pathlib import Path
-    from launcher.config import load_config
+    from launcher.config.load import load_config
     config = load_config(Path(__file__).resolve().parents[2] / "configs" / "aws.yaml")
     assert config.provider["type"] == "aws" and not config.provider["cache_stopped_nodes"]
     assert config.auth.ssh_user == "ubuntu"

@@ -124,7 +124,7 @@ def test_up_without_ssh_networks_is_a_config_error(tmp_path, cluster_name):
 def test_down_purge_removes_the_clusters_aws_resources(aws_cluster):
     from botocore.exceptions import ClientError
 
-    from launcher.config import load_config
+    from launcher.config.load import load_config
     from launcher.providers.aws import naming
     name, path, _hosts, _ip_map = aws_cluster
     ec2 = boto3.client("ec2", region_name=REGION)

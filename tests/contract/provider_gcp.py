@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from launcher.config_model import AuthConfig
+from launcher.config.model import AuthConfig
 from tests.contract.conftest import ContractSetup
 from tests.gcp.fake_gce import FakeGCE
 from tests.gcp.helpers import WORKER_TYPE, gcp_config, make_provider

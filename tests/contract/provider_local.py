@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.providers.local import LocalProvider
 from tests.contract.conftest import ContractSetup
 

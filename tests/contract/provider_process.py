@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.providers.process import ProcessProvider
 from tests.contract.conftest import ContractSetup
 

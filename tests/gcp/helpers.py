@@ -1,7 +1,7 @@
 """Building gcp cluster configs and providers that talk to a FakeGCE server."""
 from __future__ import annotations
 
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.providers.gcp.client import GCEClient
 from launcher.providers.gcp.node_provider import GCPProvider
 

@@ -9,7 +9,7 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from launcher.config_model import AuthConfig, NodeTypeConfig
+from launcher.config.model import AuthConfig, NodeTypeConfig
 from launcher.errors import ConfigError
 from launcher.providers.gcp import iam_setup, naming
 from launcher.providers.gcp.node_provider import GCPProvider
@@ -208,7 +208,7 @@ def test_bootstrapped_nodes_carry_key_and_account(fake_gce):
 
 
 def test_example_config_bootstraps(fake_gce):
-    from launcher.config import load_config
+    from launcher.config.load import load_config
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     example = load_config(os.path.join(repo, "configs", "gcp.yaml"))
     provider = dict(example.provider, compute_endpoint=fake_gce.compute_endpoint,

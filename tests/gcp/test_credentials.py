@@ -30,7 +30,7 @@ def run_isolated(tmp_path, code: str) -> subprocess.CompletedProcess:
 def test_missing_credentials_message(tmp_path):
     result = run_isolated(tmp_path, """
         from launcher.errors import ProviderAuthError
-        from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+        from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
         from launcher.providers.gcp import GCPProvider
         config = ClusterConfig(
             cluster_name="demo",

@@ -98,7 +98,7 @@ def test_up_exec_down_on_fake_gce(gcp_cluster, fake_gce):
     assert down.returncode == 0, down.stdout + down.stderr
     assert fake_gce.state.instances == {}
 
-    from launcher.config import load_config
+    from launcher.config.load import load_config
     from launcher.providers.gcp import GCPProvider
     removed = GCPProvider.purge(load_config(path))
     name = document["cluster_name"]

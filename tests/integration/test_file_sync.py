@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from launcher.file_sync import SyncSourceMissingError
-from launcher.ssh_runner import SSHRunner
+from launcher.ssh.file_sync import SyncSourceMissingError
+from launcher.ssh.runner import SSHRunner
 from tests.helpers import make_tree
 
 pytestmark = pytest.mark.netns

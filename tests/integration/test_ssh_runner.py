@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher import paths, ssh_pool
+from launcher import paths
+from launcher.ssh import pool as ssh_pool
 from launcher.errors import CommandError, HostKeyMismatchError, SSHUnreachableError
-from launcher.ssh_runner import SSHRunner, env_prefix
+from launcher.ssh.runner import SSHRunner, env_prefix
 from tests import testhosts
 from tests.helpers import wait_for
 
@@ -270,7 +271,7 @@ def test_more_hosts_on_demand(test_hosts):
 
 SHELL_DRIVER = """
 import sys
-from launcher.ssh_runner import SSHRunner
+from launcher.ssh.runner import SSHRunner
 runner = SSHRunner(sys.argv[1], user="root", private_key_path=sys.argv[2], cluster_name="pty")
 sys.exit(runner.interactive_shell())
 """

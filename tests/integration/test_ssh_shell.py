@@ -1,4 +1,4 @@
-"""The command session (launcher.ssh_shell) on real sshd hosts whose ~/.bashrc is slow and
+"""The command session (launcher.ssh.shell) on real sshd hosts whose ~/.bashrc is slow and
 counts its runs: the user's shell starts once per connection, commands still see what
 it set up, run several at once, stop (with their process group) on timeout and cancel,
 stream their output; a killed session is replaced; a node without python3 falls back to
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from launcher.ship.layout import NodeShellValue
-from launcher.ssh_runner import SSHRunner
+from launcher.ssh.runner import SSHRunner
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.netns

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher import paths, ssh_config, ssh_pool
-from launcher.config import load_config
+from launcher import paths
+from launcher.ssh import user_config as ssh_config
+from launcher.ssh import pool as ssh_pool
+from launcher.config.load import load_config
 from launcher.errors import SSHKeyError, SSHUnreachableError
 from launcher.providers.local import LocalProvider
-from launcher.ssh_runner import SSHRunner
+from launcher.ssh.runner import SSHRunner
 from launcher import tags as T
 
 pytestmark = pytest.mark.netns

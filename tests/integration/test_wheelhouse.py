@@ -122,7 +122,7 @@ def test_corral_runs_from_the_offline_install(installed_here):
         import importlib.metadata, json, sys
         import runtime, launcher.cli, autoscaler, zmq, yaml, cloudpickle, paramiko
         from launcher import resources
-        import launcher.config_schema
+        import launcher.config.schema
         print(json.dumps({"launcher": launcher.__file__, "runtime": runtime.__file__,
                           "schemas": sorted(p.name for p in resources.schema_dir().iterdir()),
                           "schema_dir": str(resources.schema_dir()),

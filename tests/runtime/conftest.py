@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import runtime
-from runtime import session
-from runtime.startup import start_node
+from runtime.node import session
+from runtime.node.startup import start_node
 from tests.helpers import wait_for
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime import sync_channel
+from runtime.protocol import sync_channel
 
 pytestmark = pytest.mark.timeout(60)
 

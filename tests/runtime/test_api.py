@@ -145,7 +145,7 @@ def test_init_without_cluster_starts_an_embedded_runtime_torn_down_at_exit(tmp_p
     import subprocess
     import sys
     from pathlib import Path
-    from runtime import session
+    from runtime.node import session
     script = tmp_path / "embedded.py"
     script.write_text(EMBEDDED)
     env = dict(os.environ, CORRAL_NODE_DIR=str(tmp_path / "no-node"),
@@ -159,7 +159,7 @@ def test_init_without_cluster_starts_an_embedded_runtime_torn_down_at_exit(tmp_p
 
 
 def test_node_types_from_cluster_yaml(tmp_path):
-    from runtime.control import node_types_from_config
+    from runtime.control.service import node_types_from_config
     config = tmp_path / "cluster.yaml"
     config.write_text("available_node_types:\n  head: {resources: {CPU: 1}}\n"
                       "  gpu: {resources: {CPU: 4, GPU: 1}, max_workers: 2}\n")
@@ -172,7 +172,7 @@ def test_work_no_node_can_fit_is_logged_once_and_keeps_waiting(one_node, caplog,
                                                               monkeypatch):
     import logging
     import time
-    from runtime import driver_io
+    from runtime.driver import io_thread as driver_io
     monkeypatch.setattr(driver_io, "UNFIT_WARNING_S", 0.3)
 
     @runtime.remote(num_cpus=64)

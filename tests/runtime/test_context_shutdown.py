@@ -18,7 +18,8 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 
 LOOP = textwrap.dedent("""
     import os, sys, tempfile, zmq
-    from runtime import keys, protocol
+    from runtime.node import keys
+    from runtime.protocol import frames as protocol
     directory = tempfile.mkdtemp(dir=sys.argv[1])
     cluster_keys = keys.create_cluster_keys(directory)
     for _ in range(int(sys.argv[2])):

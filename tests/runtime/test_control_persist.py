@@ -1,4 +1,4 @@
-"""The control service's saved state (runtime.control_persist) on a real ControlService
+"""The control service's saved state (runtime.control.persist) on a real ControlService
 (bound to loopback with real keys, its requests handled without a network): what a
 restart must resume, what it rebuilds, what it refuses; and the monitor's saved state
 (autoscaler.tracker) across a restart."""
@@ -12,9 +12,9 @@ import time
 import pytest
 
 from autoscaler.tracker import MonitorState
-from runtime import control_persist
-from runtime.control import ControlService
-from runtime.keys import create_cluster_keys
+from runtime.control import persist as control_persist
+from runtime.control.service import ControlService
+from runtime.node.keys import create_cluster_keys
 
 pytestmark = pytest.mark.timeout(60)
 NODE = dict(node_type="cpu", address="127.0.0.1:4000", ipc="ipc:///x/agent",
@@ -139,7 +139,7 @@ def test_an_unusable_state_file_is_set_aside_not_half_used(services, tmp_path, d
 def test_a_fresh_start_replaces_an_older_state(services, tmp_path):
     first = services()
     request(first, "register_node", b"Aw1", node_id="w1", **NODE)
-    fresh = services()              # (runtime.control's main saves at once)
+    fresh = services()              # (runtime.control.service's main saves at once)
     fresh.dirty = True
     fresh.save_state()
     assert services(resume=True).nodes == {}

@@ -1,4 +1,4 @@
-"""Draining nodes for the autoscaler (runtime.control_drain) and spreading queued tasks
+"""Draining nodes for the autoscaler (runtime.control.drain) and spreading queued tasks
 onto nodes that join. Tasks wait on files, not sleeps; tests check where work ran and
 what the control service reports, never timings."""
 from __future__ import annotations

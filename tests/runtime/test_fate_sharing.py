@@ -17,8 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from runtime import ipc_dirs, processes, session
-from runtime.startup import start_node
+from runtime.node import ipc_dirs
+from runtime.node import processes
+from runtime.node import session
+from runtime.node.startup import start_node
 from tests.helpers import wait_for
 from tests.runtime.conftest import wait_until
 
@@ -30,7 +32,9 @@ REPO = str(Path(__file__).resolve().parents[2])
 DRIVER = """
 import json, os, sys, threading, time
 import runtime
-from runtime import api, ipc_dirs, session
+from runtime import api
+from runtime.node import ipc_dirs
+from runtime.node import session
 
 def start():
     runtime.init(num_cpus=1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import runtime
-from runtime import session
+from runtime.node import session
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)

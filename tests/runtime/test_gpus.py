@@ -1,4 +1,4 @@
-"""GPUs: detection (runtime.gpus), the id allocator (runtime.gpu_ids), and tasks and
+"""GPUs: detection (runtime.node.gpus), the id allocator (runtime.agent.gpu_ids), and tasks and
 actors running with their own CUDA_VISIBLE_DEVICES.
 
 This machine has no GPU, so the runtime meets fakes of what it asks: a `pynvml` module
@@ -22,14 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from runtime import gpus, scheduling, session
-from runtime.gpu_ids import GpuIds, default_ids, ids_of
+from runtime import scheduling
+from runtime.node import gpus
+from runtime.node import session
+from runtime.agent.gpu_ids import GpuIds, default_ids, ids_of
 
 REPO = Path(__file__).resolve().parents[2]
 FAKES = Path(__file__).resolve().parent / "gpu_fakes"
 SMI_QUERY = " ".join(gpus.NVIDIA_SMI_QUERY)
 FAKE_SMI = f"""#!/bin/sh
-# a stand-in for nvidia-smi: two T4s, for the query runtime.gpus makes (anything else fails)
+# a stand-in for nvidia-smi: two T4s, for the query runtime.node.gpus makes (anything else fails)
 if [ "$*" != "{SMI_QUERY}" ]; then echo "unexpected arguments: $*" >&2; exit 2; fi
 echo "0, Tesla T4, 15360 MiB"
 echo "1, Tesla T4, 15360 MiB"
@@ -404,7 +406,7 @@ def test_corral_start_on_a_host_finds_its_gpus(hosts_run_this_checkout, tmp_path
     """`corral start` on an sshd test host whose PATH has a fake nvidia-smi (in the
     host's private /tmp) offers two T4s; GPU tasks placed there get different ids."""
     import runtime
-    from runtime.startup import start_node
+    from runtime.node.startup import start_node
     from tests.runtime.conftest import wait_until
     host = hosts_run_this_checkout.hosts[2]
     bridge_ip = hosts_run_this_checkout.network.bridge_ip

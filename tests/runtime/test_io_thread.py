@@ -1,4 +1,4 @@
-"""The driver's IO thread never dies of one bad event (runtime.driver_loop), on a real
+"""The driver's IO thread never dies of one bad event (runtime.driver.loop), on a real
 one-node cluster: what depended on the event fails with DriverIOError at once, and the
 thread goes on; when it truly cannot go on, every pending and later call fails at once
 instead of waiting for timeouts."""
@@ -13,7 +13,7 @@ import zmq
 
 import runtime
 from runtime import api
-from runtime.driver_loop import Call
+from runtime.driver.loop import Call
 from runtime.errors import DriverIOError
 from tests.runtime.conftest import wait_until
 
@@ -115,7 +115,7 @@ def test_an_io_thread_that_cannot_go_on_fails_everything_at_once(one_node):
 def test_a_step_that_keeps_failing_gives_up(one_node, monkeypatch):
     """The heartbeat raising every time: after GIVE_UP_AFTER_S the thread gives up
     and the pending get fails, rather than everything hanging on a silent driver."""
-    from runtime import driver_loop
+    from runtime.driver import loop as driver_loop
     monkeypatch.setattr(driver_loop, "GIVE_UP_AFTER_S", 1.0)
     core = api.current_core()
     ref = sleepy.remote(60)

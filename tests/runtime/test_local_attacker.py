@@ -33,10 +33,12 @@ import pytest
 import zmq
 
 import runtime
-from runtime import api, protocol, session
-from runtime.client import ControlClient
-from runtime.keys import MissingKeysError, create_cluster_keys, load_cluster_keys
-from runtime.private_paths import UnsafePathError
+from runtime import api
+from runtime.protocol import frames as protocol
+from runtime.node import session
+from runtime.control.client import ControlClient
+from runtime.node.keys import MissingKeysError, create_cluster_keys, load_cluster_keys
+from runtime.node.private_paths import UnsafePathError
 from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -527,7 +529,7 @@ def test_a_driver_never_reads_from_a_head_without_the_cluster_key(intruder, tmp_
 _TRIES = """
 import sys, runtime
 from runtime.errors import RuntimeConnectionError
-from runtime.keys import MissingKeysError
+from runtime.node.keys import MissingKeysError
 address, empty, wrong = sys.argv[1:4]
 for keys_dir, expected in ((empty, MissingKeysError), (wrong, RuntimeConnectionError)):
     for attempt in range(20):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime import session
-from runtime.startup import start_node
+from runtime.node import session
+from runtime.node.startup import start_node
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 REPO = str(Path(runtime.__file__).resolve().parent.parent)

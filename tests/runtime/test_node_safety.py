@@ -14,8 +14,9 @@ import pytest
 import zmq
 
 import runtime
-from runtime import protocol, session
-from runtime.keys import create_cluster_keys, load_cluster_keys
+from runtime.protocol import frames as protocol
+from runtime.node import session
+from runtime.node.keys import create_cluster_keys, load_cluster_keys
 from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,7 +90,7 @@ def _listening(pids) -> list[tuple[str, int]]:
 def test_loopback_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
     """The demo cluster (process provider: every node at 127.0.0.1, with keys) must not
     listen on every interface."""
-    from runtime.startup import start_node
+    from runtime.node.startup import start_node
     monkeypatch.setenv("CORRAL_HEAD_IP", "127.0.0.1")
     head = start_node(head=True, port=0, num_cpus=1, node_dir=tmp_path / "head",
                       node_id="head")
@@ -197,7 +198,7 @@ def test_process_start_time_is_now_for_a_new_process(spawned):
 def test_keys_never_land_in_a_readable_file(tmp_path, monkeypatch):
     """Every byte written to a key file goes into a file that is already 0600, even
     when a 0644 file stood at its path before."""
-    from runtime import keys as keys_module
+    from runtime.node import keys as keys_module
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir(mode=0o700)
     for name in ("cluster.public", "cluster.secret"):
@@ -300,7 +301,7 @@ def test_zap_enforcement_missing_in_old_libzmq_warns_once(monkeypatch, caplog):
 
 _ORPHANING_PARENT = """
 import subprocess, sys
-worker = subprocess.Popen([sys.executable, "-m", "runtime.worker", "--endpoint",
+worker = subprocess.Popen([sys.executable, "-m", "runtime.worker.main", "--endpoint",
                            "ipc://" + sys.argv[1], "--worker-id", "orphan",
                            "--parent-pid", str(__import__("os").getpid())],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

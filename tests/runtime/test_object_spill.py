@@ -1,5 +1,5 @@
-"""The object store's capacity and its spilling to disk (runtime.objects, runtime.spill,
-runtime.agent_objects). The store itself with real files and real ZeroMQ sends; then
+"""The object store's capacity and its spilling to disk (runtime.agent.store, runtime.agent.spill,
+runtime.agent.objects). The store itself with real files and real ZeroMQ sends; then
 real node agents: one under an address-space limit (prlimit) taking in more objects
 than its memory holds, two nodes fetching each other's spilled objects, a spill disk
 that fills up (a small tmpfs), puts and results larger than memory and disk together,
@@ -21,11 +21,13 @@ import pytest
 import zmq
 
 import runtime
-from runtime import api, session, spill as spill_module
-from runtime.objects import ObjectStore
-from runtime.protocol import serialize
-from runtime.spill import SpillDir
-from runtime.startup import start_node
+from runtime import api
+from runtime.node import session
+from runtime.agent import spill as spill_module
+from runtime.agent.store import ObjectStore
+from runtime.protocol.frames import serialize
+from runtime.agent.spill import SpillDir
+from runtime.node.startup import start_node
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(180)

@@ -14,10 +14,11 @@ import pytest
 import zmq
 
 import runtime
-from runtime import protocol, session
-from runtime.driver import DriverCore
+from runtime.protocol import frames as protocol
+from runtime.node import session
+from runtime.driver.core import DriverCore
 from runtime.errors import RuntimeConnectionError
-from runtime.keys import create_cluster_keys, load_cluster_keys
+from runtime.node.keys import create_cluster_keys, load_cluster_keys
 
 pytestmark = pytest.mark.timeout(90)
 REPO = str(Path(runtime.__file__).resolve().parent.parent)
@@ -70,8 +71,8 @@ def test_wrong_key_gets_nothing_executed(local_cluster, tmp_path):
 def test_without_keys_nothing_starts_nor_listens(tmp_path):
     """There is no unauthenticated mode: a node without keys is refused before any
     process starts, and neither a server nor a client socket takes TCP without keys."""
-    from runtime.keys import MissingKeysError
-    from runtime.startup import start_node
+    from runtime.node.keys import MissingKeysError
+    from runtime.node.startup import start_node
     node_dir = tmp_path / "n"
     with pytest.raises(MissingKeysError, match="no cluster keys in"):
         start_node(head=True, port=0, num_cpus=1, node_dir=node_dir,

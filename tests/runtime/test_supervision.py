@@ -23,8 +23,11 @@ import pytest
 import yaml
 
 import runtime
-from runtime import processes, session, supervision, supervisor_report
-from runtime.control_persist import STATE_FILE
+from runtime.node import processes
+from runtime.node import session
+from runtime.node import supervision
+from runtime.node import health as supervisor_report
+from runtime.control.persist import STATE_FILE
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -97,7 +100,7 @@ def test_a_killed_control_service_comes_back_with_the_cluster_it_had(head):
     old_pid = running(session_dir)["control"]
     kill9(old_pid)
     new_pid = restarted_after(session_dir, "control", old_pid)
-    assert service_pids(head.base / "head", "runtime.control") == [new_pid]
+    assert service_pids(head.base / "head", "runtime.control.service") == [new_pid]
     # Work goes on through the same driver (its sockets reconnect by themselves) ...
     assert runtime.get([square.remote(i) for i in range(8)], timeout=60) == \
         [i * i for i in range(8)]
@@ -124,16 +127,16 @@ def test_the_supervisor_and_the_control_service_cover_each_other(head):
     new_supervisor = restarted_after(session_dir, "supervisor", before["supervisor"])
     # the new supervisor adopted the running control service: no second one
     assert running(session_dir)["control"] == before["control"]
-    assert service_pids(node_dir, "runtime.control") == [before["control"]]
-    assert service_pids(node_dir, "runtime.supervisor") == [new_supervisor]
+    assert service_pids(node_dir, "runtime.control.service") == [before["control"]]
+    assert service_pids(node_dir, "runtime.node.supervisor") == [new_supervisor]
     log = (session_dir / "logs" / "supervisor.log").read_text()
     assert f"adopted the control service (pid {before['control']})" in log
     # a second supervisor started by hand finds the lock taken and leaves
-    extra = subprocess.run([sys.executable, "-m", "runtime.supervisor", "--session",
+    extra = subprocess.run([sys.executable, "-m", "runtime.node.supervisor", "--session",
                             str(session_dir)], capture_output=True, text=True, timeout=30,
                            env=dict(os.environ, CORRAL_NODE_DIR=str(node_dir)))
     assert extra.returncode == 0 and "another supervisor runs" in extra.stderr
-    assert service_pids(node_dir, "runtime.supervisor") == [new_supervisor]
+    assert service_pids(node_dir, "runtime.node.supervisor") == [new_supervisor]
     # an adopted service that dies is restarted too (its exit status is unknowable)
     kill9(before["control"])
     restarted_after(session_dir, "control", before["control"])
@@ -214,7 +217,7 @@ def test_a_failing_service_is_retried_with_a_growing_backoff(head):
     finally:
         blocker.close()
     new_pid = wait_for(lambda: running(session_dir).get("control"), 60, "control back")
-    assert service_pids(head.base / "head", "runtime.control") == [new_pid]
+    assert service_pids(head.base / "head", "runtime.control.service") == [new_pid]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs as the head's "
@@ -329,7 +332,7 @@ class Cluster:
         """Never two heads, control services, monitors or supervisors."""
         heads = [path for path in self.nodes_dir.iterdir() if "-head-" in path.name]
         assert len(heads) == 1, heads
-        for module in ("runtime.control", "autoscaler.monitor", "runtime.supervisor"):
+        for module in ("runtime.control.service", "autoscaler.monitor", "runtime.node.supervisor"):
             found = service_pids(self.head_dir, module)
             assert len(found) <= 1, (module, found)
 

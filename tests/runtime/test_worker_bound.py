@@ -1,4 +1,4 @@
-"""The bound on worker processes per node (runtime.worker_bound, agent_bound,
+"""The bound on worker processes per node (runtime.agent.worker_bound, agent_bound,
 driver_bound) on real clusters on loopback: actors beyond it wait, the wait is explained
 and counted as demand the autoscaler launches a node for, and the waiting actors start
 as others are killed or a node with room joins."""
@@ -18,9 +18,11 @@ from autoscaler.observe import demand_of
 from autoscaler.planner import plan
 from autoscaler.policy import NodeTypePolicy, Policy
 from autoscaler.snapshot import NodeRecord, Snapshot
-from runtime import api, session, worker_bound
-from runtime.client import ControlClient
-from runtime.startup import start_node
+from runtime import api
+from runtime.node import session
+from runtime.agent import worker_bound
+from runtime.control.client import ControlClient
+from runtime.node.startup import start_node
 from tests.runtime.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(150)

@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Mapping
 
-from launcher.command_runner import CommandResult, CommandRunner, append_log
+from launcher.bootstrap.command_runner import CommandResult, CommandRunner, append_log
 from launcher.errors import CommandError, NodeNotFoundError, SSHUnreachableError
 from launcher.providers.base import STATE_RUNNING, Node, NodeProvider, matches
 from launcher.tags import KIND_WORKER, TAG_CLUSTER_NAME, TAG_NODE_KIND, TAG_NODE_TYPE

@@ -10,13 +10,13 @@ import subprocess
 import pytest
 import yaml
 
-from launcher import ssh_config
-from launcher.bootstrap import FULL, NO_RESTART, RESTART_ONLY, CONFIG_ONLY
-from launcher.cluster_up import (CREATE, KEEP, REPLACE, UPDATE, UpOptions, apply_up,
+from launcher.ssh import user_config as ssh_config
+from launcher.bootstrap.stages import FULL, NO_RESTART, RESTART_ONLY, CONFIG_ONLY
+from launcher.commands.cluster_up import (CREATE, KEEP, REPLACE, UPDATE, UpOptions, apply_up,
                                  plan_up)
-from launcher.command_batch import run_batch
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
-from launcher.hashing import tree_digest
+from launcher.bootstrap.command_batch import run_batch
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.bootstrap.hashing import tree_digest
 from launcher.tags import (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
                            TAG_NODE_STATUS)
 from tests.unit.fakes import FakeProvider, FakeRunner
@@ -162,7 +162,7 @@ def test_unreachable_node_fails_in_waiting_for_ssh_naming_the_host(tmp_path, key
 
 
 def test_every_stage_that_lasts_shows_in_the_tags(tmp_path, keys_dir, monkeypatch):
-    from launcher import tag_writer
+    from launcher.bootstrap import tag_writer
     monkeypatch.setattr(tag_writer, "DEBOUNCE_S", 0.02)
     config = make_config(tmp_path, setup_commands=("sleep 0.5",),
                          head_start_commands=("sleep 0.5",),
@@ -275,7 +275,7 @@ def test_batch_knows_which_command_failed_and_isolates_commands(tmp_path):
 def test_tag_writer_keeps_order_merges_while_busy_and_ends_at_the_final_tags(tmp_path,
                                                                              monkeypatch):
     import threading
-    from launcher import tag_writer
+    from launcher.bootstrap import tag_writer
     monkeypatch.setattr(tag_writer, "DEBOUNCE_S", 0.0)
     config = make_config(tmp_path)
     provider = FakeProvider(config, str(tmp_path / "nodes"))

@@ -12,11 +12,11 @@ import click
 import pytest
 
 from launcher import cli, paths
-from launcher.cluster import pick_node
-from launcher.cluster_up import UpOptions, apply_up, plan_up
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.commands.cluster import pick_node
+from launcher.commands.cluster_up import UpOptions, apply_up, plan_up
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.errors import ClusterError, UsageError
-from launcher.node_context import ClusterContext
+from launcher.bootstrap.node_context import ClusterContext
 from launcher.providers.base import STATE_RUNNING, Node
 from launcher.tags import STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_NODE_STATUS
 from tests.unit.fakes import FakeProvider, FakeRunner

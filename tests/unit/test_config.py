@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import config_defaults, config_schema
-from launcher.config import (load_config, load_config_text, load_config_with_notices,
+from launcher.config import defaults as config_defaults
+from launcher.config import schema as config_schema
+from launcher.config.load import (load_config, load_config_text, load_config_with_notices,
                              load_normalised_config, normalize, normalize_with_notices)
-from launcher.config_model import ClusterConfig
+from launcher.config.model import ClusterConfig
 from launcher.errors import ConfigErrors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -360,7 +361,7 @@ def test_ray_keys_left_off_load_with_a_notice(tmp_path):
 
 
 def test_normalize_accepts_frozen_mappings():
-    from launcher.frozen import freeze
+    from launcher.config.frozen import freeze
     config = normalize(freeze({"cluster_name": "f", "provider": {"type": "process"},
                                "setup_commands": ["echo hi"]}))
     assert config.setup_commands == ("echo hi",)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import load_config
+from launcher.config.load import load_config
 from launcher.errors import ConfigErrors
 
 CORPUS = Path(__file__).parent / "bad_configs"

@@ -20,7 +20,7 @@ from launcher import tags as T
 from launcher.errors import ProviderError, StateFileError
 from launcher.providers.base import STATE_DAMAGED
 from launcher.providers.process import ProcessProvider
-from runtime.processes import ENV_NODE_DIR, pids_with_env_in, stop
+from runtime.node.processes import ENV_NODE_DIR, pids_with_env_in, stop
 from tests.contract.provider_process import process_config
 from tests.helpers import alive, wait_for
 
@@ -262,7 +262,7 @@ def test_with_the_runtime_a_truncated_head_record_never_gives_two_control_servic
     one control service and one monitor, before and after; the monitor meanwhile names
     the damaged file instead of acting; `down` then leaves no process."""
     cluster = make_cluster(workers=0, runtime=True)
-    assert len(cluster.commands_running("runtime.control")) == 1
+    assert len(cluster.commands_running("runtime.control.service")) == 1
     wait_for(lambda: len(cluster.commands_running("autoscaler.monitor")) == 1, 30,
              "the monitor to start")
     [head] = cluster.node_dirs("head")
@@ -274,7 +274,7 @@ def test_with_the_runtime_a_truncated_head_record_never_gives_two_control_servic
     up = cluster.run("up", "-y")
     assert up.returncode == 0, up.stdout + up.stderr
     assert len(cluster.node_dirs("head")) == 1
-    assert len(cluster.commands_running("runtime.control")) == 1
+    assert len(cluster.commands_running("runtime.control.service")) == 1
     wait_for(lambda: len(cluster.commands_running("autoscaler.monitor")) == 1, 30,
              "one monitor")
     down = cluster.run("down", "-y")

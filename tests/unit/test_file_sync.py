@@ -1,4 +1,4 @@
-"""launcher.file_sync on this machine: exclude patterns, skip-unchanged, modes, file/dir forms."""
+"""launcher.ssh.file_sync on this machine: exclude patterns, skip-unchanged, modes, file/dir forms."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from launcher.errors import ClusterError
-from launcher.file_sync import (SyncEntry, SyncSourceMissingError, _parse_state,
+from launcher.ssh.file_sync import (SyncEntry, SyncSourceMissingError, _parse_state,
                                 copy_tree_local, is_excluded, plan_local_source, remote_path,
                                 sync_plan)
 from tests.helpers import make_tree
@@ -157,7 +157,7 @@ def test_two_copies_into_one_place_at_once_both_succeed(tmp_path):
 
 
 def test_a_failed_copy_leaves_no_partial_file(tmp_path):
-    from launcher.file_sync import _apply_locally
+    from launcher.ssh.file_sync import _apply_locally
 
     def fetch(entry, path):
         with open(path, "w") as handle:

@@ -1,12 +1,12 @@
-"""launcher.hashing: what changes which hash."""
+"""launcher.bootstrap.hashing: what changes which hash."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from launcher.config_model import AuthConfig, ClusterConfig, NodeTypeConfig
-from launcher.hashing import config_hash, launch_hash, runtime_hash, tree_digest
+from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
+from launcher.bootstrap.hashing import config_hash, launch_hash, runtime_hash, tree_digest
 
 pytestmark = pytest.mark.timeout(30)
 

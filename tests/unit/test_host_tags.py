@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from launcher.command_runner import LocalRunner
+from launcher.bootstrap.command_runner import LocalRunner
 from launcher.providers import host_tags
 
 pytestmark = pytest.mark.timeout(60)

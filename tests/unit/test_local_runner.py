@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from launcher.command_runner import (INTERRUPTED_EXIT_CODE, LineDecoder, LocalRunner,
+from launcher.bootstrap.command_runner import (INTERRUPTED_EXIT_CODE, LineDecoder, LocalRunner,
                                      run_on_many)
 from tests.helpers import alive
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from launcher.command_runner import LocalRunner
+from launcher.bootstrap.command_runner import LocalRunner
 from launcher.providers.local import stop_script
 from launcher.providers.node_processes import is_alive
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 import yaml
 
-from launcher.cluster_down import mount_targets_left
-from launcher.config import load_config
-from launcher.config_checks import mount_target_escape
+from launcher.commands.cluster_down import mount_targets_left
+from launcher.config.load import load_config
+from launcher.config.checks import mount_target_escape
 from launcher.errors import ConfigErrors
 from launcher.providers.base import STATE_RUNNING, Node
 

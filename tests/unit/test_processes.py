@@ -1,4 +1,4 @@
-"""runtime.processes (psutil) with real processes: what alive means (a zombie is not),
+"""runtime.node.processes (psutil) with real processes: what alive means (a zombie is not),
 identity by PID and start time (real PID re-use, in a private PID namespace), the
 environment tag, children, the caller's ancestors, stopping; the `local` provider's stop
 script under corral's node environment's Python and under one without psutil; and that
@@ -19,9 +19,9 @@ import time
 import psutil
 import pytest
 
-from launcher.command_runner import LocalRunner
+from launcher.bootstrap.command_runner import LocalRunner
 from launcher.providers.local import stop_script
-from runtime import processes
+from runtime.node import processes
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,7 +116,7 @@ def test_children_and_descendants(spawned):
 def test_the_caller_and_its_ancestors_are_never_signalled(spawned):
     assert {os.getpid(), os.getppid()} <= processes.caller_and_ancestors()
     # The check runs two levels down, so a failure would stop only processes of this test.
-    script = ("import json, os; from runtime import processes; "
+    script = ("import json, os; from runtime.node import processes; "
               "out = processes.stop([os.getpid(), os.getppid()], grace_s=0.5); "
               "print(json.dumps(sorted(out.terminated | out.killed)))")
     shell = spawned(["sh", "-c", f'{shlex.quote(sys.executable)} -c "{script}"; echo shell-ok'],
@@ -176,7 +176,7 @@ def test_a_reused_pid_is_not_the_process_remembered(tmp_path):
         pytest.skip(reason)
     script = textwrap.dedent(f"""\
         import os, subprocess, time
-        from runtime import processes
+        from runtime.node import processes
         from launcher.providers import node_processes
         node = {str(tmp_path)!r}
         os.makedirs(node + "/session")
@@ -351,7 +351,8 @@ def test_cli_and_the_processes_module_run_with_an_empty_proc(tmp_path):
         import os, subprocess
         assert os.listdir("/proc") == []
         import runtime
-        from runtime import processes, session
+        from runtime.node import processes
+        from runtime.node import session
         child = subprocess.Popen(["sleep", "60"])
         try:
             outcome = processes.stop([child.pid], grace_s=0.2)
@@ -391,7 +392,7 @@ def test_a_worker_without_a_death_signal_exits_when_its_parent_dies(spawned):
     parent = spawned([sys.executable, "-c", textwrap.dedent("""\
         import os, subprocess, sys, time
         # the parent's pid is passed, as the agent passes --parent-pid to a worker
-        watch = ("import sys; from runtime.worker import exit_when_reparented; "
+        watch = ("import sys; from runtime.worker.main import exit_when_reparented; "
                  "print('watching', flush=True); exit_when_reparented(int(sys.argv[1]), 0.05)")
         child = subprocess.Popen([sys.executable, "-c", watch, str(os.getpid())],
                                  stdout=subprocess.PIPE, text=True)

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from launcher.command_runner import LocalRunner
-from launcher.hashing import RUNTIME_PARTS, changed_parts, encode_parts, runtime_parts
+from launcher.bootstrap.command_runner import LocalRunner
+from launcher.bootstrap.hashing import RUNTIME_PARTS, changed_parts, encode_parts, runtime_parts
 from launcher.ship import layout, node_install
 from launcher.ship.probe import NoSuitablePythonError, parse_probe, probe_command
 from launcher.ship.stage import Shipper, corral_digest
 from launcher.ship.target_tags import this_machine
 from launcher.ship.wheelhouse import build_wheelhouse
-from launcher.ssh_runner import env_prefix
+from launcher.ssh.runner import env_prefix
 
 pytestmark = pytest.mark.timeout(120)
 

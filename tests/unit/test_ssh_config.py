@@ -1,5 +1,5 @@
-"""Reading the user's ssh_config into a ConnectionSpec (launcher.ssh_config) and what a
-key file says about itself (launcher.ssh_keyfile). No network: the specs are checked,
+"""Reading the user's ssh_config into a ConnectionSpec (launcher.ssh.user_config) and what a
+key file says about itself (launcher.ssh.keyfile). No network: the specs are checked,
 the connections are made in tests/integration/test_ssh_user_config.py."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from launcher import ssh_config
+from launcher.ssh import user_config as ssh_config
 from launcher.errors import SSHConfigError
-from launcher.ssh_keyfile import read_key_facts
+from launcher.ssh.keyfile import read_key_facts
 
 
 @pytest.fixture

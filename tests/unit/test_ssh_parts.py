@@ -10,9 +10,9 @@ import pytest
 
 from launcher import paths
 from launcher.errors import HostKeyMismatchError, SSHUnreachableError
-from launcher.host_keys import HostKeyStore, PinningPolicy, fingerprint, host_entry_name
-from launcher.ssh_pool import ConnectionSpec
-from launcher.ssh_runner import SSHRunner, env_prefix
+from launcher.ssh.host_keys import HostKeyStore, PinningPolicy, fingerprint, host_entry_name
+from launcher.ssh.pool import ConnectionSpec
+from launcher.ssh.runner import SSHRunner, env_prefix
 
 
 def generate_keys(tmp_path, count: int) -> list[paramiko.PKey]:

@@ -1,4 +1,4 @@
-"""The command server (launcher/ssh_shell_server.py) and the line that starts it, run here
+"""The command server (launcher/ssh/shell_server.py) and the line that starts it, run here
 through a local shell with pipes in place of the SSH channel: framing, stdin, exit codes
 and signals, refusing commands once an rc file changed, stopping what runs when the
 channel closes, bash functions of the rc carried over."""
@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from launcher import ssh_shell
-from launcher import ssh_shell_server as wire
+from launcher.ssh import shell as ssh_shell
+from launcher.ssh import shell_server as wire
 from tests.helpers import alive, wait_for
 
 

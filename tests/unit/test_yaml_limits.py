@@ -1,4 +1,4 @@
-"""The cluster YAML's reading limits (launcher.config_limits): a YAML bomb, a huge file
+"""The cluster YAML's reading limits (launcher.config.limits): a YAML bomb, a huge file
 and /dev/zero are refused by `corral validate` with exit 2 and a message naming the cap,
 in a process whose address space is capped (so a bomb that got through would fail with
 MemoryError or be killed, not pass), while real files, anchors and merges included, and a
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.config import load_config, load_config_text
-from launcher.config_limits import (MAX_ALIAS_NODES, MAX_CONFIG_BYTES, MAX_NESTING,
+from launcher.config.load import load_config, load_config_text
+from launcher.config.limits import (MAX_ALIAS_NODES, MAX_CONFIG_BYTES, MAX_NESTING,
                                     structure_problem)
 from launcher.errors import ConfigErrors
 

@@ -13,7 +13,7 @@ import dataclasses
 from botocore.exceptions import ClientError
 
 from launcher.errors import ConfigError
-from launcher.frozen import thaw
+from launcher.config.frozen import thaw
 from launcher.providers.aws import iam as aws_iam
 from launcher.providers.aws import keys, network
 from launcher.providers.aws.errors import aws_errors, error_code

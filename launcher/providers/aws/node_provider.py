@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from launcher import tags as T
 from launcher.errors import NodeNotFoundError, ProviderError
-from launcher.frozen import thaw
+from launcher.config.frozen import thaw
 from launcher.providers.aws import naming
 from launcher.providers.aws.errors import aws_errors
 from launcher.providers.aws.session import AWSClients
@@ -263,7 +263,7 @@ class AWSProvider(NodeProvider):
 
     # -- commands --------------------------------------------------------------------
     def command_runner(self, node: Node):
-        from launcher.ssh_runner import SSHRunner
+        from launcher.ssh.runner import SSHRunner
         host = node.internal_ip if self.use_internal_ips else (node.external_ip
                                                                or node.internal_ip)
         auth = self.config.auth

@@ -11,7 +11,7 @@ import copy
 import re
 from typing import Any, Mapping
 
-from launcher.frozen import thaw
+from launcher.config.frozen import thaw
 from launcher.providers.gcp import naming
 from launcher.providers.gcp.labels import OVERFLOW_METADATA_KEY
 

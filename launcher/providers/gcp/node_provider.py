@@ -286,7 +286,7 @@ class GCPProvider(NodeProvider):
 
     # -- commands -----------------------------------------------------------------------
     def command_runner(self, node: Node):
-        from launcher.ssh_runner import SSHRunner
+        from launcher.ssh.runner import SSHRunner
         auth = self.config.auth
         use_internal = bool(self.provider_config.get("use_internal_ips"))
         host = node.internal_ip if use_internal else (node.external_ip or node.internal_ip)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 from launcher import paths
 from launcher.errors import ConfigError, ProviderAuthError
-from launcher.frozen import thaw
+from launcher.config.frozen import thaw
 from launcher.providers import cloud_common
 from launcher.providers.gcp import iam_setup, naming
 from launcher.providers.gcp.client import SCOPES, GCEClient

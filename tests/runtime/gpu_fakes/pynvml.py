@@ -1,5 +1,5 @@
 """A stand-in for nvidia-ml-py's `pynvml`, put first on PYTHONPATH by tests/runtime/
-test_gpus.py so the runtime's detection (runtime.gpus) meets NVML answering for GPUs this
+test_gpus.py so the runtime's detection (runtime.node.gpus) meets NVML answering for GPUs this
 machine does not have. It answers what detection asks: nvmlInit, nvmlShutdown,
 nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetName,
 nvmlDeviceGetMemoryInfo, nvmlDeviceGetUUID.

@@ -1,0 +1,396 @@
+"""The node agent: one per node. Registers with the control service and heartbeats,
+accounts the node's resources (and which GPU ids each task or actor holds), runs a pool
+of worker processes (sized to the node's CPUs), queues tasks until their resources fit,
+keeps large objects in the local store and serves them to drivers and peer agents.
+
+Sockets: `local` ROUTER on ipc (workers, drivers on this node), `remote` ROUTER on TCP
+(CurveZMQ; drivers and peer agents elsewhere), a DEALER to the control service and one
+DEALER per peer agent it fetches objects from."""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import socket
+import time
+import uuid
+
+import zmq
+
+from runtime import scheduling
+from runtime.node import ipc_dirs
+from runtime.protocol import frames as protocol
+from runtime.agent.objects import ObjectService
+from runtime.agent.workers import WorkerProcess, WorkersMixin
+from runtime.agent.gpu_ids import GpuIds, default_ids, ids_of
+from runtime.agent.store import ObjectStore
+from runtime.protocol.frames import Packer
+
+log = logging.getLogger("corral.agent")
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class NodeAgent(ObjectService, WorkersMixin):
+    def __init__(self, node_id: str, node_type: str | None, control_address: str,
+                 keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
+                 gpu_ids: list[str] | None = None, store: ObjectStore | None = None):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.keys = keys
+        self.ctx = zmq.Context()
+        self.ipc_dir = ipc_dir
+        self.local_endpoint = protocol.ipc_endpoint(ipc_dir, "agent")
+        self.local = protocol.bind_router(self.ctx, self.local_endpoint, None)
+        self.remote = protocol.bind_router(self.ctx, f"tcp://{bind_ip}:0", keys)
+        port = int(self.remote.last_endpoint.decode().rsplit(":", 1)[1])
+        self.address = f"{advertise_ip}:{port}"
+        self.control_address = control_address
+        self.control = protocol.connect_dealer(self.ctx, f"tcp://{control_address}", keys,
+                                               b"A" + node_id.encode() + uuid.uuid4().bytes[:4])
+        self.total = dict(resources)
+        self.available = dict(resources)
+        self.gpus = GpuIds(gpu_ids if gpu_ids is not None else
+                           default_ids(self.total.get("GPU", 0.0)))
+        self.store = store if store is not None else ObjectStore()  # runtime.agent.main's
+        self.workers: dict[bytes, WorkerProcess] = {}
+        self.actors: dict[bytes, WorkerProcess] = {}
+        self.actor_info: dict[bytes, dict] = {}
+        self.unplaced_calls: dict[bytes, list] = {}       # actor id -> calls before spawn
+        self.queue: collections.deque = collections.deque()
+        self.routes: dict[str, zmq.Socket] = {}          # driver id -> socket it uses
+        self.outbox: dict[str, list] = {}                 # driver id -> [(entry, frames)]
+        self.peers: dict[str, zmq.Socket] = {}
+        self.peer_addresses: dict[str, str] = {}
+        self.fetches: dict[int, tuple] = {}
+        self.deferred_fetches: dict[bytes, list] = {}
+        self.fetch_ids = itertools.count()
+        self.max_task_workers = max(2, int(2 * self.total.get("CPU", 1)))
+        self.idle_since_s: float | None = time.time()
+        self.registered = False
+        self.on_registered = None
+        self.draining = False      # told by the control service: hand back new work
+        self.returned_actors: set[bytes] = set()   # creations handed back while draining
+        self.next_heartbeat = 0.0
+        self.running = True
+        self.poller = zmq.Poller()
+        for sock in (self.local, self.remote, self.control):
+            self.poller.register(sock, zmq.POLLIN)
+        for _ in range(int(self.total.get("CPU", 1))):
+            self._spawn_worker(None)
+
+    # ------------------------------------------------------------------ loop
+    def serve_forever(self) -> None:
+        while self.running:
+            events = dict(self.poller.poll(100))
+            for sock in events:
+                for _ in range(1000):
+                    try:
+                        identity, kind, header, frames = protocol.recv(
+                            sock, sock in (self.local, self.remote), zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except protocol.MalformedMessageError as error:
+                        log.warning("dropped: %s", error)
+                        continue
+                    try:
+                        self._dispatch(sock, identity, kind, header, frames)
+                    except Exception:  # one bad message must not end the node's agent
+                        log.exception("message %r from %r failed", kind, identity)
+            self._reap_workers()
+            self._schedule()
+            self._flush()
+            if time.monotonic() >= self.next_heartbeat:
+                self._heartbeat()
+                self._expire_fetches()
+        self._shutdown()
+
+    def _dispatch(self, sock, identity, kind, header, frames) -> None:
+        if identity is not None and identity[:1] == b"W":
+            self._from_worker(self.workers.get(identity), kind, header, frames)
+        elif sock is self.control:
+            self._from_control(kind, header)
+        elif sock in (self.local, self.remote):
+            handler = getattr(self, "_on_" + kind.decode(), None)
+            if handler is None:
+                log.warning("unknown message %r", kind)
+                return
+            if identity[:1] == b"D":
+                self.routes[identity[1:].decode()] = sock
+            handler(sock, identity, header, frames)
+        else:  # a peer agent answering a fetch
+            self._fetched(header, frames)
+
+    def _send(self, sock, identity, kind, header, frames=()) -> None:
+        try:
+            protocol.send(sock, kind, header, frames, identity=identity)
+        except zmq.ZMQError as error:
+            log.info("cannot send %s to %r: %s", kind, identity, error)
+
+    def _to_driver(self, driver: str, entry: tuple, frames=()) -> None:
+        self.outbox.setdefault(driver, []).append((entry, frames))
+
+    def _flush(self) -> None:
+        for driver, items in self.outbox.items():
+            sock = self.routes.get(driver)
+            if sock is None:
+                continue
+            packer = Packer()
+            entries = []
+            for entry, frames in items:
+                if frames:
+                    base = len(packer.frames)
+                    packer.frames.extend(frames)
+                    entry = entry + (base,)
+                entries.append(entry)
+            self._send(sock, b"D" + driver.encode(), b"results", entries, packer.frames)
+        self.outbox.clear()
+
+    # ------------------------------------------------------------------ control
+    def _heartbeat(self) -> None:
+        self.next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
+        if not self.registered:
+            kwargs = dict(node_id=self.node_id, node_type=self.node_type,
+                          address=self.address, ipc=self.local_endpoint,
+                          hostname=socket.gethostname(), resources_total=self.total)
+            protocol.send(self.control, b"rpc", ("register", "register_node", kwargs))
+            return
+        busy = any(w.task for w in self.workers.values()) or self.actors
+        if busy:
+            self.idle_since_s = None
+        elif self.idle_since_s is None:
+            self.idle_since_s = time.time()
+        demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
+        drained_idle = self.draining and not busy and not self.queue and \
+            not any(w.next for w in self.workers.values())
+        kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
+                      idle_since_s=self.idle_since_s, queued_demand=dict(demand),
+                      drained_idle=drained_idle)
+        protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
+
+    def _from_control(self, kind, header) -> None:
+        if kind == b"driver_dead":
+            self._driver_dead(header)
+            return
+        request_id, ok, result = header
+        if not ok:
+            log.error("control rejected %s: %s", request_id, result)
+            return
+        if request_id == "register":
+            if result.get("removed"):   # the autoscaler took this node out: stay out
+                self.draining = True
+                self.next_heartbeat = time.monotonic() + 5.0
+                return
+            self.registered = True
+            log.info("registered with control at %s", self.control_address)
+            if self.on_registered is not None:
+                self.on_registered()
+            self._learn_nodes(result["nodes"])
+        elif request_id == "heartbeat":
+            self.draining = bool(result.get("draining"))
+            if not result["known"]:
+                self.registered = False
+                self.next_heartbeat = 0.0
+                return
+            self._learn_nodes(result["nodes"])
+            for driver in result["dead_drivers"]:
+                if driver in self.routes:
+                    self._driver_dead(driver)
+
+    def _learn_nodes(self, nodes) -> None:
+        for node in nodes:
+            node_id, address = node["node_id"], node["address"]
+            if self.peer_addresses.get(node_id, address) != address and node_id in self.peers:
+                sock = self.peers.pop(node_id)   # that node restarted elsewhere
+                self.poller.unregister(sock)
+                sock.close(0)
+            self.peer_addresses[node_id] = address
+
+    def _driver_dead(self, driver: str) -> None:
+        log.info("driver %s is gone: dropping its work", driver)
+        self.routes.pop(driver, None)
+        self.outbox.pop(driver, None)
+        self.queue = collections.deque(t for t in self.queue if t["driver"] != driver)
+        for worker in list(self.workers.values()):
+            info = self.actor_info.get(worker.actor_id) if worker.actor_id else None
+            owned = (info and info["driver"] == driver and not info.get("detached")) or \
+                (worker.task and worker.task["driver"] == driver) or \
+                (worker.next and worker.next["driver"] == driver)
+            if owned:
+                worker.killed_reason = "driver exited"
+                worker.proc.kill()
+        self.store.free_owner(driver)
+
+    # ------------------------------------------------------------------ drivers
+    def _on_submit(self, sock, identity, tasks, frames) -> None:
+        for task in tasks:
+            if self._hand_back(task):
+                continue
+            task["args"] = [self._arg(a, frames) for a in task["args"]]
+            task["kwargs"] = {k: self._arg(v, frames) for k, v in task["kwargs"].items()}
+            task["missing"] = 0
+            for arg in itertools.chain(task["args"], task["kwargs"].values()):
+                if arg[0] == "r":
+                    self._fetch_arg(task, arg)
+            if task["kind"] == "actor_call":
+                self._send_to_actor(task)
+            else:
+                if task["kind"] == "actor_create":
+                    self.unplaced_calls[task["actor_id"]] = []
+                self.queue.append(task)
+
+    def _hand_back(self, task: dict) -> bool:
+        """While draining, new tasks and actor creations (and calls to an actor whose
+        creation went back) return to their driver, which places them elsewhere."""
+        if not self.draining:
+            if task["kind"] == "actor_create":
+                self.returned_actors.discard(task["actor_id"])
+            return False
+        if task["kind"] == "actor_call" and task["actor_id"] not in self.returned_actors:
+            return False
+        if task["kind"] == "actor_create":
+            self.returned_actors.add(task["actor_id"])
+        self._to_driver(task["driver"], (task["task_id"], "returned", self.node_id, True))
+        return True
+
+    def _on_reclaim(self, sock, identity, request, frames) -> None:
+        """A driver takes back up to `count` of its tasks still queued here (not started,
+        not waiting for arguments), to place them on a node that joined since."""
+        driver, count = request
+        kept, taken = collections.deque(), []
+        for task in reversed(self.queue):
+            if len(taken) < count and task["kind"] == "task" and task["driver"] == driver \
+                    and not task["missing"]:
+                taken.append(task)
+            else:
+                kept.appendleft(task)
+        self.queue = kept
+        for task in reversed(taken):
+            self._to_driver(driver, (task["task_id"], "returned", self.node_id, False))
+
+    def _on_stats(self, sock, identity, request_id, frames) -> None:
+        stats = {"objects": len(self.store), "object_bytes": self.store.size_bytes,
+                 "workers": len(self.workers), "queued": len(self.queue),
+                 **self.store.stats()}
+        self._send(sock, identity, b"object", (request_id, True, stats))
+
+    def _on_kill_actor(self, sock, identity, actor_id, frames) -> None:
+        worker = self.actors.get(actor_id)
+        if worker is not None:
+            worker.killed_reason = "killed by kill()"
+            worker.proc.kill()
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule(self) -> None:
+        if not self.queue:
+            return
+        waiting = collections.deque()
+        while self.queue:
+            task = self.queue.popleft()
+            if task["missing"] or not (self._start(task) or self._prefetch(task)):
+                waiting.append(task)
+        self.queue = waiting
+
+    def _prefetch(self, task: dict) -> bool:
+        """Queue a task at a busy worker whose running task has the same shape, so
+        the worker starts it the moment the running one ends. It takes its resources
+        only then (exactly the ones the finished task gives back). Not GPU tasks: they
+        run long, and one bound to a busy worker's GPU would wait there even when
+        another GPU frees first; they wait here and take the first GPU free."""
+        if task["kind"] != "task" or task["shape"].get("GPU"):
+            return False
+        for worker in self.workers.values():
+            if worker.task is not None and worker.next is None and not worker.blocked and \
+                    worker.task["shape"] == task["shape"]:
+                worker.next = task
+                self._send_to_worker(worker, task)
+                return True
+        return False
+
+    def _start(self, task: dict) -> bool:
+        if self._fail_lost(task):
+            return True
+        if not scheduling.fits(task["shape"], self.available):
+            return False
+        if task["kind"] == "actor_create":      # the node's worker bound (agent_bound)
+            slot = self._actor_slot(task)
+            if slot is not True:
+                return slot is None             # handed back, or wait for room here
+        allocation = self.gpus.take(task["shape"].get("GPU", 0.0))
+        if allocation is None:    # enough GPU in total, but split over ids in use
+            return False
+        if task["kind"] == "actor_create":
+            worker = self._spawn_worker(task["actor_id"], ids_of(allocation))
+            self.actor_info[task["actor_id"]] = task
+        else:
+            worker = next((w for w in self.workers.values()
+                           if w.ready and w.actor_id is None and w.task is None), None)
+            if worker is None:
+                self.gpus.give_back(allocation)
+                count = sum(1 for w in self.workers.values()
+                            if w.actor_id is None and not w.blocked)
+                starting = any(not w.ready and w.actor_id is None
+                               for w in self.workers.values())
+                if count < self.max_task_workers and not starting and \
+                        self._task_worker_room(count):
+                    self._spawn_worker(None)
+                return False
+        scheduling.acquire(self.available, task["shape"])
+        task["gpus"] = allocation
+        worker.task = task if task["kind"] == "task" else None
+        self._send_to_worker(worker, task)
+        for call in self.unplaced_calls.pop(task["actor_id"], ()) if worker.actor_id else ():
+            self._send_to_actor(call)
+        return True
+
+    def _fail_lost(self, task: dict) -> bool:
+        for arg in itertools.chain(task["args"], task["kwargs"].values()):
+            if arg[0] == "lost":
+                self._to_driver(task["driver"], (task["task_id"], "lost", arg[1], arg[2]))
+                return True
+            if arg[0] == "full":     # ["full", object id, node id, reason]
+                self._to_driver(task["driver"], (task["task_id"], "store_full", arg[2],
+                                                 arg[3]))
+                return True
+        return False
+
+    def _send_to_actor(self, task: dict) -> None:
+        if task["missing"]:
+            return
+        worker = self.actors.get(task["actor_id"])
+        if worker is None and task["actor_id"] in self.unplaced_calls:
+            self.unplaced_calls[task["actor_id"]].append(task)
+        elif worker is None and self._return_call(task):
+            return                  # its creation went back to its driver (agent_bound)
+        elif worker is None:
+            self._to_driver(task["driver"], (task["task_id"], "actor_died",
+                                             task["actor_id"], "no such actor on this node"))
+        elif not self._fail_lost(task):
+            self._send_to_worker(worker, task)
+
+    def _send_to_worker(self, worker: WorkerProcess, task: dict) -> None:
+        packer = Packer()
+        message = {k: task[k] for k in ("task_id", "driver", "kind", "fn", "fn_id", "method")}
+        if task["kind"] == "task":   # (an actor's worker got its GPU ids at its start)
+            message["gpu_ids"] = ids_of(task.get("gpus"))
+        values = self._arg_values(worker, task)   # (agent_objects) None: failed, told
+        if values is None:
+            return
+        message["args"] = [packer.value(value) for value in values[0]]
+        message["kwargs"] = {k: packer.value(value) for k, value in values[1].items()}
+        if worker.ready:
+            self._send(self.local, worker.identity, b"task", message, packer.frames)
+        else:
+            worker.backlog.append((message, packer.frames))
+        if worker.actor_id is not None:
+            worker.pending = getattr(worker, "pending", {})
+            worker.pending[task["task_id"]] = task
+
+    def _shutdown(self) -> None:
+        for worker in self.workers.values():
+            worker.proc.kill()
+        for worker in self.workers.values():
+            worker.proc.wait()
+        # its ipc dir (its sockets, its workers'), before anything that could abort
+        ipc_dirs.remove_dir(self.ipc_dir)
+        self.store.close()      # spilled objects go with the node
+        protocol.destroy_context(self.ctx)

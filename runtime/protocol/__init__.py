@@ -1,0 +1,3 @@
+"""What runtime processes say to each other: frames, sockets and CurveZMQ authentication
+(`frames`), and the driver-to-actor sync channel on one host (`sync_channel`).
+"""

@@ -1,0 +1,2 @@
+"""A worker process (`main`): runs tasks, or hosts one actor, for its node agent.
+"""

@@ -1,0 +1,313 @@
+"""A worker process: runs tasks (or hosts one actor) for its node agent, over the agent's
+local ipc socket. Its stdout/stderr go to the driver of the task it runs. It runs each
+task with that task's GPU ids in CUDA_VISIBLE_DEVICES (an actor: with its own, from its
+start to its end; runtime.node.gpus)."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import io
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import zmq
+
+from runtime import api
+from runtime.driver import objects as driver_objects
+from runtime.node import gpus
+from runtime.driver import nested_refs
+from runtime.protocol import frames as protocol
+from runtime.protocol import sync_channel
+from runtime.protocol.frames import Packer, serialize, unpack_value
+
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5  # where the kernel sends no death signal (not Linux)
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """SIGKILL this worker when its node agent dies. An agent that died before this
+    ran (while the worker was starting) sends nothing: the worker, reparented by now,
+    exits here instead of waiting forever for an agent that is gone. The death signal
+    is Linux's (prctl); elsewhere (macOS) a thread notices that the worker was
+    reparented."""
+    if sys.platform.startswith("linux"):
+        try:  # the C library the process runs with (glibc or musl)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    elif parent_pid is not None:
+        threading.Thread(target=exit_when_reparented, args=(parent_pid,), daemon=True,
+                         name="parent-watch").start()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def exit_when_reparented(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
+    """Exit the process once its parent is no longer parent_pid (the parent died)."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(0)
+
+
+class DriverOutput(io.TextIOBase):
+    """stdout/stderr replacement: complete lines go to the current task's driver."""
+
+    def __init__(self, worker: "Worker", stream: str):
+        self.worker = worker
+        self.stream = stream
+        self.pending = ""
+
+    def writable(self):
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            lines, self.pending = self.pending.rsplit("\n", 1)
+            self.worker.send_log(lines + "\n", self.stream)
+        return len(text)
+
+    def flush(self):
+        if self.pending:
+            text, self.pending = self.pending, ""
+            self.worker.send_log(text, self.stream)
+
+    def forward_log(self, node_id: str, pid: int, text: str) -> None:
+        """Output of a task this worker's task submitted: passed on under its own origin
+        (node, pid), so the driver prints it once with the right prefix."""
+        self.flush()
+        self.worker.send_log(text, self.stream, origin=(node_id, pid))
+
+
+class Worker:
+    def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
+        self.ctx = zmq.Context()
+        self.direct = None
+        self.direct_endpoint = None
+        self.sync_path = None
+        self.sync_listener = None
+        self.sync_conns: dict[int, socket.socket] = {}
+        if direct:  # an actor: local drivers may call it without the agent in between
+            directory = os.path.dirname(protocol.ipc_path(endpoint))
+            self.direct_endpoint = protocol.ipc_endpoint(directory, f"actor-{worker_id}")
+            self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
+            self.sync_path = sync_channel.endpoint_path(directory, worker_id)
+            self.sync_listener = sync_channel.listen(self.sync_path)
+        self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
+                                            b"W" + worker_id.encode())
+        self.lock = threading.Lock()
+        self.functions: dict[bytes, object] = {}
+        self.actor = None
+        self.driver = ""
+        self.blocked_depth = 0      # get()/wait() calls of the running task now waiting
+        self.exit_requested = False
+
+    def send_log(self, text: str, stream: str, origin: tuple[str, int] | None = None) -> None:
+        """`origin`: (node id, pid) of the process that printed it, when not this one."""
+        payload = (self.driver, text, stream) if origin is None else \
+            (self.driver, text, stream, *origin)
+        with self.lock:
+            protocol.send(self.sock, b"log", payload)
+
+    def run(self) -> None:
+        with self.lock:
+            protocol.send(self.sock, b"ready", os.getpid())
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        if self.direct is not None:
+            poller.register(self.direct, zmq.POLLIN)
+        if self.sync_listener is not None:
+            poller.register(self.sync_listener.fileno(), zmq.POLLIN)
+        while True:
+            for sock, _ in poller.poll():
+                if type(sock) is int:
+                    self._serve_sync(sock, poller)
+                elif sock is self.sock:
+                    _, kind, task, frames = protocol.recv(self.sock, routed=False)
+                    if kind == b"exit":
+                        self._close()
+                        return
+                    if self.direct is None:   # a task worker: this task's GPUs, or none
+                        gpus.assign(task.get("gpu_ids", ()))
+                    ok, result = self._run_task(task, frames)
+                    with self.lock:   # a large result goes in pieces (driver_objects)
+                        driver_objects.send_result(self.sock, task, ok, result)
+                    if self.exit_requested:   # asked while the task was blocked
+                        self._close()
+                        return
+                else:
+                    self._serve_direct()
+
+    # -- a task blocked in get()/wait() (runtime.api.set_blocking_hooks) --------------------
+    def blocked_enter(self) -> None:
+        """The agent lends this task's resources to other work until blocked_leave."""
+        with self.lock:
+            self.blocked_depth += 1
+            if self.blocked_depth == 1:
+                protocol.send(self.sock, b"blocked", None)
+
+    def blocked_leave(self) -> None:
+        with self.lock:
+            self.blocked_depth -= 1
+            if self.blocked_depth == 0:
+                protocol.send(self.sock, b"unblocked", None)
+
+    def blocked_tick(self) -> None:
+        """Tasks the agent queued here early (the next one of the same shape) go back to
+        it: waiting behind this task, one of them could be the very task it waits for."""
+        with self.lock:
+            while True:
+                try:
+                    _, kind, task, _ = protocol.recv(self.sock, False, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                if kind == b"exit":
+                    self.exit_requested = True
+                else:
+                    protocol.send(self.sock, b"returned", task["task_id"])
+
+    def _close(self) -> None:
+        for path in (self.direct_endpoint and protocol.ipc_path(self.direct_endpoint),
+                     self.sync_path):
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _serve_sync(self, fd: int, poller: zmq.Poller) -> None:
+        """A sync call from a driver on this host (runtime.protocol.sync_channel); the answer
+        goes back the same way, or over the ZeroMQ direct socket when it is large."""
+        if fd == self.sync_listener.fileno():
+            conn, _ = self.sync_listener.accept()
+            self.sync_conns[conn.fileno()] = conn
+            poller.register(conn.fileno(), zmq.POLLIN)
+            return
+        conn = self.sync_conns[fd]
+        try:
+            task = sync_channel.receive(conn)
+        except OSError:
+            task = None
+        if task is None:                       # the driver went away
+            poller.unregister(fd)
+            del self.sync_conns[fd]
+            conn.close()
+            return
+        ok, result = self._run_task(task, [])
+        packer = Packer()
+        entries = [(task["task_id"], "ok" if ok else "error", packer.value(result), 0)]
+        message = None if packer.frames else sync_channel.encode(entries)
+        if message is not None:
+            conn.send(message)
+            return
+        with self.lock:
+            protocol.send(self.direct, b"results", entries, packer.frames,
+                          identity=task["reply_to"])
+
+    def _serve_direct(self) -> None:
+        """Actor calls sent straight here by a driver on this node: run every call
+        already queued, then answer them in one b"results" message."""
+        replies: dict[bytes, tuple[list, Packer]] = {}
+        while True:
+            try:   # no poll() per message: a non-blocking receive says when none is left
+                identity, _, task, frames = protocol.recv(self.direct, routed=True,
+                                                          flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            ok, result = self._run_task(task, frames)
+            entries, packer = replies.setdefault(identity, ([], Packer()))
+            base = len(packer.frames)
+            packed = packer.value(result)
+            entries.append((task["task_id"], "ok" if ok else "error", packed, base))
+        for identity, (entries, packer) in replies.items():
+            with self.lock:
+                protocol.send(self.direct, b"results", entries, packer.frames,
+                              identity=identity)
+
+    def _run_task(self, task: dict, frames: list):
+        self.driver = task["driver"]
+        ok, result = self._execute(task, frames)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if ok and task["kind"] == "actor_create" and self.direct is not None:
+            result = serialize({"direct": self.direct_endpoint, "sync": self.sync_path,
+                                "hostname": socket.gethostname()})
+        return ok, result
+
+    @staticmethod
+    def _arguments(task: dict, frames: list) -> tuple[list, dict]:
+        return ([unpack_value(a, frames).value() for a in task["args"]],
+                {k: unpack_value(v, frames).value() for k, v in task["kwargs"].items()})
+
+    def _execute(self, task: dict, frames: list):
+        try:
+            nested = nested_refs.take_nested(task["kwargs"])
+            if nested:   # refs inside the arguments: see runtime.driver.nested_refs
+                with nested_refs.resolving({index: unpack_value(packed, frames)
+                                            for index, packed in nested.items()}):
+                    args, kwargs = self._arguments(task, frames)
+            else:
+                args, kwargs = self._arguments(task, frames)
+            kind = task["kind"]
+            if kind == "actor_call":
+                if self.actor is None:
+                    raise RuntimeError("this worker hosts no actor")
+                value = getattr(self.actor, task["method"])(*args, **kwargs)
+            else:
+                code = self.functions.get(task["fn_id"])
+                if code is None:
+                    code = self.functions[task["fn_id"]] = protocol.pickle.loads(task["fn"])
+                value = code(*args, **kwargs)
+                if kind == "actor_create":
+                    self.actor, value = value, None
+            return True, serialize(value)
+        except BaseException as error:  # user code: everything goes back to get()
+            return False, serialize(remote_error(error, traceback.format_exc()))
+
+
+def remote_error(error: BaseException, text: str) -> tuple:
+    """(type name, message, traceback text, pickled exception or None): the text parts
+    always reach get(); the exception object only when it survives a pickle round trip
+    here (an exception class whose __init__ takes other arguments than it passes to
+    Exception does not), so a driver never fails to decode the error itself."""
+    import cloudpickle
+    try:
+        pickled = cloudpickle.dumps(error)
+        cloudpickle.loads(pickled)
+    except Exception:
+        pickled = None
+    return type(error).__name__, str(error), text, pickled
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="runtime.worker.main")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--direct", action="store_true",
+                        help="actor worker: also accept calls from local drivers")
+    parser.add_argument("--parent-pid", type=int,
+                        help="the node agent's pid: exit at once if it is already gone")
+    parser.add_argument("--gpu-ids", default="",
+                        help="an actor's GPU ids (comma-separated), kept for its life")
+    args = parser.parse_args(argv)
+    gpus.assign(args.gpu_ids.split(",") if args.gpu_ids else ())
+    die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A task that calls remote functions or actors connects to the cluster on first use.
+    api.connect_on_first_use()
+    worker = Worker(args.endpoint, args.worker_id, args.direct)
+    if not args.direct:   # an actor keeps its resources for its whole life
+        api.set_blocking_hooks(worker.blocked_enter, worker.blocked_leave,
+                               worker.blocked_tick)
+    sys.stdout = DriverOutput(worker, "stdout")
+    sys.stderr = DriverOutput(worker, "stderr")
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()
