@@ -3,6 +3,8 @@
 non-zero items."""
 from __future__ import annotations
 
+import math
+
 EPSILON = 1e-9
 
 
@@ -22,6 +24,33 @@ def shape_key(shape: dict) -> tuple:
 
 def fits(shape: dict, available: dict) -> bool:
     return all(available.get(k, 0.0) + EPSILON >= v for k, v in shape.items() if v > 0)
+
+
+def fit_count(need, free) -> int:
+    """How many units of a shape fit in `free`: the least, over the resources it asks
+    for, of floor(free / need). `need` is (key, amount > 0) pairs; `free` is indexed by
+    those keys (the planner's resource vectors by position, autoscaler.binpack; a
+    resource table by name, `capacity_for`). The one judgement of "fits" shared by the
+    planner and the control service's `infeasible`, so they never disagree about a
+    shape."""
+    best = -1
+    for index, amount in need:
+        fits = math.floor(free[index] / amount + EPSILON)
+        if fits <= 0:
+            return 0
+        if best < 0 or fits < best:
+            best = fits
+    return max(best, 0)
+
+
+def need_of(shape: dict) -> tuple:
+    """A shape as fit_count's `need`: (name, amount) pairs of what it asks for."""
+    return tuple((name, float(amount)) for name, amount in shape.items() if amount > 0)
+
+
+def capacity_for(need: tuple, resources: dict) -> dict:
+    """A resource table as fit_count's `free` for `need`: every name it asks for."""
+    return {name: float(resources.get(name, 0.0)) for name, _ in need}
 
 
 def acquire(available: dict, shape: dict) -> None:
