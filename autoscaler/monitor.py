@@ -34,7 +34,7 @@ from autoscaler.decisions import Plan
 from autoscaler.events import EventLog
 from autoscaler.explain import summarize
 from autoscaler.observe import (DEFAULT_JOIN_TIMEOUT_S, LoadSource, RuntimeLoadSource,
-                                build_snapshot, demand_version)
+                                build_snapshot, demand_version, node_types_of)
 from autoscaler.planner import plan as make_plan
 from autoscaler.policy import Policy, policy_from_config
 from autoscaler.snapshot import NODE_RUNNING
@@ -253,9 +253,12 @@ def build_monitor(config_path: str, address: str, keys_dir: str | None,
     session = ev.session_dir(node_dir)
     session.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = MonitorState.load(session / STATE_FILE, config_hash(config.to_dict()))
-    return Monitor(config, provider, RuntimeLoadSource(address, keys_dir),
+    policy = policy_from_config(config)
+    # the control service learns the node types from here (it reads no cluster YAML)
+    load_source = RuntimeLoadSource(address, keys_dir, node_types=node_types_of(policy))
+    return Monitor(config, provider, load_source,
                    events=EventLog(session / ev.EVENTS_FILE), state=state,
-                   bootstrap=bootstrap, options=options,
+                   bootstrap=bootstrap, options=options, policy=policy,
                    head_node_id=os.environ.get("CORRAL_NODE_ID"))
 
 

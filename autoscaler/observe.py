@@ -2,12 +2,19 @@
 the planner's Snapshot.
 
 The runtime's load comes through a `LoadSource` (the real one asks the head's control
-service with runtime.state's get_load; tests pass a fake). Its structure is documented in
-runtime/control/service.py.
+service with rpc get_load; tests pass a fake) as a runtime.protocol.load.LoadReport, or
+its wire form (a dict), which every function here reads back with `LoadReport.of`.
+
+The real source also keeps the control service's node types up to date: it pushes the
+monitor's (from the normalised cluster config) with rpc set_node_types whenever a load
+report shows others (the monitor's start, a control service started afresh), so the
+report's `infeasible` shapes are judged against the types the planner launches.
 """
 from __future__ import annotations
 
 import abc
+from types import MappingProxyType
+from typing import Mapping
 
 from autoscaler.snapshot import (NODE_BOOTSTRAPPING, NODE_FAILED, NODE_LAUNCHING,
                                  NODE_RUNNING, NodeRecord, Shape, Snapshot, make_shape)
@@ -15,6 +22,10 @@ from autoscaler.tracker import MonitorState
 from launcher.providers.base import STATE_PENDING, Node
 from launcher.tags import (KIND_HEAD, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
                            TAG_LAUNCH_HASH)
+from runtime.errors import RuntimeSystemError
+from runtime.protocol.load import (LoadReport, NodeLoad, NodeType, frozen_resources,
+                                   node_types_to_wire)
+from runtime.protocol.rpc import RemoteCallError, UnknownMethodError
 
 DEFAULT_JOIN_TIMEOUT_S = 120.0  # an up-to-date node that never joins the runtime has failed
 
@@ -23,8 +34,8 @@ class LoadSource(abc.ABC):
     """Where the runtime's load comes from."""
 
     @abc.abstractmethod
-    def get_load(self) -> dict:
-        """The control service's load report (runtime.control.service: get_load)."""
+    def get_load(self) -> LoadReport | dict:
+        """The control service's load report (a LoadReport, or its wire form)."""
 
     def drain(self, node_ids: list[str]) -> list[str] | None:
         """Ask the runtime to place no more work on these nodes. Returns the ids that are
@@ -36,42 +47,79 @@ class LoadSource(abc.ABC):
         """Release connections."""
 
 
+def node_types_of(policy) -> dict[str, NodeType]:
+    """The node types the planner launches (autoscaler.policy.Policy), as the control
+    service is told them."""
+    return {name: NodeType(frozen_resources(spec.resources), spec.max_workers)
+            for name, spec in policy.node_types.items()}
+
+
 class RuntimeLoadSource(LoadSource):
     """The head's control service, over one kept-open client connection (reopened after
-    an error)."""
+    an error). `node_types` (node_types_of the monitor's policy) are pushed to it
+    whenever a load report shows other types."""
 
-    def __init__(self, address: str, keys_dir: str | None, timeout_s: float = 5.0):
+    def __init__(self, address: str, keys_dir: str | None, timeout_s: float = 5.0,
+                 node_types: Mapping[str, NodeType] | None = None):
         self.address = address
         self.keys_dir = keys_dir
         self.timeout_s = timeout_s
+        self.node_types = MappingProxyType(dict(node_types or {}))
         self._client = None
         self._can_drain = True
+        self._can_say_max_workers = True
+        self._can_push = True
 
     def drain(self, node_ids: list[str]) -> list[str] | None:
         """The control service's `drain_nodes(node_ids) -> [drained and idle ids]`, when
-        it has one; a runtime without it answers 'unknown control method'."""
-        from runtime.errors import RuntimeSystemError
+        it has one; a runtime without it answers UnknownMethodError."""
         if not self._can_drain:
             return None
         try:
             self.get_load()  # (re)connects
             return list(self._client.call("drain_nodes", node_ids=list(node_ids)))
-        except RuntimeSystemError as error:
-            if "unknown control method" in str(error):
-                self._can_drain = False
-                return None
+        except UnknownMethodError:
+            self._can_drain = False
+            return None
+        except RuntimeSystemError:
             return []  # could not ask: terminate nothing this round
 
-    def get_load(self) -> dict:
+    def get_load(self) -> LoadReport:
         from runtime.control.client import ControlClient
-        from runtime.errors import RuntimeSystemError
         if self._client is None:
             self._client = ControlClient(self.address, self.keys_dir, timeout_s=self.timeout_s)
         try:
-            return self._client.call("get_load")
+            report = LoadReport.from_wire(self._client.call("get_load"))
+            if self._can_push and self._types_differ(report):
+                self._push_node_types()
+                report = LoadReport.from_wire(self._client.call("get_load"))
+            return report
         except RuntimeSystemError:
             self.close()
             raise
+
+    def _types_differ(self, report: LoadReport) -> bool:
+        """The report's node types are not the monitor's (their resources: a control
+        service that keeps no max_workers is not told them again every poll)."""
+        def resources(types):
+            return {name: dict(kind.resources) for name, kind in types.items()}
+        return resources(report.node_types) != resources(self.node_types)
+
+    def _push_node_types(self) -> None:
+        resources, max_workers = node_types_to_wire(self.node_types)
+        try:
+            if self._can_say_max_workers:
+                try:
+                    self._client.call("set_node_types", node_types=resources,
+                                      max_workers=max_workers)
+                    return
+                except UnknownMethodError:
+                    raise
+                except RemoteCallError:   # a service before max_workers: types alone
+                    self._can_say_max_workers = False
+            self._client.call("set_node_types", node_types=resources)
+        except UnknownMethodError:        # a service that takes no node types
+            self._can_push = False
 
     def close(self) -> None:
         if self._client is not None:
@@ -80,38 +128,41 @@ class RuntimeLoadSource(LoadSource):
 
 
 def _shape_counts(items) -> dict[Shape, int]:
+    """{shape: total count} of (resources, count) pairs."""
     counts: dict[Shape, int] = {}
-    for item in items or ():
-        shape = make_shape(item.get("shape", {}))
-        counts[shape] = counts.get(shape, 0) + int(item.get("count", 1))
+    for resources, count in items:
+        shape = make_shape(resources)
+        counts[shape] = counts.get(shape, 0) + int(count)
     return counts
 
 
-def demand_of(load: dict) -> dict[Shape, int]:
-    return _shape_counts(load.get("pending_demand"))
+def demand_of(load: LoadReport | dict) -> dict[Shape, int]:
+    return _shape_counts((entry.shape, entry.count)
+                         for entry in LoadReport.of(load).pending_demand)
 
 
-def bundles_of(load: dict) -> dict[Shape, int]:
-    return _shape_counts({"shape": bundle, "count": 1}
-                         for bundle in load.get("request_resources") or ())
+def bundles_of(load: LoadReport | dict) -> dict[Shape, int]:
+    return _shape_counts((bundle, 1) for bundle in LoadReport.of(load).request_resources)
 
 
-def demand_version(load: dict) -> tuple:
+def demand_version(load: LoadReport | dict) -> tuple:
     """What, in a load report, is worth planning again for: the demand and bundles, and
     which nodes are alive. Idle times tick every report, so they are left out."""
-    return (tuple(sorted(demand_of(load).items())), tuple(sorted(bundles_of(load).items())),
-            tuple(sorted((node.get("node_id"), bool(node.get("alive")))
-                         for node in load.get("nodes") or ())))
+    report = LoadReport.of(load)
+    return (tuple(sorted(demand_of(report).items())),
+            tuple(sorted(bundles_of(report).items())),
+            tuple(sorted((node.node_id, node.alive) for node in report.nodes)))
 
 
-def node_records(now_s: float, nodes: list[Node], load: dict, state: MonitorState,
+def node_records(now_s: float, nodes: list[Node], load: LoadReport | dict,
+                 state: MonitorState,
                  join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S) -> list[NodeRecord]:
     """Provider nodes as planner records. Status: update-failed -> failed; up-to-date and
     alive in the runtime -> running (with the runtime's resources and idle time);
     up-to-date but not (yet) in the runtime -> bootstrapping until join_timeout_s, then
     failed; a runtime node that stopped heartbeating -> failed; the rest -> launching or
     bootstrapping by the provider's state."""
-    runtime_nodes = {item.get("node_id"): item for item in load.get("nodes") or ()}
+    runtime_nodes = {item.node_id: item for item in LoadReport.of(load).nodes}
     records = []
     seen = set()
     for node in nodes:
@@ -119,12 +170,12 @@ def node_records(now_s: float, nodes: list[Node], load: dict, state: MonitorStat
         live = runtime_nodes.get(node.id)
         status, failure = _status_of(now_s, node, live, state, join_timeout_s)
         total, used, idle_since = {}, {}, None
-        if live is not None and live.get("alive"):
-            total = dict(live.get("resources_total") or {})
-            available = live.get("resources_available") or {}
+        if live is not None and live.alive:
+            total = dict(live.resources_total)
+            available = live.resources_available
             used = {name: max(0.0, amount - float(available.get(name, 0.0)))
                     for name, amount in total.items()}
-            idle_since = live.get("idle_since_s")
+            idle_since = live.idle_since_s
         if node.kind == KIND_HEAD:
             status, failure = NODE_RUNNING, None
         records.append(NodeRecord(
@@ -138,13 +189,13 @@ def node_records(now_s: float, nodes: list[Node], load: dict, state: MonitorStat
     return records
 
 
-def _status_of(now_s, node: Node, live: dict | None, state: MonitorState,
+def _status_of(now_s, node: Node, live: NodeLoad | None, state: MonitorState,
                join_timeout_s: float) -> tuple[str, str | None]:
     stage = node.status
     if stage == STATUS_UPDATE_FAILED:
         return NODE_FAILED, node.tags.get(TAG_FAILURE) or "bootstrap failed"
     if stage == STATUS_UP_TO_DATE:
-        if live is not None and live.get("alive"):
+        if live is not None and live.alive:
             state.waiting_to_join_since.pop(node.id, None)
             return NODE_RUNNING, None
         if live is not None:
@@ -159,9 +210,10 @@ def _status_of(now_s, node: Node, live: dict | None, state: MonitorState,
     return NODE_BOOTSTRAPPING, None
 
 
-def build_snapshot(now_s: float, nodes: list[Node], load: dict,
+def build_snapshot(now_s: float, nodes: list[Node], load: LoadReport | dict,
                    state: MonitorState, join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
                    ) -> Snapshot:
+    load = LoadReport.of(load)
     records = node_records(now_s, nodes, load, state, join_timeout_s)
     for record in records:
         if record.status == NODE_FAILED and not record.is_head:

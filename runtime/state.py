@@ -1,8 +1,11 @@
-"""Cluster state for tools (the autoscaler): the load the control service aggregates.
-See runtime.control.service for the exact structure of get_load()."""
+"""Cluster state for tools (the autoscaler): the load the control service aggregates,
+as a runtime.protocol.load.LoadReport (`load_report`) or its wire form (`get_load`)."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from runtime.control.client import ControlClient
+from runtime.protocol.load import LoadReport, NodeType, frozen_resources, node_types_to_wire
 
 
 def _call(method: str, address: str | None, keys_dir: str | None, **kwargs):
@@ -15,17 +18,28 @@ def _call(method: str, address: str | None, keys_dir: str | None, **kwargs):
 
 
 def get_load(address: str | None = None, keys_dir: str | None = None) -> dict:
-    """Per-node resources (total/available), idle_since_s, pending demand {shape: count},
-    infeasible shapes and request_resources bundles. address None = the connected
-    driver's cluster, else this node's address.json ("auto") or HOST:PORT."""
+    """The load report as plain data (LoadReport.to_wire: its docstring has the
+    structure): per-node resources (total/available), idle_since_s, pending demand,
+    infeasible shapes, request_resources bundles, node types. address None = the
+    connected driver's cluster, else this node's address.json ("auto") or HOST:PORT."""
     return _call("get_load", address, keys_dir)
 
 
-def set_node_types(node_types: dict, address: str | None = None,
-                   keys_dir: str | None = None) -> None:
-    """Tell the control service the node types' resources {type: {"CPU": 2, ...}}, so
-    it can report shapes no node type fits as infeasible."""
-    _call("set_node_types", address, keys_dir, node_types=node_types)
+def load_report(address: str | None = None, keys_dir: str | None = None) -> LoadReport:
+    """get_load as a LoadReport."""
+    return LoadReport.from_wire(get_load(address, keys_dir))
+
+
+def set_node_types(node_types: Mapping[str, Mapping | NodeType],
+                   address: str | None = None, keys_dir: str | None = None) -> None:
+    """Tell the control service the node types the autoscaler may launch, {type:
+    {"CPU": 2, ...}} or {type: NodeType}, so it can report shapes no node type fits as
+    infeasible (the autoscaler monitor does this itself)."""
+    types = {name: kind if isinstance(kind, NodeType) else NodeType(frozen_resources(kind))
+             for name, kind in node_types.items()}
+    resources, max_workers = node_types_to_wire(types)
+    _call("set_node_types", address, keys_dir, node_types=resources,
+          max_workers=max_workers)
 
 
 def request_resources(bundles: list[dict], address: str | None = None,

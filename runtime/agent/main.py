@@ -86,6 +86,8 @@ def main(argv=None) -> None:
         agent.serve_forever()
     finally:    # its sockets and its workers' (the workers died with it) go too
         ipc_dirs.remove_dir(agent.ipc_dir)
+    if agent.refused is not None:    # another corral version on the head
+        raise SystemExit(f"node agent not started: {agent.refused}")
 
 
 if __name__ == "__main__":

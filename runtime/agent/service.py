@@ -24,7 +24,9 @@ from runtime.agent.objects import ObjectService
 from runtime.agent.workers import WorkerProcess, WorkersMixin
 from runtime.agent.gpu_ids import GpuIds, default_ids, ids_of
 from runtime.agent.store import ObjectStore
+from runtime.protocol import rpc, version
 from runtime.protocol.frames import Packer
+from runtime.protocol.kinds import Kind
 
 log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
@@ -72,6 +74,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         self.returned_actors: set[bytes] = set()   # creations handed back while draining
         self.next_heartbeat = 0.0
         self.running = True
+        self.refused = None        # the ProtocolVersionError registering ended with
         self.poller = zmq.Poller()
         for sock in (self.local, self.remote, self.control):
             self.poller.register(sock, zmq.POLLIN)
@@ -151,8 +154,10 @@ class NodeAgent(ObjectService, WorkersMixin):
         if not self.registered:
             kwargs = dict(node_id=self.node_id, node_type=self.node_type,
                           address=self.address, ipc=self.local_endpoint,
-                          hostname=socket.gethostname(), resources_total=self.total)
-            protocol.send(self.control, b"rpc", ("register", "register_node", kwargs))
+                          hostname=socket.gethostname(), resources_total=self.total,
+                          protocol_version=version.PROTOCOL_VERSION)
+            protocol.send(self.control, Kind.RPC,
+                          tuple(rpc.RpcRequest("register", "register_node", kwargs)))
             return
         busy = any(w.task for w in self.workers.values()) or self.actors
         if busy:
@@ -165,15 +170,24 @@ class NodeAgent(ObjectService, WorkersMixin):
         kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
                       idle_since_s=self.idle_since_s, queued_demand=dict(demand),
                       drained_idle=drained_idle)
-        protocol.send(self.control, b"rpc", ("heartbeat", "heartbeat", kwargs))
+        protocol.send(self.control, Kind.RPC,
+                      tuple(rpc.RpcRequest("heartbeat", "heartbeat", kwargs)))
 
     def _from_control(self, kind, header) -> None:
-        if kind == b"driver_dead":
+        if kind == Kind.DRIVER_DEAD:
             self._driver_dead(header)
             return
-        request_id, ok, result = header
-        if not ok:
-            log.error("control rejected %s: %s", request_id, result)
+        reply = rpc.reply_of(header)
+        request_id = reply.request_id
+        try:
+            result = rpc.outcome(reply, self.control_address, str(request_id))
+        except version.ProtocolVersionError as error:   # not this corral: stop here
+            log.error("the control service refused this node: %s; the agent exits",
+                      error)
+            self.refused, self.running = error, False
+            return
+        except rpc.RemoteCallError as error:
+            log.error("control rejected %s: %s", request_id, error)
             return
         if request_id == "register":
             if result.get("removed"):   # the autoscaler took this node out: stay out

@@ -12,6 +12,8 @@ import uuid
 import zmq
 
 from runtime.protocol import frames as protocol
+from runtime.protocol import rpc
+from runtime.protocol.kinds import Kind
 from runtime.node import session
 from runtime.errors import RuntimeConnectionError
 from runtime.node.keys import load_cluster_keys
@@ -50,8 +52,10 @@ class ControlClient:
         self.ids = itertools.count()
 
     def call(self, method: str, **kwargs):
+        """The method's result; RemoteCallError (UnknownMethodError: an older service
+        without it) when it failed there, RuntimeConnectionError when no answer came."""
         request_id = next(self.ids)
-        protocol.send(self.sock, b"rpc", (request_id, method, kwargs))
+        protocol.send(self.sock, Kind.RPC, tuple(rpc.RpcRequest(request_id, method, kwargs)))
         while True:
             if not self.sock.poll(int(self.timeout_s * 1000)):
                 raise RuntimeConnectionError(self.address, f"no answer to {method} within "
@@ -60,11 +64,14 @@ class ControlClient:
                 _, kind, header, _ = protocol.recv(self.sock, routed=False)
             except protocol.MalformedMessageError as error:
                 raise RuntimeConnectionError(self.address, str(error)) from None
-            if kind == b"reply" and header[0] == request_id:
-                _, ok, result = header
-                if not ok:
-                    raise RuntimeConnectionError(self.address, f"{method}: {result}")
-                return result
+            if kind != Kind.REPLY:
+                continue
+            try:
+                reply = rpc.reply_of(header)
+            except ValueError as error:
+                raise RuntimeConnectionError(self.address, str(error)) from None
+            if reply.request_id == request_id:
+                return rpc.outcome(reply, self.address, method)
 
     def close(self) -> None:
         protocol.destroy_context(self.ctx)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import time
 
+from runtime.control.records import NodeEntry
+
 log = logging.getLogger("corral.control")
 DRAIN_LEASE_S = 30.0
 
@@ -32,6 +34,7 @@ DRAIN_LEASE_S = 30.0
 class DrainMixin:
     """Part of ControlService (runtime.control.service)."""
 
+    nodes: dict[str, NodeEntry]
     removed_nodes: set
     dirty: bool                  # the state to save (runtime.control.persist) changed
     drain_lease_s: float = DRAIN_LEASE_S
@@ -42,14 +45,14 @@ class DrainMixin:
         changed = False
         for node_id, node in self.nodes.items():
             draining = node_id in wanted
-            if draining and not node["draining"]:
-                node["drain_since"] = now
-            if draining != node["draining"]:
-                node["draining"], changed = draining, True
+            if draining and not node.draining:
+                node.drain_since = now
+            if draining != node.draining:
+                node.draining, changed = draining, True
                 if not draining:
-                    node["drained_idle"] = False
+                    node.drained_idle = False
             if draining:
-                node["drain_until"] = now + self.drain_lease_s
+                node.drain_until = now + self.drain_lease_s
         confirmed = [node_id for node_id in node_ids
                      if node_id in self.nodes and self._drained_and_idle(self.nodes[node_id])]
         if confirmed:
@@ -65,15 +68,15 @@ class DrainMixin:
         self.removed_nodes.update(node_ids)
         return known
 
-    def _drained_and_idle(self, node: dict) -> bool:
+    def _drained_and_idle(self, node: NodeEntry) -> bool:
         """The agent knew it was draining when it reported itself idle."""
-        return node["alive"] and node["draining"] and node["drained_idle"] and \
-            node["last_heartbeat"] > node["drain_since"]
+        return node.alive and node.draining and node.drained_idle and \
+            node.last_heartbeat > node.drain_since
 
     def _remove(self, node_ids: list[str], why: str) -> None:
         for node_id in node_ids:
             node = self.nodes[node_id]
-            node["alive"], node["removed"] = False, True
+            node.alive, node.removed = False, True
             self.removed_nodes.add(node_id)
             log.info("node %s removed from the node table: %s", node_id, why)
         self._broadcast_nodes()
@@ -81,9 +84,9 @@ class DrainMixin:
     def _expire_drains(self, now: float) -> None:
         changed = False
         for node in self.nodes.values():
-            if node["draining"] and not node.get("removed") and now > node["drain_until"]:
-                node["draining"], node["drained_idle"], changed = False, False, True
+            if node.draining and not node.removed and now > node.drain_until:
+                node.draining, node.drained_idle, changed = False, False, True
                 self.dirty = True
-                log.info("node %s: drain lapsed, it takes work again", node["node_id"])
+                log.info("node %s: drain lapsed, it takes work again", node.node_id)
         if changed:
             self._broadcast_nodes()

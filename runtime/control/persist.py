@@ -3,8 +3,9 @@ head's supervisor, runtime.node.supervisor) resumes the cluster instead of start
 
 Kept (the state nobody else can give back): the node table (ids, addresses, resources,
 alive, draining, removed), the drivers and the recently dead ones, the actor directory
-(named actors, and where every published actor runs), the KV store, the node types, the
-request_resources bundles and the nodes removed by the autoscaler (which must stay out).
+(named actors, and where every published actor runs), the KV store, the node types (and
+their max_workers), the request_resources bundles and the nodes removed by the
+autoscaler (which must stay out).
 Not kept (rebuilt within a heartbeat): each node's available resources, idle time and
 queued demand, and each driver's pending demand. A restored node counts as alive with a
 fresh heartbeat deadline: an agent that is still there heartbeats at once and goes on
@@ -34,6 +35,7 @@ import os
 import time
 from pathlib import Path
 
+from runtime.control.records import DriverEntry, NodeEntry
 from runtime.node import private_paths
 
 log = logging.getLogger("corral.control")
@@ -91,10 +93,9 @@ def snapshot(service, cluster_key: str) -> dict:
     now = time.monotonic()
     nodes = []
     for node in service.nodes.values():
-        kept = {key: node.get(key) for key in _NODE_KEPT}
-        kept["removed"] = bool(node.get("removed"))
-        kept["drain_left_s"] = max(0.0, node.get("drain_until", 0.0) - now) \
-            if node.get("draining") else 0.0
+        kept = {key: getattr(node, key) for key in _NODE_KEPT}
+        kept["removed"] = node.removed
+        kept["drain_left_s"] = max(0.0, node.drain_until - now) if node.draining else 0.0
         nodes.append(kept)
     kv = []
     for key, value in service.kv.items():
@@ -107,12 +108,13 @@ def snapshot(service, cluster_key: str) -> dict:
     return {
         "version": STATE_VERSION, "cluster_key": cluster_key, "saved_at_s": time.time(),
         "nodes": nodes,
-        "drivers": [[driver_id, driver["identity"]]
+        "drivers": [[driver_id, driver.identity]
                     for driver_id, driver in service.drivers.items()],
         "dead_drivers": service.dead_drivers[-DEAD_DRIVERS_KEPT:],
         "actors": list(service.actors.items()),
         "actor_nodes": list(service.actor_nodes.items()),
         "kv": kv, "node_types": list(service.node_types.items()),
+        "node_type_max_workers": list(service.node_type_max_workers.items()),
         "request_bundles": service.request_bundles,
         "removed_nodes": sorted(service.removed_nodes)}
 
@@ -152,21 +154,21 @@ def restore(service, data: dict) -> None:
     try:
         nodes = {}
         for kept in data.get("nodes") or ():
-            kept = dict(kept)
-            left_s = float(kept.pop("drain_left_s", 0.0) or 0.0)
-            removed = kept.pop("removed", False)
-            node = dict(kept, resources_total=dict(kept.get("resources_total") or {}),
-                        resources_available={}, idle_since_s=None, queued_demand={},
-                        last_heartbeat=now, drained_idle=False, drain_since=now,
-                        drain_until=now + left_s, draining=bool(kept.get("draining")),
-                        alive=bool(kept.get("alive")))
-            if removed:
-                node["removed"] = True
-            nodes[str(node["node_id"])] = node
+            identity = kept.get("identity")
+            node = NodeEntry(
+                node_id=str(kept["node_id"]), node_type=kept.get("node_type"),
+                address=kept.get("address"), ipc=kept.get("ipc"),
+                hostname=kept.get("hostname"),
+                identity=None if identity is None else bytes(identity),
+                resources_total=dict(kept.get("resources_total") or {}),
+                alive=bool(kept.get("alive")), idle_since_s=None, last_heartbeat=now,
+                draining=bool(kept.get("draining")), drain_since=now,
+                drain_until=now + float(kept.get("drain_left_s", 0.0) or 0.0),
+                removed=bool(kept.get("removed")))
+            nodes[node.node_id] = node
         tables = {
             "nodes": nodes,
-            "drivers": {str(driver_id): {"identity": bytes(identity), "pending_demand": {},
-                                         "last_heartbeat": now}
+            "drivers": {str(driver_id): DriverEntry(bytes(identity), last_heartbeat=now)
                         for driver_id, identity in data.get("drivers") or ()},
             "dead_drivers": [str(driver) for driver in data.get("dead_drivers") or ()],
             "actors": {str(name): dict(info) for name, info in data.get("actors") or ()},
@@ -175,6 +177,8 @@ def restore(service, data: dict) -> None:
             "kv": {key: value for key, value in data.get("kv") or ()},
             "node_types": {str(name): dict(resources) for name, resources
                            in data.get("node_types") or ()},
+            "node_type_max_workers": {str(name): int(limit) for name, limit
+                                      in data.get("node_type_max_workers") or ()},
             "request_bundles": [dict(bundle) for bundle in data.get("request_bundles") or ()],
             "removed_nodes": {str(node_id) for node_id in data.get("removed_nodes") or ()}}
     except (TypeError, ValueError, KeyError, AttributeError) as error:

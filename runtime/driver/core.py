@@ -16,6 +16,8 @@ from concurrent.futures import Future
 import zmq
 
 from runtime.protocol import frames as protocol
+from runtime.protocol import rpc, version
+from runtime.protocol.kinds import Kind
 from runtime.driver.loop import Call, fail_queued_commands
 from runtime.driver.records import ActorRecord, Entry, TaskRecord
 from runtime.errors import DriverIOError, RuntimeConnectionError
@@ -85,7 +87,11 @@ class DriverCore:
         try:
             reply = self.call_control(
                 "register_driver", driver_id=self.driver_id,
+                protocol_version=version.PROTOCOL_VERSION,
                 timeout_s=max(1.0, connect_timeout_s - (time.monotonic() - started_s)))
+        except (version.ProtocolVersionError, rpc.RemoteCallError):   # it answered: say
+            self.close(notify=False)                                  # what it said
+            raise
         except RuntimeConnectionError:
             self.close(notify=False)
             raise RuntimeConnectionError(control_address, "no answer (not running, or "
@@ -119,16 +125,15 @@ class DriverCore:
         def send():
             request_id = next(self.rpc_ids)
             self.rpc_futures[request_id] = future
-            protocol.send(self.control, b"rpc", (request_id, method, kwargs))
+            protocol.send(self.control, Kind.RPC,
+                          tuple(rpc.RpcRequest(request_id, method, kwargs)))
         self._run(Call(send, future, f"the control call {method}"))
         try:
             ok, result = future.result(timeout_s)
         except TimeoutError:
             raise RuntimeConnectionError(self.control_address, f"no answer to {method} "
                                          f"within {timeout_s} s") from None
-        if not ok:
-            raise RuntimeConnectionError(self.control_address, f"{method}: {result}")
-        return result
+        return rpc.outcome(rpc.RpcReply(None, ok, result), self.control_address, method)
 
     def incref(self, object_id: bytes) -> None:
         with self.ref_lock:

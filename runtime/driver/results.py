@@ -7,9 +7,11 @@ import logging
 import sys
 
 from runtime.protocol import frames as protocol
+from runtime.protocol import rpc
+from runtime.protocol.kinds import Kind
 from runtime.driver.records import FAILED, READY, TaskRecord, user_error
 from runtime.errors import (ActorDiedError, DriverIOError, ObjectLostError,
-                            ObjectStoreFullError, TaskError)
+                            ObjectStoreFullError, RuntimeSystemError, TaskError)
 from runtime.protocol.frames import Serialized
 
 log = logging.getLogger("corral.driver")
@@ -21,14 +23,20 @@ class ResultsMixin:
     def handle(self, sock, kind: bytes, header, frames) -> None:
         core = self.core
         if sock is core.control:
-            if kind == b"reply":
-                request_id, ok, result = header
-                future = core.rpc_futures.pop(request_id, None)
-                if future is not None:
-                    future.set_result((ok, result))
-                elif ok and isinstance(result, dict) and "nodes" in result:
+            if kind == Kind.REPLY:
+                reply = rpc.reply_of(header)
+                future = core.rpc_futures.pop(reply.request_id, None)
+                if future is not None:    # its caller turns it into a value or error
+                    future.set_result((reply.ok, reply.result))
+                    return
+                try:         # a heartbeat's answer (no one waits for it)
+                    result = rpc.outcome(reply, core.control_address, "a control call")
+                except RuntimeSystemError as error:   # RemoteCallError and kin
+                    log.warning("%s", error)
+                    return
+                if isinstance(result, dict) and "nodes" in result:
                     self.learn_nodes(result["nodes"])
-            elif kind == b"nodes":
+            elif kind == Kind.NODES:
                 self.learn_nodes(header)
         elif kind == b"results":
             with core.cv:

@@ -139,8 +139,7 @@ def _start_node(*, head: bool, address: str | None = None, port: int | None = No
             ("127.0.0.1" if not secure else _own_ip())
         if node_ip or session.is_loopback(head_ip):
             argv += ["--bind-ip", session.bind_ip_for(head_ip)]
-        if autoscaling_config:
-            argv += ["--autoscaling-config", str(autoscaling_config)]
+        if autoscaling_config:   # (the monitor tells the control service the node types)
             (session_dir / "autoscaling_config").write_text(str(autoscaling_config))
         if driver_pid is None:    # corral start: the head's supervisor runs it
             supervision.start_service(session_dir, "control", argv, env, pids,

@@ -5,8 +5,12 @@
                 value when ok, else a RemoteFailure record (never a bare string)
 
 On the wire both are plain tuples (pickled without class references, so a peer needs
-none of these classes to read them); `request_of` and `reply_of` turn a received header
-back into its record, and `outcome` turns a reply into the value or the raised error.
+none of these classes to read them): send `tuple(record)`, and a failed reply's result
+as `tuple(RemoteFailure.of(error))`. `request_of` and `reply_of` turn a received header
+back into its record, and `outcome` turns a reply into the value or the raised error:
+RemoteCallError, UnknownMethodError for a method the service lacks, and
+ProtocolVersionError (runtime.protocol.version) when the service refused this process's
+protocol version at registration.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import traceback
 from typing import Any, NamedTuple
 
 from runtime.errors import RuntimeConnectionError
+from runtime.protocol import version
 
 
 class RpcRequest(NamedTuple):
@@ -23,16 +28,19 @@ class RpcRequest(NamedTuple):
 
 
 class RemoteFailure(NamedTuple):
-    """What a failed remote call raised: the exception's type name, its message and the
-    remote traceback (text)."""
+    """What a failed remote call raised: the exception's type name, its message, the
+    remote traceback (text) and, for the errors the protocol knows, their fields as
+    plain data (`wire_detail` of the exception: ProtocolVersionError's versions)."""
     type_name: str
     message: str
     traceback: str = ""
+    detail: Any = None
 
     @classmethod
     def of(cls, error: BaseException) -> "RemoteFailure":
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return cls(type(error).__name__, str(error), text)
+        return cls(type(error).__name__, str(error), text,
+                   getattr(error, "wire_detail", None))
 
 
 class RpcReply(NamedTuple):
@@ -66,15 +74,13 @@ def unknown_method(method) -> RemoteFailure:
 
 
 def request_of(header) -> RpcRequest:
-    """The request in a received header; ValueError when it is not one."""
-    try:
-        request = RpcRequest(*header)
-    except TypeError:
-        raise ValueError(f"header {header!r:.200} is not (request_id, method, kwargs)") \
-            from None
-    if type(request.method) is not str or not isinstance(request.kwargs, dict):
+    """The request in a received header; ValueError when it is not three items (there
+    is no request id to answer). Its method and kwargs are not checked here: a request
+    whose method is no string or whose kwargs are no dict has an id, and is answered
+    with a failure (unknown_method, TypeError) by the service."""
+    if not isinstance(header, (tuple, list)) or len(header) != 3:
         raise ValueError(f"header {header!r:.200} is not (request_id, method, kwargs)")
-    return request
+    return RpcRequest(*header)
 
 
 def reply_of(header) -> RpcReply:
@@ -88,7 +94,7 @@ def reply_of(header) -> RpcReply:
 
 def failure_of(result) -> RemoteFailure:
     """A failed reply's result as a RemoteFailure (a peer before protocol 2 sent text)."""
-    if isinstance(result, tuple) and len(result) == 3:
+    if isinstance(result, tuple) and 2 <= len(result) <= len(RemoteFailure._fields):
         return RemoteFailure(*result)
     type_name, _, message = str(result).partition(": ")
     return RemoteFailure(type_name if message else "Error", message or str(result))
@@ -99,6 +105,12 @@ def outcome(reply: RpcReply, address: str, method: str):
     if reply.ok:
         return reply.result
     failure = failure_of(reply.result)
+    if failure.type_name == version.ProtocolVersionError.__name__:
+        detail = failure.detail if isinstance(failure.detail, dict) else {}
+        # the service's version, and the one it took ours to be (none sent: 1)
+        raise version.ProtocolVersionError(detail.get("theirs", version.PROTOCOL_VERSION),
+                                           detail.get("ours"),
+                                           f"the control service at {address}")
     error_type = UnknownMethodError if failure.type_name == UNKNOWN_METHOD else \
         RemoteCallError
     raise error_type(address, method, failure)

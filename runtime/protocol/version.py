@@ -22,6 +22,15 @@ class ProtocolVersionError(RuntimeSystemError):
         self.theirs = theirs
         self.peer = peer
 
+    @property
+    def wire_detail(self) -> dict:
+        """Sent with a refusal (rpc.RemoteFailure), so the refused peer can name the
+        version the refusing one speaks."""
+        return {"ours": self.ours, "theirs": self.theirs}
+
+
+MISSING_VERSION = 1   # a peer that sends no protocol_version predates the field
+
 
 def check(theirs, peer: str) -> None:
     """Raise ProtocolVersionError unless `theirs` is this process's version."""

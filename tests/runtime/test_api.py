@@ -158,16 +158,6 @@ def test_init_without_cluster_starts_an_embedded_runtime_torn_down_at_exit(tmp_p
     assert not session.is_alive(int(worker_pid))     # the embedded runtime is gone
 
 
-def test_node_types_from_cluster_yaml(tmp_path):
-    from runtime.control.service import node_types_from_config
-    config = tmp_path / "cluster.yaml"
-    config.write_text("available_node_types:\n  head: {resources: {CPU: 1}}\n"
-                      "  gpu: {resources: {CPU: 4, GPU: 1}, max_workers: 2}\n")
-    assert node_types_from_config(str(config)) == {"head": {"CPU": 1.0},
-                                                   "gpu": {"CPU": 4.0, "GPU": 1.0}}
-    assert node_types_from_config(str(tmp_path / "missing.yaml")) == {}
-
-
 def test_work_no_node_can_fit_is_logged_once_and_keeps_waiting(one_node, caplog,
                                                               monkeypatch):
     import logging

@@ -15,10 +15,12 @@ from autoscaler.tracker import MonitorState
 from runtime.control import persist as control_persist
 from runtime.control.service import ControlService
 from runtime.node.keys import create_cluster_keys
+from runtime.protocol.version import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(60)
 NODE = dict(node_type="cpu", address="127.0.0.1:4000", ipc="ipc:///x/agent",
-            hostname="h", resources_total={"CPU": 2.0})
+            hostname="h", resources_total={"CPU": 2.0}, protocol_version=PROTOCOL_VERSION)
+DRIVER = dict(protocol_version=PROTOCOL_VERSION)
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def test_a_restarted_service_resumes_nodes_drivers_and_actors(services, tmp_path
     first = services()
     request(first, "register_node", b"Aw1", node_id="w1", **NODE)
     request(first, "register_node", b"Aw2", node_id="w2", **NODE)
-    request(first, "register_driver", b"Dd1", driver_id="d1")
+    request(first, "register_driver", b"Dd1", driver_id="d1", **DRIVER)
     actor_id = b"\x00\xffactor-id-bytes"
     request(first, "register_actor", name="counter", info={
         "actor_id": actor_id, "node_id": "w1", "owner": "d1", "detached": True,
@@ -76,12 +78,12 @@ def test_a_restarted_service_resumes_nodes_drivers_and_actors(services, tmp_path
     second = services(resume=True)
     assert set(second.nodes) == {"w1", "w2"}
     w1, w2 = second.nodes["w1"], second.nodes["w2"]
-    assert w1["alive"] and w1["identity"] == b"Aw1" and w1["resources_total"] == {"CPU": 2.0}
-    assert w2["draining"] and not w1["draining"]
-    assert 0 < w2["drain_until"] - time.monotonic() <= first.drain_lease_s
+    assert w1.alive and w1.identity == b"Aw1" and w1.resources_total == {"CPU": 2.0}
+    assert w2.draining and not w1.draining
+    assert 0 < w2.drain_until - time.monotonic() <= first.drain_lease_s
     # rebuilt from heartbeats, not restored: nothing free and not idle until then
-    assert w1["resources_available"] == {} and w1["idle_since_s"] is None
-    assert second.drivers["d1"]["identity"] == b"Dd1"
+    assert w1.resources_available == {} and w1.idle_since_s is None
+    assert second.drivers["d1"].identity == b"Dd1"
     assert second.actors["counter"]["actor_id"] == actor_id
     assert second.actor_nodes[actor_id]["epoch"] == 2
     assert second.kv == {"k": b"\x01\x02"}
@@ -97,7 +99,7 @@ def test_a_restarted_service_resumes_nodes_drivers_and_actors(services, tmp_path
 def test_removed_nodes_stay_out_and_gone_drivers_stay_gone(services):
     first = services()
     request(first, "register_node", b"Aw1", node_id="w1", **NODE)
-    request(first, "register_driver", b"Dd1", driver_id="d1")
+    request(first, "register_driver", b"Dd1", driver_id="d1", **DRIVER)
     request(first, "register_actor", name="mine", info={
         "actor_id": b"a1", "node_id": "w1", "owner": "d1", "detached": False})
     request(first, "remove_nodes", node_ids=["w1"])
@@ -114,7 +116,7 @@ def test_a_dead_node_found_by_the_liveness_check_is_saved_dead(services):
     request(first, "register_node", b"Aw1", node_id="w1", **NODE)
     first._check_liveness(time.monotonic() + 60)
     first.save_state()
-    assert services(resume=True).nodes["w1"]["alive"] is False
+    assert services(resume=True).nodes["w1"].alive is False
 
 
 @pytest.mark.parametrize("damage", ["truncated", "another cluster", "a list"])
