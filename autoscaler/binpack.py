@@ -14,6 +14,9 @@ from typing import Iterable, Mapping
 
 from autoscaler.policy import GENERIC_RESOURCES
 from autoscaler.snapshot import Shape
+# How many tasks of a shape fit in `free` (min over resources of floor(free/need)): the
+# runtime's, so the control service's `infeasible` is judged as the planner judges.
+from runtime.scheduling import fit_count  # noqa: F401 - planner and simulate import it here
 
 EPS = 1e-9
 Vector = tuple[float, ...]
@@ -44,18 +47,6 @@ class ResourceSpace:
 
     def as_dict(self, vector: Vector) -> dict[str, float]:
         return {name: vector[index] for index, name in enumerate(self.names) if vector[index]}
-
-
-def fit_count(need: Need, free: Vector) -> int:
-    """How many tasks of this shape fit in `free`: min over resources of floor(free/need)."""
-    best = -1
-    for index, amount in need:
-        fits = math.floor(free[index] / amount + EPS)
-        if fits <= 0:
-            return 0
-        if best < 0 or fits < best:
-            best = fits
-    return max(best, 0)
 
 
 def subtract(free: Vector, need: Need, times: int) -> Vector:
