@@ -80,3 +80,18 @@ def test_replies_are_plain_data_on_the_wire(local_cluster):
         sock.close(0)
     finally:
         protocol.destroy_context(ctx)
+
+
+def test_an_older_services_text_failure_still_reads_as_a_typed_error():
+    from runtime.protocol import rpc
+    older = rpc.RpcReply(4, False, "ValueError: unknown control method 'drain_nodes'")
+    with pytest.raises(RemoteCallError) as failed:
+        rpc.outcome(older, "head:1", "drain_nodes")
+    assert (failed.value.type_name, failed.value.remote_message) == \
+        ("ValueError", "unknown control method 'drain_nodes'")
+    current = rpc.RpcReply(5, False, tuple(rpc.unknown_method("drain_nodes")))
+    with pytest.raises(UnknownMethodError):
+        rpc.outcome(current, "head:1", "drain_nodes")
+    assert rpc.outcome(rpc.RpcReply(6, True, [1]), "head:1", "nodes") == [1]
+    with pytest.raises(ValueError):
+        rpc.request_of("not a request")
