@@ -15,9 +15,10 @@ from autoscaler import events as ev
 from autoscaler.events import EventLog
 from autoscaler.tracker import MonitorState
 from launcher.errors import ClusterError, ProviderError
+from launcher.node_states import bootstrap_finished
 from launcher.providers.base import Node, NodeProvider
-from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
-                           STATUS_UPDATE_FAILED, TAG_LAUNCH_HASH, TAG_NODE_KIND,
+from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UPDATE_FAILED,
+                           TAG_LAUNCH_HASH, TAG_NODE_KIND,
                            TAG_NODE_STATUS, TAG_NODE_TYPE)
 
 # Which monitor launched a node, so a restarted monitor adopts the bootstraps its
@@ -122,7 +123,7 @@ class Actuator:
             return False
         if node.tags.get(TAG_LAUNCHED_BY) != LAUNCHED_BY_AUTOSCALER:
             return False
-        if node.status in (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED):
+        if bootstrap_finished(node.status):
             self._stage_seen.pop(node.id, None)
             return False
         if not (node.internal_ip or node.external_ip):

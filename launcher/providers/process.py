@@ -42,6 +42,7 @@ from launcher import tags as T
 from launcher.bootstrap.command_runner import LocalRunner
 from launcher.errors import (NodeNotFoundError, PartialTerminateError, ProviderError,
                              StateFileError, UsageError)
+from launcher.node_states import check_provider_transition
 from launcher.providers.base import (STATE_DAMAGED, STATE_RUNNING, STATE_STOPPING,
                                      STATE_TERMINATED, Node, NodeId, NodeProvider, matches)
 from launcher.providers.node_processes import stop_processes_of
@@ -298,6 +299,7 @@ class ProcessProvider(NodeProvider):
                 return None
             if record.get("state") == STATE_TERMINATED:
                 return False
+            check_provider_transition(node_id, record.get("state"), state)
             record["state"] = state
             self._write_record(node_id, record)
             return True
