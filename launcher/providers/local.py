@@ -34,7 +34,8 @@ from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
                              PartialTerminateError, ProviderError, SSHConfigError,
                              SSHKeyError, SSHUnreachableError, UsageError)
 from launcher.providers import host_tags, node_processes
-from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
+from launcher.providers.base import (STATE_RUNNING, Capability, Node, NodeId, NodeProvider,
+                                     matches)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ TAKEN = "taken"  # another cluster (or launcher) holds the host
 
 class LocalProvider(NodeProvider):
     """Claims on-prem hosts for one cluster through tag files on the hosts themselves."""
+
+    capabilities = frozenset({Capability.UNREACHABLE})
 
     def __init__(self, config):
         super().__init__(config)

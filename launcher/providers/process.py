@@ -44,7 +44,8 @@ from launcher.errors import (NodeNotFoundError, PartialTerminateError, ProviderE
                              StateFileError, UsageError)
 from launcher.node_states import check_provider_transition
 from launcher.providers.base import (STATE_DAMAGED, STATE_RUNNING, STATE_STOPPING,
-                                     STATE_TERMINATED, Node, NodeId, NodeProvider, matches)
+                                     STATE_TERMINATED, Capability, Node, NodeId,
+                                     NodeProvider, matches)
 from launcher.providers.node_processes import stop_processes_of
 from launcher.providers.process_records import NODE_FILE, kind_from_id, read_record
 from runtime.node.processes import ENV_NODE_DIR, caller_and_ancestors, pids_with_env_in
@@ -66,6 +67,8 @@ def free_tcp_port(host: str = LOCAL_IP) -> int:
 
 class ProcessProvider(NodeProvider):
     """Nodes are process groups on this machine, one directory each."""
+
+    capabilities = frozenset({Capability.DAMAGED_NODES, Capability.HEAD_PORT})
 
     def __init__(self, config):
         super().__init__(config)

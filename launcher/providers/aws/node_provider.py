@@ -19,7 +19,7 @@ from launcher.config.frozen import thaw
 from launcher.providers.aws import naming
 from launcher.providers.aws.errors import aws_errors
 from launcher.providers.aws.session import AWSClients
-from launcher.providers.base import Node, NodeProvider, matches
+from launcher.providers.base import Capability, Node, NodeProvider, matches
 from launcher.providers.cloud_common import launch_across_places, new_launch_token, notice
 
 LIVE_STATES = ("pending", "running")
@@ -31,6 +31,7 @@ DEFAULT_SSH_USER = "ubuntu"  # the user of the default (Ubuntu) image
 
 
 class AWSProvider(NodeProvider):
+    capabilities = frozenset({Capability.PURGE})
     page_size = 500  # describe_instances results per page (tests make it small)
     # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually
     # consistent): RunInstances is retried meanwhile.
