@@ -232,11 +232,8 @@ class LocalProvider(NodeProvider):
             message = f"only {len(free)} of {what} are free; {count} asked for"
         if unreachable:
             message += f" ({len(unreachable)} unreachable: {', '.join(unreachable)})"
-        error = CapacityError(message, node_type=node_type)
-        error.free_count = len(free)
-        error.requested_count = count
-        error.unreachable_ips = list(unreachable)
-        return error
+        return CapacityError(message, node_type=node_type, free_count=len(free),
+                             requested_count=count, unreachable_ips=unreachable)
 
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
         """One command on the host: the merge happens there, under the host's lock."""

@@ -137,8 +137,7 @@ class AWSProvider(NodeProvider):
             created = launch_across_places(subnets, count - len(reused), launch,
                                            node_type=node_type, place_name=self._place_name)
         except ProviderError as error:
-            error.created_ids = reused + getattr(error, "created_ids", [])
-            raise
+            raise error.add_created_ids(reused)
         return reused + created
 
     def _run_instances(self, params: dict, subnet: str | None, count: int,

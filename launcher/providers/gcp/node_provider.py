@@ -199,8 +199,7 @@ class GCPProvider(NodeProvider):
             raise (hard or errors)[0]
         for error in errors:
             if not error.try_elsewhere:
-                error.created_ids = created
-                raise error
+                raise error.add_created_ids(created)
         return created
 
     # -- terminating --------------------------------------------------------------------
