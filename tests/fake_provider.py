@@ -2,8 +2,8 @@
 like every real provider (tests/contract/provider_fake.py).
 
 FakeProvider keeps nodes in memory, records every create call and tag write in order,
-and can be told to fail: a launch of a node type (`fail_types`), or every listing
-(`list_error`). Providers of several clusters may share one `FakeCloud` (as clusters
+and can be told to fail: a launch of a node type (`fail_types`), one bigger than the
+room left (`room`), or every listing (`list_error`). Providers of several clusters may share one `FakeCloud` (as clusters
 share a cloud account): each sees, tags and terminates only its own cluster's nodes.
 Given a `workdir`, its nodes run commands through FakeRunner: for real with bash in a
 per-node directory (so exit codes and output are real); a node can be made unreachable.
@@ -18,7 +18,8 @@ import time
 from typing import Mapping
 
 from launcher.bootstrap.command_runner import CommandResult, CommandRunner, append_log
-from launcher.errors import ClusterError, CommandError, NodeNotFoundError, SSHUnreachableError
+from launcher.errors import (CapacityError, ClusterError, CommandError, NodeNotFoundError,
+                             SSHUnreachableError)
 from launcher.providers.base import STATE_RUNNING, Node, NodeProvider, matches
 from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UP_TO_DATE, TAG_CLUSTER_NAME,
                            TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE)
@@ -118,6 +119,9 @@ class FakeProvider(NodeProvider):
         self.terminated: list[str] = []
         self.fail_types: dict[str, ClusterError] = {}
         self.list_error: ClusterError | None = None
+        # node type -> how many more fit; a bigger request is refused as the local
+        # provider refuses it (CapacityError naming how many are free).
+        self.room: dict[str, int] = {}
         self.created_status: dict[str, str | None] = {}  # node id -> status tag at creation
 
     def _mine(self, node: Node) -> bool:
@@ -143,6 +147,12 @@ class FakeProvider(NodeProvider):
         self.create_calls.append((node_type, count, dict(tags)))
         if node_type in self.fail_types:
             raise self.fail_types[node_type]
+        if count > self.room.get(node_type, count):
+            raise CapacityError(f"only {self.room[node_type]} of {count} {node_type} fit",
+                                node_type=node_type, free_count=self.room[node_type],
+                                requested_count=count)
+        if node_type in self.room:
+            self.room[node_type] -= count
         created = []
         for _ in range(count):
             number = next(self.cloud.numbers)

@@ -12,7 +12,7 @@ import enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping
 
-from launcher.errors import UsageError
+from launcher.errors import CapacityError, ClusterError, ProviderError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from launcher.bootstrap.command_runner import CommandRunner
@@ -149,6 +149,39 @@ class NodeProvider(abc.ABC):
     def purge(config: "ClusterConfig") -> list[str]:
         """Capability.PURGE: remove the cloud resources corral made for the cluster."""
         raise UsageError(f"the {config.provider_type} provider has nothing to purge")
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateOutcome:
+    """What create_what_fits did: `ids` created; `error`, the provider's refusal of the
+    whole request (None: all were created); `retried_count`, how many a second, smaller
+    request asked for (0: none was made) and `retry_error` when that failed too."""
+    ids: list[NodeId]
+    error: ProviderError | None = None
+    retried_count: int = 0
+    retry_error: ClusterError | None = None
+
+
+def create_what_fits(provider: NodeProvider, node_type: str, node_config: Mapping,
+                     tags: Mapping[str, str], count: int) -> CreateOutcome:
+    """Create `count` nodes; when the provider refuses for want of room but says how
+    many would fit (CapacityError.free_count: the local provider's free hosts), ask
+    again for that many. `corral up` and the autoscaler both launch through this.
+    (Clouds try their zones and subnets inside create_nodes: cloud_common.)
+
+    A ProviderError is returned in the outcome, never raised; any other ClusterError
+    of the first request is raised."""
+    try:
+        return CreateOutcome(list(provider.create_nodes(node_type, node_config, tags, count)))
+    except ProviderError as error:
+        free_count = error.free_count if isinstance(error, CapacityError) else 0
+        if not 0 < free_count < count:
+            return CreateOutcome([], error)
+        try:
+            ids = list(provider.create_nodes(node_type, node_config, tags, free_count))
+        except ClusterError as retry_error:
+            return CreateOutcome([], error, free_count, retry_error)
+        return CreateOutcome(ids, error, free_count)
 
 
 def unreachable_hosts(provider: NodeProvider) -> dict[str, str]:
