@@ -14,10 +14,11 @@ from typing import Callable, Mapping
 from autoscaler import events as ev
 from autoscaler.events import EventLog
 from autoscaler.tracker import MonitorState
-from launcher.errors import ClusterError, ProviderError
-from launcher.providers.base import Node, NodeProvider
-from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
-                           STATUS_UPDATE_FAILED, TAG_LAUNCH_HASH, TAG_NODE_KIND,
+from launcher.errors import ClusterError
+from launcher.node_states import bootstrap_finished
+from launcher.providers.base import Node, NodeProvider, create_what_fits
+from launcher.tags import (KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UPDATE_FAILED,
+                           TAG_LAUNCH_HASH, TAG_NODE_KIND,
                            TAG_NODE_STATUS, TAG_NODE_TYPE)
 
 # Which monitor launched a node, so a restarted monitor adopts the bootstraps its
@@ -58,16 +59,7 @@ class Actuator:
         if self.launch_hashes.get(node_type):
             tags[TAG_LAUNCH_HASH] = self.launch_hashes[node_type]
         try:
-            ids = list(self.provider.create_nodes(node_type, spec.node_config, tags, count))
-        except ProviderError as error:
-            created = self._create_what_fits(node_type, spec, tags, count, error)
-            backoff = self.state.launch_failed(node_type, error, now_s)
-            self.events.write(now_s, ev.LAUNCH_FAILED,
-                              f"could not launch {count} x {node_type}: {error}; "
-                              f"{node_type} backs off for {backoff.until_s - now_s:.0f} s"
-                              + (f" (created {len(created)})" if created else ""),
-                              node_type=node_type, count=count)
-            return created
+            outcome = create_what_fits(self.provider, node_type, spec.node_config, tags, count)
         except ClusterError as error:  # any other launcher error is a failed launch too
             backoff = self.state.launch_failed(node_type, error, now_s)
             self.events.write(now_s, ev.LAUNCH_FAILED, f"could not launch {count} x "
@@ -75,23 +67,21 @@ class Actuator:
                               f"{backoff.until_s - now_s:.0f} s", node_type=node_type,
                               count=count)
             return []
+        if outcome.error is not None:
+            error, created = outcome.error, outcome.ids
+            backoff = self.state.launch_failed(node_type, error, now_s)
+            self.events.write(now_s, ev.LAUNCH_FAILED,
+                              f"could not launch {count} x {node_type}: {error}; "
+                              f"{node_type} backs off for {backoff.until_s - now_s:.0f} s"
+                              + (f" (created {len(created)})" if created else ""),
+                              node_type=node_type, count=count)
+            return created
+        ids = outcome.ids
         self.state.launch_succeeded(node_type)
         self.created.update(ids)
         self.events.write(now_s, ev.LAUNCHED, f"launched {len(ids)} x {node_type}: "
                           f"{', '.join(ids)}", node_type=node_type, count=len(ids))
         return ids
-
-    def _create_what_fits(self, node_type, spec, tags, count, error) -> list[str]:
-        """A provider that knows how many more fit (error.free_count) gets a second,
-        smaller request."""
-        free_count = getattr(error, "free_count", 0) or 0
-        if not 0 < free_count < count:
-            return []
-        try:
-            return list(self.provider.create_nodes(node_type, spec.node_config, tags,
-                                                   free_count))
-        except ClusterError:
-            return []
 
     # -- terminate --------------------------------------------------------------------------
     def terminate(self, now_s: float, decisions: list[tuple[str, str]]) -> list[str]:
@@ -122,7 +112,7 @@ class Actuator:
             return False
         if node.tags.get(TAG_LAUNCHED_BY) != LAUNCHED_BY_AUTOSCALER:
             return False
-        if node.status in (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED):
+        if bootstrap_finished(node.status):
             self._stage_seen.pop(node.id, None)
             return False
         if not (node.internal_ip or node.external_ip):

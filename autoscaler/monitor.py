@@ -40,7 +40,7 @@ from autoscaler.policy import Policy, policy_from_config
 from autoscaler.snapshot import NODE_RUNNING
 from autoscaler.tracker import MonitorState
 from launcher.errors import ClusterError
-from launcher.providers.base import NodeProvider
+from launcher.providers.base import NodeProvider, unreachable_hosts
 from runtime.errors import RuntimeSystemError
 
 log = logging.getLogger("corral.autoscaler")
@@ -123,7 +123,7 @@ class Monitor:
                 return None
             self._nodes_at_s = now_s
             self._stale = False
-        unreachable = getattr(self.provider, "unreachable", None) or {}
+        unreachable = unreachable_hosts(self.provider)
         if self.head_node_id and self.head_node_id not in unreachable and \
                 not any(node.id == self.head_node_id for node in self._nodes):
             self._problem(now_s, f"head node {self.head_node_id} is not among the cluster's "

@@ -14,16 +14,13 @@ import dataclasses
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
-Shape = tuple[tuple[str, float], ...]
+# Node statuses the planner distinguishes. They are defined with the node state table
+# (launcher.node_states), which maps provider state, stage tag and runtime flags to them.
+from launcher.node_states import (NODE_BOOTSTRAPPING, NODE_FAILED,  # noqa: F401
+                                  NODE_LAUNCHING, NODE_PENDING, NODE_RUNNING, NODE_STATUSES,
+                                  PENDING_STATUSES)
 
-# Node statuses the planner distinguishes (the monitor maps provider state + tags to these).
-NODE_PENDING = "pending"            # asked of the provider, not yet known to run
-NODE_LAUNCHING = "launching"        # the provider reports it starting
-NODE_BOOTSTRAPPING = "bootstrapping"  # reachable, being set up by the launcher's bootstrap
-NODE_RUNNING = "running"            # joined the runtime
-NODE_FAILED = "failed"              # bootstrap (or launch) failed; holds no capacity
-NODE_STATUSES = (NODE_PENDING, NODE_LAUNCHING, NODE_BOOTSTRAPPING, NODE_RUNNING, NODE_FAILED)
-PENDING_STATUSES = (NODE_PENDING, NODE_LAUNCHING, NODE_BOOTSTRAPPING)
+Shape = tuple[tuple[str, float], ...]
 
 
 def make_shape(resources: Mapping[str, float] | Iterable[tuple[str, float]]) -> Shape:

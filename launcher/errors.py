@@ -44,18 +44,36 @@ class UsageError(ClusterError):
 
 
 class ProviderError(ClusterError):
-    """A node provider failed. `retryable` says whether trying again (later) may help;
-    `try_elsewhere` says whether another zone or node type is worth trying."""
+    """A node provider failed. `retryable` says whether trying again (later) may help
+    (the class says what is usual for its kind; `retryable=` overrides it for one
+    error); `try_elsewhere` says whether another zone or node type is worth trying.
+    A failed launch names the nodes it created anyway (`created_ids`) and, when it
+    tried several places, each place's failure (`failures`: [(place, message)])."""
 
     retryable = False
     try_elsewhere = False
 
     def __init__(self, message: str, *, node_type: str | None = None, zone: str | None = None,
-                 cause: str | None = None):
+                 cause: str | None = None, retryable: bool | None = None,
+                 created_ids: list[str] | tuple[str, ...] = (),
+                 failures: list[tuple[str, str]] | tuple[tuple[str, str], ...] = ()):
         self.node_type = node_type
         self.zone = zone
         self.cause = cause
+        if retryable is not None:
+            self.retryable = retryable
+        self.created_ids = list(created_ids)
+        self.failures = list(failures)
         super().__init__(message)
+
+    def add_created_ids(self, ids: list[str]) -> "ProviderError":
+        """Name nodes created before this error stopped a launch (an earlier zone, or
+        stopped nodes restarted first), for the caller that made them; returns self to
+        re-raise. The one field filled in after construction: the error is raised below
+        the code that knows them."""
+        self.created_ids = [*ids, *(node_id for node_id in self.created_ids
+                                    if node_id not in ids)]
+        return self
 
 
 class PartialTerminateError(ProviderError):
@@ -72,10 +90,20 @@ class PartialTerminateError(ProviderError):
 
 
 class CapacityError(ProviderError):
-    """The cloud has no capacity for this node type here now (retry later or elsewhere)."""
+    """The cloud has no capacity for this node type here now (retry later or elsewhere).
+    A provider that knows how many nodes would fit says so: `free_count` of the
+    `requested_count` asked for, and `unreachable_ips`, hosts it could not ask."""
 
     retryable = True
     try_elsewhere = True
+
+    def __init__(self, message: str, *, free_count: int = 0,
+                 requested_count: int | None = None,
+                 unreachable_ips: list[str] | tuple[str, ...] = (), **details):
+        self.free_count = free_count
+        self.requested_count = requested_count
+        self.unreachable_ips = list(unreachable_ips)
+        super().__init__(message, **details)
 
 
 class QuotaError(ProviderError):

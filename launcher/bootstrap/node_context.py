@@ -11,7 +11,7 @@ from typing import Mapping
 
 from launcher.bootstrap.hashing import (config_hash, encode_parts, file_mounts_digest, hash_of_parts,
                               launch_hash, runtime_parts, tree_digest)
-from launcher.providers.base import Node, NodeProvider
+from launcher.providers.base import Capability, Node, NodeProvider
 from launcher.tags import KIND_HEAD, TAG_HEAD_PORT
 
 DEFAULT_NODE_DIR = "/tmp/corral"
@@ -28,11 +28,11 @@ class NodeHashes:
 
 
 def head_port_of(provider: NodeProvider, head: Node | None) -> int:
-    """The head's runtime port: the provider's choice (tag or attribute), else 6390."""
+    """The head's runtime port: the provider's choice (its tag, or Capability.HEAD_PORT),
+    else 6390."""
     if head is not None and head.tags.get(TAG_HEAD_PORT):
         return int(head.tags[TAG_HEAD_PORT])
-    port = getattr(provider, "head_port", None)
-    port = port() if callable(port) else port
+    port = provider.head_port() if provider.supports(Capability.HEAD_PORT) else None
     return int(port) if port else DEFAULT_HEAD_PORT
 
 

@@ -31,6 +31,7 @@ import yaml
 from launcher import paths
 from launcher.bootstrap.command_batch import run_batch
 from launcher.errors import BootstrapError, ClusterError
+from launcher.node_states import check_stage_transition
 from launcher.bootstrap.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS
 # ClusterContext is part of this module's interface (the autoscaler builds one).
 from launcher.bootstrap.node_context import (DEFAULT_NODE_DIR, ClusterContext, head_ssh_key,
@@ -148,6 +149,9 @@ class NodeBootstrap:
         self.hashes = context.hashes(node.kind, node.node_type)
         self.log_path = str(paths.node_log_path(self.config.cluster_name, node.id))
         self.stage = STATUS_WAITING_FOR_SSH
+        # The stage the node's tags were last told (checked against the state table
+        # before each write: launcher.node_states).
+        self.recorded_stage = node.status
         self.runner = None
         self._private_sync: _Background | None = None
         self.node_dir = ""
@@ -207,6 +211,7 @@ class NodeBootstrap:
         if self.steps.run_start:
             self._enter(STATUS_STARTING)
             self._run_commands(self._start_commands())
+        self._advance(STATUS_UP_TO_DATE)
         self.stage = STATUS_UP_TO_DATE
         tags = {TAG_NODE_STATUS: STATUS_UP_TO_DATE, TAG_FAILURE: "",
                 TAG_LAUNCH_HASH: self.hashes.launch, TAG_RUNTIME_HASH: self.hashes.runtime,
@@ -335,9 +340,16 @@ class NodeBootstrap:
 
     def _enter(self, stage: str) -> None:
         self._check_cancel()
+        self._advance(stage)
         self.stage = stage
         self._notify(stage, "")
         self.tags.set({TAG_NODE_STATUS: stage})
+
+    def _advance(self, stage: str) -> None:
+        """Refuse (NodeStateError) a stage the state table does not allow after the
+        last one recorded, before anything is written."""
+        check_stage_transition(self.node.id, self.recorded_stage, stage)
+        self.recorded_stage = stage
 
     def _notify(self, stage: str, detail: str) -> None:
         if self.on_stage is not None:
@@ -347,6 +359,7 @@ class NodeBootstrap:
         text = " ".join(tag_text.split())
         if len(text) > FAILURE_TAG_MAX_CHARS:
             text = text[:FAILURE_TAG_MAX_CHARS - 3] + "..."
+        self._advance(STATUS_UPDATE_FAILED)
         try:
             self.tags.finish({TAG_NODE_STATUS: STATUS_UPDATE_FAILED, TAG_FAILURE: text})
         except (ClusterError, OSError) as error:

@@ -13,7 +13,7 @@ from launcher.errors import ClusterError, UsageError
 from launcher.bootstrap.node_context import (DEFAULT_NODE_DIR, ClusterContext, head_port_of,
                                    known_node_dir, node_ip)
 from launcher.providers import make_provider
-from launcher.providers.base import Node, NodeProvider
+from launcher.providers.base import Capability, Node, NodeProvider
 from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND
 
 
@@ -64,16 +64,15 @@ def all_nodes(provider: NodeProvider, tag_filters=None) -> list[Node]:
     read, or processes left without one), for the commands that must act on all of
     them: `down` removes them, `up` replaces them, `status` shows them. Providers that
     cannot have damaged nodes list as usual."""
-    listing = getattr(provider, "nodes_including_damaged", None)
-    if callable(listing):
-        return list(listing(tag_filters))
+    if provider.supports(Capability.DAMAGED_NODES):
+        return list(provider.nodes_including_damaged(tag_filters))
     return provider.non_terminated_nodes(tag_filters)
 
 
 def damage_error(provider: NodeProvider) -> ClusterError | None:
     """The damage the last all_nodes() found, as one error naming every damaged state
     file (None when there was none)."""
-    damaged = dict(getattr(provider, "damaged", None) or {})
+    damaged = dict(provider.damaged) if provider.supports(Capability.DAMAGED_NODES) else {}
     if not damaged:
         return None
     if len(damaged) == 1:

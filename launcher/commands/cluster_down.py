@@ -15,7 +15,7 @@ from typing import Callable
 from launcher.commands.cluster import all_nodes, command_env
 from launcher.bootstrap.command_runner import run_on_many
 from launcher.errors import ClusterError
-from launcher.providers.base import STATE_DAMAGED, Node, NodeProvider
+from launcher.providers.base import STATE_DAMAGED, Capability, Node, NodeProvider
 from launcher.tags import KIND_HEAD, KIND_WORKER, TAG_NODE_KIND
 
 RUNTIME_STOP_COMMAND = "corral stop"
@@ -137,15 +137,15 @@ PURGED_RESOURCES = {
 
 def can_purge(config) -> bool:
     from launcher.providers import provider_class
-    return hasattr(provider_class(config.provider_type), "purge")
+    return provider_class(config.provider_type).supports(Capability.PURGE)
 
 
 def purge(config) -> list[str] | None:
     """Remove the cloud resources corral made for the cluster (provider's `purge`, which
     also terminates any node still there); one line per removed thing. None when the
-    provider has nothing to purge (no `purge` attribute)."""
+    provider has nothing to purge (no Capability.PURGE)."""
     from launcher.providers import provider_class
     cls = provider_class(config.provider_type)
-    if not hasattr(cls, "purge"):
+    if not cls.supports(Capability.PURGE):
         return None
     return list(cls.purge(config))

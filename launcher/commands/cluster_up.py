@@ -30,9 +30,9 @@ from launcher.bootstrap.stages import (CONFIG_ONLY, FULL, NO_RESTART, RESTART_ON
 from launcher.bootstrap.command_runner import wait_interruptibly
 from launcher.commands.cluster import all_nodes
 from launcher.bootstrap.node_context import ClusterContext, head_port_of, node_ip
-from launcher.errors import BootstrapError, ClusterError, ProviderError
+from launcher.errors import BootstrapError, ClusterError
 from launcher.bootstrap.hashing import TAG_CONFIG_HASH, TAG_RUNTIME_PARTS, changed_parts, launch_hash
-from launcher.providers.base import STATE_DAMAGED, Node, NodeProvider
+from launcher.providers.base import STATE_DAMAGED, Node, NodeProvider, create_what_fits
 from launcher.tags import (KIND_HEAD, KIND_WORKER, STATUS_UNINITIALIZED, STATUS_UP_TO_DATE,
                            STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_LAUNCH_HASH,
                            TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE, TAG_RUNTIME_HASH)
@@ -292,19 +292,16 @@ def _create(config, provider, kind, type_name, count) -> tuple[list[str], str | 
     tags = {TAG_NODE_KIND: kind, TAG_NODE_TYPE: type_name,
             TAG_NODE_STATUS: STATUS_UNINITIALIZED,
             TAG_LAUNCH_HASH: launch_hash(config, type_name)}
-    try:
-        return list(provider.create_nodes(type_name, node_type.node_config, tags, count)), None
-    except ProviderError as error:
-        free_count = getattr(error, "free_count", 0) or 0
-        message = f"could not create {count} {kind} node(s) of type {type_name}: {error}"
-        if 0 < free_count < count:
-            try:
-                ids = list(provider.create_nodes(type_name, node_type.node_config, tags,
-                                                 free_count))
-            except ProviderError as retry_error:
-                return [], f"{message}; retry with {free_count} failed: {retry_error}"
-            return ids, f"{message} (created {len(ids)})"
-        return [], message
+    outcome = create_what_fits(provider, type_name, node_type.node_config, tags, count)
+    if outcome.error is None:
+        return outcome.ids, None
+    message = f"could not create {count} {kind} node(s) of type {type_name}: {outcome.error}"
+    if outcome.retry_error is not None:
+        return [], f"{message}; retry with {outcome.retried_count} failed: " \
+                   f"{outcome.retry_error}"
+    if outcome.retried_count:
+        return outcome.ids, f"{message} (created {len(outcome.ids)})"
+    return [], message
 
 
 def _wait_for_addresses(provider: NodeProvider, ids: list[str]) -> dict[str, Node]:

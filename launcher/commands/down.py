@@ -11,7 +11,7 @@ from launcher.commands.cluster_down import (PURGED_RESOURCES, can_purge, mount_t
 from launcher.commands.cluster_down import purge as purge_cluster
 from launcher.errors import ClusterError, UsageError
 from launcher.progress import print_table
-from launcher.providers.base import STATE_DAMAGED
+from launcher.providers.base import STATE_DAMAGED, unreachable_hosts
 from launcher.tags import TAG_FAILURE
 
 
@@ -118,7 +118,6 @@ def _echo_nothing_to_purge(config) -> None:
 
 
 def _warn_unreachable(provider) -> None:
-    unreachable = getattr(provider, "unreachable", None) or {}
-    for host, problem in unreachable.items():
+    for host, problem in unreachable_hosts(provider).items():
         click.secho(f"  warning: could not check {host}: {problem.splitlines()[0]}",
                     fg="yellow", err=True)

@@ -13,7 +13,7 @@ from launcher.commands.cluster import all_nodes, damage_error, display_ip, open_
 from launcher.commands import head_services
 from launcher.errors import ClusterError
 from launcher.progress import print_table
-from launcher.providers.base import STATE_DAMAGED
+from launcher.providers.base import STATE_DAMAGED, unreachable_hosts
 from launcher.tags import KIND_HEAD, TAG_FAILURE
 
 STATUS_HEADERS = ("node", "kind", "type", "ip", "status", "failure")
@@ -67,7 +67,7 @@ def status(config_path: str | None, explain: bool) -> None:
     with open_cluster(config_path) as (config, provider):
         nodes = all_nodes(provider)
         damage = damage_error(provider)
-        unreachable = dict(getattr(provider, "unreachable", None) or {})
+        unreachable = unreachable_hosts(provider)
         if not nodes:
             raise ClusterError(f"cluster {config.cluster_name!r} has no head node; "
                                f"start it with: corral up {config_path or 'CONFIG'}")

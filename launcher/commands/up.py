@@ -12,6 +12,7 @@ from launcher.commands.cluster_up import UpOptions, UpPlan, UpResult, apply_up, 
 from launcher.errors import ClusterError, UsageError
 from launcher.progress import ProgressView, print_table
 from launcher.providers import make_provider, provider_class
+from launcher.providers.base import unreachable_hosts
 
 
 @click.command(name="up")
@@ -80,7 +81,7 @@ def _dry_run(config, options: UpOptions) -> None:
 def _warn_unreachable(provider) -> None:
     """Hosts the provider could not read (down, or a changed host key): say so, since
     they will look free or missing in the plan."""
-    for host, problem in (getattr(provider, "unreachable", None) or {}).items():
+    for host, problem in unreachable_hosts(provider).items():
         click.secho(f"warning: could not reach {host}: {problem}", fg="yellow", err=True)
 
 

@@ -59,8 +59,7 @@ def launch_across_places(places: Sequence[Place], count: int,
             created.extend(launch(place, remaining))
         except ProviderError as error:
             if not error.try_elsewhere:
-                error.created_ids = list(created)
-                raise
+                raise error.add_created_ids(created)
             failures.append((place_name(place) if place is not None else "default", error))
     if len(created) >= count:
         return created
@@ -68,14 +67,12 @@ def launch_across_places(places: Sequence[Place], count: int,
         isinstance(error, QuotaError) for _, error in failures) else CapacityError
     tried = [name for name, _ in failures]
     reasons = "; ".join(f"{name}: {error.cause or error}" for name, error in failures)
-    error = error_class(
+    raise error_class(
         f"could only create {len(created)} of {count} {node_type} nodes "
         f"(tried {', '.join(tried) or 'nothing'}): {reasons or 'no capacity reported'}",
         node_type=node_type, zone=",".join(tried) or None,
-        cause=failures[-1][1].cause if failures else None)
-    error.created_ids = list(created)
-    error.failures = [(name, str(failure)) for name, failure in failures]
-    raise error
+        cause=failures[-1][1].cause if failures else None, created_ids=created,
+        failures=[(name, str(failure)) for name, failure in failures])
 
 
 def resources_from_shape(vcpus: float, memory_mib: float, gpus: float = 0,

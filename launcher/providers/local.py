@@ -34,7 +34,8 @@ from launcher.errors import (CapacityError, ClusterError, NodeNotFoundError,
                              PartialTerminateError, ProviderError, SSHConfigError,
                              SSHKeyError, SSHUnreachableError, UsageError)
 from launcher.providers import host_tags, node_processes
-from launcher.providers.base import STATE_RUNNING, Node, NodeId, NodeProvider, matches
+from launcher.providers.base import (STATE_RUNNING, Capability, Node, NodeId, NodeProvider,
+                                     matches)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ TAKEN = "taken"  # another cluster (or launcher) holds the host
 
 class LocalProvider(NodeProvider):
     """Claims on-prem hosts for one cluster through tag files on the hosts themselves."""
+
+    capabilities = frozenset({Capability.UNREACHABLE})
 
     def __init__(self, config):
         super().__init__(config)
@@ -229,11 +232,8 @@ class LocalProvider(NodeProvider):
             message = f"only {len(free)} of {what} are free; {count} asked for"
         if unreachable:
             message += f" ({len(unreachable)} unreachable: {', '.join(unreachable)})"
-        error = CapacityError(message, node_type=node_type)
-        error.free_count = len(free)
-        error.requested_count = count
-        error.unreachable_ips = list(unreachable)
-        return error
+        return CapacityError(message, node_type=node_type, free_count=len(free),
+                             requested_count=count, unreachable_ips=unreachable)
 
     def set_node_tags(self, node_id: NodeId, tags: Mapping[str, str]) -> None:
         """One command on the host: the merge happens there, under the host's lock."""

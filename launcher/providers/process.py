@@ -42,8 +42,10 @@ from launcher import tags as T
 from launcher.bootstrap.command_runner import LocalRunner
 from launcher.errors import (NodeNotFoundError, PartialTerminateError, ProviderError,
                              StateFileError, UsageError)
+from launcher.node_states import check_provider_transition
 from launcher.providers.base import (STATE_DAMAGED, STATE_RUNNING, STATE_STOPPING,
-                                     STATE_TERMINATED, Node, NodeId, NodeProvider, matches)
+                                     STATE_TERMINATED, Capability, Node, NodeId,
+                                     NodeProvider, matches)
 from launcher.providers.node_processes import stop_processes_of
 from launcher.providers.process_records import NODE_FILE, kind_from_id, read_record
 from runtime.node.processes import ENV_NODE_DIR, caller_and_ancestors, pids_with_env_in
@@ -65,6 +67,8 @@ def free_tcp_port(host: str = LOCAL_IP) -> int:
 
 class ProcessProvider(NodeProvider):
     """Nodes are process groups on this machine, one directory each."""
+
+    capabilities = frozenset({Capability.DAMAGED_NODES, Capability.HEAD_PORT})
 
     def __init__(self, config):
         super().__init__(config)
@@ -298,6 +302,7 @@ class ProcessProvider(NodeProvider):
                 return None
             if record.get("state") == STATE_TERMINATED:
                 return False
+            check_provider_transition(node_id, record.get("state"), state)
             record["state"] = state
             self._write_record(node_id, record)
             return True

@@ -15,13 +15,11 @@ from pathlib import Path
 
 from launcher import tags as T
 from launcher.errors import StateFileError
-from launcher.providers.base import (STATE_PENDING, STATE_RUNNING, STATE_STOPPED,
-                                     STATE_STOPPING, STATE_TERMINATED)
+from launcher.node_states import PROVIDER_STATES
 
 NODE_FILE = "node.json"
 MAX_RECORD_BYTES = 1 << 20
-KNOWN_STATES = (STATE_PENDING, STATE_RUNNING, STATE_STOPPING, STATE_STOPPED,
-                STATE_TERMINATED)
+KNOWN_STATES = PROVIDER_STATES
 FIX = "`corral down` removes the node and its processes; `corral up` replaces it"
 
 

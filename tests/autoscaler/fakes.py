@@ -1,16 +1,13 @@
-"""Fakes of our interfaces for monitor tests (plain classes): a provider that keeps nodes
-in memory and can be told to fail launches, a runtime load report, a clock moved by hand,
-and an executor that runs bootstraps only when told."""
+"""Fakes of our interfaces for monitor tests (plain classes): a runtime load report, a
+clock moved by hand, and an executor that runs bootstraps only when told. The fake
+provider is the tests' one (tests/fake_provider.py)."""
 from __future__ import annotations
 
-import itertools
 from concurrent.futures import Future
 from typing import Mapping
 
 from launcher.errors import ClusterError
-from launcher.providers.base import STATE_RUNNING, Node, NodeProvider, matches
-from launcher.tags import (KIND_HEAD, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
-                           TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE)
+from launcher.tags import STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_NODE_STATUS
 
 
 class FakeClock:
@@ -26,60 +23,6 @@ class FakeClock:
     def wait(self, event, timeout_s):
         self.now_s += timeout_s
         return event.is_set()
-
-
-class FakeProvider(NodeProvider):
-    def __init__(self, config):
-        super().__init__(config)
-        self.nodes: dict[str, Node] = {}
-        self.ids = itertools.count(1)
-        self.create_calls: list[tuple[str, int, dict]] = []
-        self.terminated: list[str] = []
-        self.fail_types: dict[str, ClusterError] = {}
-        self.list_error: ClusterError | None = None
-
-    def add_head(self, node_id: str = "head-1") -> Node:
-        node = Node(node_id, KIND_HEAD, self.config.head_node_type, STATE_RUNNING,
-                    "10.0.0.1", None, {TAG_NODE_KIND: KIND_HEAD,
-                                       TAG_NODE_TYPE: self.config.head_node_type,
-                                       TAG_NODE_STATUS: STATUS_UP_TO_DATE})
-        self.nodes[node_id] = node
-        return node
-
-    def non_terminated_nodes(self, tag_filters=None):
-        if self.list_error is not None:
-            raise self.list_error
-        return [node for node in self.nodes.values() if matches(node.tags, tag_filters)]
-
-    def create_nodes(self, node_type, node_config, tags, count):
-        self.create_calls.append((node_type, count, dict(tags)))
-        if node_type in self.fail_types:
-            raise self.fail_types[node_type]
-        ids = []
-        for _ in range(count):
-            node_id = f"w{next(self.ids)}"
-            self.nodes[node_id] = Node(node_id, tags[TAG_NODE_KIND], node_type,
-                                       STATE_RUNNING, f"10.0.1.{len(self.nodes)}", None,
-                                       dict(tags))
-            ids.append(node_id)
-        return ids
-
-    def terminate_nodes(self, ids):
-        for node_id in ids:
-            if self.nodes.pop(node_id, None) is not None:
-                self.terminated.append(node_id)
-
-    def set_node_tags(self, node_id, tags):
-        node = self.nodes[node_id]
-        self.nodes[node_id] = Node(node.id, node.kind, node.node_type, node.state,
-                                   node.internal_ip, node.external_ip, {**node.tags, **tags})
-
-    def command_runner(self, node):
-        raise NotImplementedError("the monitor tests bootstrap with FakeBootstrap")
-
-    def created(self) -> int:
-        return sum(count for node_type, count, _ in self.create_calls
-                   if node_type not in self.fail_types)
 
 
 class FakeRuntime:

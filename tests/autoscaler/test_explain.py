@@ -13,7 +13,7 @@ from autoscaler.explain import describe, status_section, summarize
 from autoscaler.planner import plan
 from autoscaler.snapshot import LaunchBackoff
 from launcher.bootstrap.command_runner import LocalRunner
-from tests.autoscaler.fakes import FakeProvider
+from tests.fake_provider import FakeProvider
 from tests.autoscaler.helpers import CPU4, node, policy, snapshot
 from tests.autoscaler.test_monitor import make_config
 

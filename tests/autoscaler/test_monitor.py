@@ -14,8 +14,8 @@ from launcher.errors import CapacityError, ProviderAuthError
 from launcher.bootstrap.hashing import launch_hash
 from launcher.tags import TAG_LAUNCH_HASH, TAG_NODE_KIND, TAG_NODE_STATUS, TAG_NODE_TYPE
 from runtime.errors import RuntimeConnectionError
-from tests.autoscaler.fakes import (FakeBootstrap, FakeClock, FakeProvider, FakeRuntime,
-                                    StepExecutor)
+from tests.autoscaler.fakes import FakeBootstrap, FakeClock, FakeRuntime, StepExecutor
+from tests.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,18 +1,8 @@
 """What every NodeProvider must do (see tests/contract/conftest.py to add a provider)."""
 from __future__ import annotations
 
-import time
-
 from launcher import tags as T
-
-
-def wait_for(predicate, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+from tests.helpers import wait_for
 
 
 def worker_tags(setup, extra=None):
@@ -26,7 +16,7 @@ def test_create_list_terminate(contract):
     assert len(ids) == 2 and len(set(ids)) == 2
     listed = wait_for(lambda: {n.id: n for n in provider.non_terminated_nodes()
                                if n.id in ids and n.state in ("pending", "running")},
-                      contract.settle_timeout_s)
+                      contract.settle_timeout_s, "the created nodes to be listed")
     assert set(listed) == set(ids)
     for node in listed.values():
         assert node.kind == T.KIND_WORKER
@@ -40,7 +30,7 @@ def test_create_list_terminate(contract):
     provider.terminate_nodes(ids)
     assert all(provider.known_node(node_id) is None for node_id in ids)
     gone = wait_for(lambda: not [n for n in provider.non_terminated_nodes() if n.id in ids],
-                    contract.settle_timeout_s)
+                    contract.settle_timeout_s, "the terminated nodes to leave the listing")
     assert gone
 
 
@@ -52,11 +42,11 @@ def test_tag_filters_and_set_tags(contract):
                                      worker_tags(contract, {"color": "blue"}), 1)
     try:
         red = wait_for(lambda: [n.id for n in provider.non_terminated_nodes({"color": "red"})],
-                       contract.settle_timeout_s)
+                       contract.settle_timeout_s, "a node tagged red")
         assert red == [first]
         provider.set_node_tags(second, {"color": "red", T.TAG_NODE_STATUS: T.STATUS_SETTING_UP})
         both = wait_for(lambda: sorted(n.id for n in provider.non_terminated_nodes({"color": "red"})) == sorted([first, second]),
-                        contract.settle_timeout_s)
+                        contract.settle_timeout_s, "both nodes tagged red")
         assert both
         node = provider.node(second)
         assert node.tags[T.TAG_NODE_STATUS] == T.STATUS_SETTING_UP
@@ -71,14 +61,16 @@ def test_terminate_is_idempotent(contract):
                                       worker_tags(contract), 1)
     provider.terminate_nodes([node_id])
     provider.terminate_nodes([node_id])  # again: no error
-    assert wait_for(lambda: provider.node(node_id) is None, contract.settle_timeout_s)
+    assert wait_for(lambda: provider.node(node_id) is None, contract.settle_timeout_s,
+                    f"{node_id} to be gone")
 
 
 def test_clusters_are_isolated(contract):
     [mine] = contract.provider.create_nodes(contract.node_type, contract.node_config,
                                             worker_tags(contract), 1)
     try:
-        wait_for(lambda: contract.provider.node(mine), contract.settle_timeout_s)
+        wait_for(lambda: contract.provider.node(mine), contract.settle_timeout_s,
+                 f"{mine} to be listed")
         other_ids = [n.id for n in contract.other_cluster_provider.non_terminated_nodes()]
         assert mine not in other_ids
         contract.other_cluster_provider.terminate_nodes([mine])  # not its node: untouched
@@ -96,7 +88,7 @@ def test_command_runner_runs_on_node(contract):
                                       worker_tags(contract), 1)
     try:
         node = wait_for(lambda: (lambda n: n if n and n.state == "running" else None)(
-            provider.node(node_id)), contract.settle_timeout_s)
+            provider.node(node_id)), contract.settle_timeout_s, f"{node_id} to run")
         assert node is not None
         runner = provider.command_runner(node)
         runner.wait_ready(contract.settle_timeout_s)

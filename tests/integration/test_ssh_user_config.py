@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from launcher.errors import SSHKeyError, SSHUnreachableError
 from launcher.providers.local import LocalProvider
 from launcher.ssh.runner import SSHRunner
 from launcher import tags as T
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.netns
 CLUSTER = "usercfg"
@@ -66,11 +66,9 @@ def agent(tmp_path):
     process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert process.poll() is None, "ssh-agent exited at start"
-            assert time.monotonic() < deadline, "ssh-agent did not make its socket"
-            time.sleep(0.02)
+        wait_for(lambda: sock.exists() or process.poll() is not None, 10,
+                 "ssh-agent to make its socket", interval_s=0.02)
+        assert process.poll() is None, "ssh-agent exited at start"
 
         class Agent:
             socket = str(sock)

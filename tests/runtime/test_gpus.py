@@ -184,6 +184,7 @@ import atexit, json, os, shutil, sys, time
 from pathlib import Path
 import runtime
 from runtime import api
+from tests.helpers import wait_for
 
 def visible():
     return os.environ.get("CUDA_VISIBLE_DEVICES"), runtime.get_gpu_ids()
@@ -199,11 +200,6 @@ def hold(rendezvous, name, go=None, count=0):
         time.sleep(0.02)
     return visible()
 
-def wait_until(predicate, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 runtime.init(num_cpus=NUM_CPUS)
 # (before the embedded runtime's own exit handler removes them: the logs, for failures)
@@ -272,15 +268,15 @@ def test_nvml_gpus_run_two_whole_gpu_tasks_at_a_time(tmp_path):
     result = run_driver(tmp_path, '''
         one_gpu = runtime.remote(num_gpus=1)(hold)
         first = [one_gpu.remote(str(rendezvous), f"t{i}", go="go") for i in range(2)]
-        wait_until(lambda: len(list(rendezvous.glob("*.started"))) == 2)
-        wait_until(lambda: runtime.available_resources().get("GPU", 0) == 0)
+        wait_for(lambda: len(list(rendezvous.glob("*.started"))) == 2, 60, "both tasks")
+        wait_for(lambda: runtime.available_resources().get("GPU", 0) == 0, 60, "no GPU free")
         third = one_gpu.remote(str(rendezvous), "t2")
         ready, _ = runtime.wait([third], timeout=1.0)
         result["third_waited"] = not ready and not (rendezvous / "t2.started").exists()
         (rendezvous / "go").write_text("")
         result["first"] = runtime.get(first, timeout=60)
         result["third"] = runtime.get(third, timeout=60)
-        wait_until(lambda: runtime.available_resources().get("GPU") == 2)
+        wait_for(lambda: runtime.available_resources().get("GPU") == 2, 60, "both GPUs back")
     ''')
     assert result["resources"] == {"CPU": 4.0, "GPU": 2.0, "accelerator_type:A100": 1.0}
     assert sorted(map(seen, result["first"])) == [GPU0, GPU1]
@@ -323,9 +319,10 @@ def test_an_actor_keeps_its_gpu_for_its_life(tmp_path):
             result.setdefault("tasks", []).append(runtime.get(one_gpu.remote(), timeout=60))
             seen.append(runtime.get(trainer.ids.remote(), timeout=60))
         result["actor"] = seen
-        wait_until(lambda: runtime.available_resources().get("GPU") == 1)   # the actor's
+        wait_for(lambda: runtime.available_resources().get("GPU") == 1, 60,  # the actor's
+                 "one GPU free")
         runtime.kill(trainer)
-        wait_until(lambda: runtime.available_resources().get("GPU") == 2)
+        wait_for(lambda: runtime.available_resources().get("GPU") == 2, 60, "both GPUs back")
         both = [runtime.remote(num_gpus=1)(hold).remote(str(rendezvous), f"t{i}", count=2)
                 for i in range(2)]
         result["after_kill"] = runtime.get(both, timeout=60)
@@ -360,14 +357,14 @@ def test_a_blocked_gpu_task_keeps_its_gpu_and_lends_its_cpu(tmp_path):
             return before, cpu, gpu, visible()
 
         ref = outer.remote(str(rendezvous))
-        wait_until(lambda: (rendezvous / "inner.started").exists())
+        wait_for(lambda: (rendezvous / "inner.started").exists(), 60, "the inner task")
         def lent(available):   # CPU: 1 - 1 (outer) + 1 (lent) - 0.5 (inner)
             return (available.get("CPU"), available.get("GPU")) == (0.5, 1.0)
-        wait_until(lambda: lent(runtime.available_resources()))
+        wait_for(lambda: lent(runtime.available_resources()), 60, "the GPU lent")
         result["while_blocked"] = runtime.available_resources()
         (rendezvous / "go").write_text("")
         result["outer"] = runtime.get(ref, timeout=90)
-        wait_until(lambda: runtime.available_resources().get("GPU") == 2)
+        wait_for(lambda: runtime.available_resources().get("GPU") == 2, 60, "both GPUs back")
         result["after"] = runtime.available_resources()
     ''', num_cpus=1)
     before, cpu, gpu, after = map(seen, result["outer"])
@@ -407,7 +404,7 @@ def test_corral_start_on_a_host_finds_its_gpus(hosts_run_this_checkout, tmp_path
     host's private /tmp) offers two T4s; GPU tasks placed there get different ids."""
     import runtime
     from runtime.node.startup import start_node
-    from tests.runtime.conftest import wait_until
+    from tests.helpers import wait_for
     host = hosts_run_this_checkout.hosts[2]
     bridge_ip = hosts_run_this_checkout.network.bridge_ip
     head_dir = tmp_path / "head"
@@ -436,8 +433,9 @@ def test_corral_start_on_a_host_finds_its_gpus(hosts_run_this_checkout, tmp_path
         started = host.run(f"{in_repo} start", timeout_s=90)
         assert started.returncode == 0, started.stderr + started.stdout
         runtime.init(address=head.address, keys_dir=str(head_dir / "keys"))
-        node = wait_until(lambda: next((n for n in runtime.nodes() if n["node_id"] ==
-                                        "gpu-host" and n["alive"]), None), timeout_s=60)
+        node = wait_for(lambda: next((n for n in runtime.nodes() if n["node_id"] ==
+                                        "gpu-host" and n["alive"]), None), timeout_s=60,
+                        what="gpu-host to join")
         assert node["resources_total"] == {"CPU": 2.0, "GPU": 2.0,
                                            "accelerator_type:T4": 1.0}
 

@@ -19,7 +19,7 @@ from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from launcher.bootstrap.hashing import tree_digest
 from launcher.tags import (STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
                            TAG_NODE_STATUS)
-from tests.unit.fakes import FakeProvider, FakeRunner
+from tests.fake_provider import FakeProvider, FakeRunner
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,7 +19,7 @@ from launcher.errors import ClusterError, UsageError
 from launcher.bootstrap.node_context import ClusterContext
 from launcher.providers.base import STATE_RUNNING, Node
 from launcher.tags import STATUS_UPDATE_FAILED, TAG_FAILURE, TAG_NODE_STATUS
-from tests.unit.fakes import FakeProvider, FakeRunner
+from tests.fake_provider import FakeProvider, FakeRunner
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 AUTOSCALER_MAY_IMPORT = {
     "launcher.config.load", "launcher.config.model", "launcher.providers",
     "launcher.providers.base", "launcher.bootstrap.stages", "launcher.bootstrap.hashing",
-    "launcher.tags", "launcher.errors", "launcher.paths",
+    "launcher.tags", "launcher.node_states", "launcher.errors", "launcher.paths",
 }
 ONLY_FROM = {"launcher.commands.cluster": {"follow.py", "commands.py"}}
 

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
 from launcher.bootstrap.command_runner import (INTERRUPTED_EXIT_CODE, LineDecoder, LocalRunner,
                                      run_on_many)
-from tests.helpers import alive
+from tests.helpers import alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-
-def wait_for(predicate, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -89,7 +78,7 @@ def test_timeout_kills_the_whole_process_group(runner, reap):
     reap.append(child)
     assert result.exit_code == 124 and "started" in result.stdout
     assert "timed out after 1 s" in result.stderr
-    assert wait_for(lambda: not alive(child)), "the command's child outlived the timeout"
+    assert wait_for(lambda: not alive(child), 10, "the command's child to end with it")
 
 
 def test_cancel_stops_the_command_and_its_children(runner, reap):
@@ -97,8 +86,11 @@ def test_cancel_stops_the_command_and_its_children(runner, reap):
     pid_file = os.path.join(runner.workdir, "child.pid")
 
     def cancel_once_started():
-        wait_for(lambda: os.path.exists(pid_file) and os.path.getsize(pid_file) > 0, 20)
-        cancel.set()
+        try:
+            wait_for(lambda: os.path.exists(pid_file) and os.path.getsize(pid_file) > 0, 20,
+                     "the command's child to start")
+        finally:
+            cancel.set()
     helper = threading.Thread(target=cancel_once_started)
     helper.start()
     result = runner.run("sleep 300 & echo $! > child.pid.tmp; mv child.pid.tmp child.pid; "
@@ -107,7 +99,7 @@ def test_cancel_stops_the_command_and_its_children(runner, reap):
     child = int(open(pid_file).read())
     reap.append(child)
     assert result.exit_code == INTERRUPTED_EXIT_CODE and "interrupted" in result.stderr
-    assert wait_for(lambda: not alive(child))
+    assert wait_for(lambda: not alive(child), 10, "the cancelled command's child to end")
 
 
 def test_a_signal_is_named_and_gives_128_plus_n(runner):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from launcher.bootstrap.command_runner import LocalRunner
 from launcher.providers.local import stop_script
 from launcher.providers.node_processes import is_alive
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,10 +30,8 @@ def test_stop_script_kills_tagged_daemons_and_spares_others(tmp_path):
         # The script itself runs with the node's environment, as an SSH session would.
         result = node.run(stop_script(node_dir, 2.0), timeout_s=30)
         assert result.ok, result.stderr
-        deadline = time.monotonic() + 10
-        while is_alive(daemon) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not is_alive(daemon)
+        wait_for(lambda: not is_alive(daemon), 10, "the node's daemon to be stopped",
+                 interval_s=0.02)
         assert bystander.poll() is None
         assert not os.path.exists(node_dir)
     finally:

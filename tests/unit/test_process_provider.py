@@ -17,6 +17,7 @@ from launcher.providers import make_provider
 from launcher.providers.node_processes import is_alive
 from launcher.providers.process import ProcessProvider
 from tests.contract.provider_process import HEAD_TYPE, WORKER_TYPE, process_config
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,10 +35,8 @@ def provider():
 
 
 def wait_dead(pid, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while is_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not is_alive(pid)
+    return wait_for(lambda: not is_alive(pid), timeout_s, f"pid {pid} to end",
+                    interval_s=0.02)
 
 
 def start_daemon(runner, name):

@@ -51,10 +51,9 @@ def translate_client_error(error: ClientError, action: str, *, node_type: str | 
     message = f"AWS {action} failed: {code}: {text}"
     kwargs = {"node_type": node_type, "zone": zone, "cause": code}
     if code in CAPACITY_CODES:
-        translated = CapacityError(message, **kwargs)
-        if code == "Unsupported":
-            translated.retryable = False  # waiting does not help; another zone may
-        return translated
+        # "Unsupported": waiting does not help; another zone may.
+        return CapacityError(message, retryable=False if code == "Unsupported" else None,
+                             **kwargs)
     if code in QUOTA_CODES:
         return QuotaError(message, **kwargs)
     if code in AUTH_CODES:
@@ -81,12 +80,10 @@ def translate(error: Exception, action: str, *, node_type: str | None = None,
     if isinstance(error, NoRegionError):
         return ProviderError(f"AWS {action}: no region (set provider.region)",
                              cause="NoRegionError", **kwargs)
-    translated = ProviderError(f"AWS {action} failed: {error}", cause=type(error).__name__,
-                               **kwargs)
-    if isinstance(error, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
-                          ConnectTimeoutError)):
-        translated.retryable = True
-    return translated
+    connection = isinstance(error, (EndpointConnectionError, ConnectionClosedError,
+                                    ReadTimeoutError, ConnectTimeoutError))
+    return ProviderError(f"AWS {action} failed: {error}", cause=type(error).__name__,
+                         retryable=True if connection else None, **kwargs)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from launcher.config.frozen import thaw
 from launcher.providers.aws import naming
 from launcher.providers.aws.errors import aws_errors
 from launcher.providers.aws.session import AWSClients
-from launcher.providers.base import Node, NodeProvider, matches
+from launcher.providers.base import Capability, Node, NodeProvider, matches
 from launcher.providers.cloud_common import launch_across_places, new_launch_token, notice
 
 LIVE_STATES = ("pending", "running")
@@ -31,6 +31,7 @@ DEFAULT_SSH_USER = "ubuntu"  # the user of the default (Ubuntu) image
 
 
 class AWSProvider(NodeProvider):
+    capabilities = frozenset({Capability.PURGE})
     page_size = 500  # describe_instances results per page (tests make it small)
     # A new instance profile takes a few seconds to be usable by EC2 (IAM is eventually
     # consistent): RunInstances is retried meanwhile.
@@ -136,8 +137,7 @@ class AWSProvider(NodeProvider):
             created = launch_across_places(subnets, count - len(reused), launch,
                                            node_type=node_type, place_name=self._place_name)
         except ProviderError as error:
-            error.created_ids = reused + getattr(error, "created_ids", [])
-            raise
+            raise error.add_created_ids(reused)
         return reused + created
 
     def _run_instances(self, params: dict, subnet: str | None, count: int,

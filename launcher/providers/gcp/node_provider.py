@@ -17,7 +17,8 @@ from launcher import tags as T
 from launcher.errors import NodeNotFoundError, ProviderError
 from launcher.providers import cloud_common
 from launcher.providers.base import (STATE_PENDING, STATE_RUNNING, STATE_STOPPED,
-                                     STATE_STOPPING, Node, NodeId, NodeProvider, matches)
+                                     STATE_STOPPING, Capability, Node, NodeId, NodeProvider,
+                                     matches)
 from launcher.providers.gcp import labels as label_codec
 from launcher.providers.gcp import naming
 from launcher.providers.gcp.client import GCEClient
@@ -34,6 +35,8 @@ DEFAULT_SSH_USER = "ubuntu"
 
 
 class GCPProvider(NodeProvider):
+    capabilities = frozenset({Capability.PURGE})
+
     def __init__(self, config, client: GCEClient | None = None):
         super().__init__(config)
         self.provider_config = config.provider
@@ -196,8 +199,7 @@ class GCPProvider(NodeProvider):
             raise (hard or errors)[0]
         for error in errors:
             if not error.try_elsewhere:
-                error.created_ids = created
-                raise error
+                raise error.add_created_ids(created)
         return created
 
     # -- terminating --------------------------------------------------------------------
