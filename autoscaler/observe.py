@@ -16,12 +16,12 @@ import abc
 from types import MappingProxyType
 from typing import Mapping
 
-from autoscaler.snapshot import (NODE_BOOTSTRAPPING, NODE_FAILED, NODE_LAUNCHING,
-                                 NODE_RUNNING, NodeRecord, Shape, Snapshot, make_shape)
+from autoscaler.snapshot import (NODE_FAILED, NODE_RUNNING, NodeRecord, Shape, Snapshot,
+                                 make_shape)
 from autoscaler.tracker import MonitorState
-from launcher.providers.base import STATE_PENDING, Node
-from launcher.tags import (KIND_HEAD, STATUS_UP_TO_DATE, STATUS_UPDATE_FAILED, TAG_FAILURE,
-                           TAG_LAUNCH_HASH)
+from launcher.node_states import RuntimeFlags, planner_status
+from launcher.providers.base import Node
+from launcher.tags import KIND_HEAD, STATUS_UP_TO_DATE, TAG_FAILURE, TAG_LAUNCH_HASH
 from runtime.errors import RuntimeSystemError
 from runtime.protocol.load import (LoadReport, NodeLoad, NodeType, frozen_resources,
                                    node_types_to_wire)
@@ -191,23 +191,16 @@ def node_records(now_s: float, nodes: list[Node], load: LoadReport | dict,
 
 def _status_of(now_s, node: Node, live: NodeLoad | None, state: MonitorState,
                join_timeout_s: float) -> tuple[str, str | None]:
-    stage = node.status
-    if stage == STATUS_UPDATE_FAILED:
-        return NODE_FAILED, node.tags.get(TAG_FAILURE) or "bootstrap failed"
-    if stage == STATUS_UP_TO_DATE:
-        if live is not None and live.alive:
+    """The planner's status by the one table of node states (launcher.node_states); what
+    is kept here is how long an up-to-date node has waited to join the runtime."""
+    flags, waited_s = RuntimeFlags.from_report(live), 0.0
+    if node.status == STATUS_UP_TO_DATE:
+        if flags.alive:
             state.waiting_to_join_since.pop(node.id, None)
-            return NODE_RUNNING, None
-        if live is not None:
-            return NODE_FAILED, "its runtime stopped sending heartbeats"
-        since = state.waiting_to_join_since.setdefault(node.id, now_s)
-        if now_s - since >= join_timeout_s:
-            return NODE_FAILED, f"up to date but did not join the runtime within " \
-                                f"{join_timeout_s:.0f} s"
-        return NODE_BOOTSTRAPPING, None
-    if node.state == STATE_PENDING:
-        return NODE_LAUNCHING, None
-    return NODE_BOOTSTRAPPING, None
+        elif not flags.joined:
+            waited_s = now_s - state.waiting_to_join_since.setdefault(node.id, now_s)
+    return planner_status(node.status, node.state, flags, waited_to_join_s=waited_s,
+                          join_timeout_s=join_timeout_s, failure=node.tags.get(TAG_FAILURE))
 
 
 def build_snapshot(now_s: float, nodes: list[Node], load: LoadReport | dict,

@@ -142,12 +142,15 @@ class RuntimeFlags:
     draining: bool = False
 
     @classmethod
-    def from_report(cls, item: Mapping | None) -> "RuntimeFlags":
-        """From one entry of the load report's `nodes` (None: not listed)."""
+    def from_report(cls, item) -> "RuntimeFlags":
+        """From one node of the load report (a runtime.protocol.load.NodeLoad, or its
+        wire mapping; None: not listed)."""
         if item is None:
             return cls()
-        return cls(joined=True, alive=bool(item.get("alive")),
-                   draining=bool(item.get("draining")))
+        if isinstance(item, Mapping):
+            return cls(joined=True, alive=bool(item.get("alive")),
+                       draining=bool(item.get("draining")))
+        return cls(joined=True, alive=bool(item.alive), draining=bool(item.draining))
 
 
 # -- the mappings to the planner's status ---------------------------------------------------
