@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import contextlib
 
-from launcher.config.model import AuthConfig, ClusterConfig, NodeTypeConfig
 from tests.contract.conftest import ContractSetup
+from tests.contract.provider_process import WORKER_TYPE, process_config
 from tests.fake_provider import FakeCloud, FakeProvider
-
-HEAD_TYPE = "head"
-WORKER_TYPE = "cpu"
-
-
-def fake_config(cluster_name: str) -> ClusterConfig:
-    node_types = {
-        HEAD_TYPE: NodeTypeConfig(name=HEAD_TYPE, node_config={}, resources={"CPU": 1}),
-        WORKER_TYPE: NodeTypeConfig(name=WORKER_TYPE, node_config={}, resources={"CPU": 2},
-                                    min_workers=0, max_workers=4),
-    }
-    return ClusterConfig(cluster_name=cluster_name, provider={"type": "process"},
-                         auth=AuthConfig(), available_node_types=node_types,
-                         head_node_type=HEAD_TYPE)
 
 
 @contextlib.contextmanager
 def contract_provider(tmp_path, cluster_name):
     cloud = FakeCloud()
-    provider = FakeProvider(fake_config(cluster_name), str(tmp_path / "nodes"), cloud=cloud)
-    other = FakeProvider(fake_config(cluster_name + "-other"), str(tmp_path / "other"),
+    provider = FakeProvider(process_config(cluster_name), str(tmp_path / "nodes"),
+                            cloud=cloud)
+    other = FakeProvider(process_config(cluster_name + "-other"), str(tmp_path / "other"),
                          cloud=cloud)
     try:
         yield ContractSetup(provider=provider, node_type=WORKER_TYPE, node_config={},

@@ -59,16 +59,6 @@ def make_config(tmp_path, **changes) -> ClusterConfig:
     return ClusterConfig(**base)
 
 
-@pytest.fixture
-def keys_dir(tmp_path):
-    path = tmp_path / "keys"
-    path.mkdir(mode=0o700)
-    for name in ("cluster.public", "cluster.secret"):
-        (path / name).write_text("k" * 40)
-        os.chmod(path / name, 0o600)
-    return str(path)
-
-
 def up(config, provider, keys_dir, **options):
     plan = plan_up(config, provider, UpOptions(**options), keys_dir)
     return plan, apply_up(config, provider, plan)

@@ -4,7 +4,6 @@ where it would be applied, and its mapping to the planner's status is the monito
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 
@@ -71,16 +70,6 @@ def assert_allowed(provider: FakeProvider, performed) -> int:
             assert reachable(old, new), (node_id, history)
             checked += 1
     return checked
-
-
-@pytest.fixture
-def keys_dir(tmp_path):
-    path = tmp_path / "keys"
-    path.mkdir(mode=0o700)
-    for name in ("cluster.public", "cluster.secret"):
-        (path / name).write_text("k" * 40)
-        os.chmod(path / name, 0o600)
-    return str(path)
 
 
 def test_every_change_up_makes_is_allowed(tmp_path, keys_dir, performed):
