@@ -1,0 +1,23 @@
+"""Turning a received header (a plain tuple) back into its record: shared by the record
+modules (runtime.protocol.tasks, objects, workers)."""
+from __future__ import annotations
+
+
+def record_of(cls, header, what: str):
+    """cls(*header), or ValueError naming `what` when the header is not a tuple (or
+    list) of cls's fields. Trailing fields with defaults may be left out. A dict of
+    its fields by name is read too: what a hand-built message (a tool's, a test's)
+    sends; senders in corral send the tuple."""
+    if type(header) is dict:
+        try:
+            return cls(**header)
+        except TypeError:
+            raise ValueError(f"{what} has the fields {sorted(header)!r:.200}, not those "
+                             f"of {cls.__name__}{cls._fields}") from None
+    if type(header) is not tuple and type(header) is not list:
+        raise ValueError(f"{what} is {type(header).__name__}, not a tuple")
+    try:
+        return cls(*header)
+    except TypeError:
+        raise ValueError(f"{what} has {len(header)} fields, not those of "
+                         f"{cls.__name__}{cls._fields}") from None
