@@ -235,10 +235,15 @@ def arg_of(arg) -> ArgValue | ArgRef:
 
 def spec_of(header) -> TaskSpec:
     spec = record_of(TaskSpec, header, "a task spec")
-    if type(spec.kwargs) is not dict or type(spec.args) not in (list, tuple):
+    args, kwargs = spec.args, spec.kwargs
+    if type(kwargs) is not dict or (type(args) is not list and type(args) is not tuple):
         raise ValueError("a task spec's args are not a list, or its kwargs not a dict")
-    return spec._replace(args=[arg_of(a) for a in spec.args],
-                         kwargs={k: arg_of(v) for k, v in spec.kwargs.items()})
+    if not args and not kwargs:
+        return spec
+    # the fields before args as received, then the arguments as records (a
+    # _replace would cost more than the rest of the decoding)
+    return tuple.__new__(TaskSpec, (*spec[:9], [arg_of(a) for a in args],
+                                    {k: arg_of(v) for k, v in kwargs.items()}))
 
 
 def specs_of(header) -> list[TaskSpec]:
