@@ -1,7 +1,8 @@
 """The node agent: one per node. Registers with the control service and heartbeats,
 accounts the node's resources (and which GPU ids each task or actor holds), runs a pool
-of worker processes (sized to the node's CPUs), queues tasks until their resources fit,
-keeps large objects in the local store and serves them to drivers and peer agents.
+of worker processes (sized to the node's CPUs), queues tasks until their resources fit
+(runtime.agent.scheduler), keeps large objects in the local store and serves them to
+drivers and peer agents.
 
 Sockets: `local` ROUTER on ipc (workers, drivers on this node), `remote` ROUTER on TCP
 (CurveZMQ; drivers and peer agents elsewhere), a DEALER to the control service and one
@@ -23,12 +24,12 @@ from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.protocol.kinds import Kind
 from runtime.protocol.objects import ObjectReply, Reclaim
-from runtime.protocol.tasks import (ACTOR_CALL, ACTOR_CREATE, TASK, ActorDied, Lost,
-                                    Returned, StoreFull, TaskMessage, TaskSpec)
+from runtime.protocol.tasks import ACTOR_CALL, ACTOR_CREATE, TASK, Returned, TaskSpec
 from runtime.agent.objects import ObjectService
-from runtime.agent.task_state import FULL, LOST, AgentTask
+from runtime.agent.task_state import REMOTE, AgentTask
+from runtime.agent.scheduler import SchedulerMixin
 from runtime.agent.workers import WorkerProcess, WorkersMixin
-from runtime.agent.gpu_ids import GpuIds, default_ids, ids_of
+from runtime.agent.gpu_ids import GpuIds, default_ids
 from runtime.agent.store import ObjectStore
 from runtime.protocol.frames import Packer
 
@@ -36,7 +37,7 @@ log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
 
 
-class NodeAgent(ObjectService, WorkersMixin):
+class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
                  keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
                  gpu_ids: list[str] | None = None, store: ObjectStore | None = None):
@@ -241,7 +242,7 @@ class NodeAgent(ObjectService, WorkersMixin):
                 continue
             task = AgentTask(spec, frames)
             for arg in task.all_args():
-                if arg.object_id is not None:
+                if arg.state == REMOTE:
                     self._fetch_arg(task, arg)
             if task.kind == ACTOR_CALL:
                 self._send_to_actor(task)
@@ -290,116 +291,6 @@ class NodeAgent(ObjectService, WorkersMixin):
         if worker is not None:
             worker.killed_reason = "killed by kill()"
             worker.proc.kill()
-
-    # ------------------------------------------------------------------ scheduling
-    def _schedule(self) -> None:
-        if not self.queue:
-            return
-        waiting = collections.deque()
-        while self.queue:
-            task = self.queue.popleft()
-            if task.missing or not (self._start(task) or self._prefetch(task)):
-                waiting.append(task)
-        self.queue = waiting
-
-    def _prefetch(self, task: AgentTask) -> bool:
-        """Queue a task at a busy worker whose running task has the same shape, so
-        the worker starts it the moment the running one ends. It takes its resources
-        only then (exactly the ones the finished task gives back). Not GPU tasks: they
-        run long, and one bound to a busy worker's GPU would wait there even when
-        another GPU frees first; they wait here and take the first GPU free."""
-        if task.kind != TASK or task.shape.get("GPU"):
-            return False
-        for worker in self.workers.values():
-            if worker.task is not None and worker.next is None and not worker.blocked and \
-                    worker.task.shape == task.shape:
-                worker.next = task
-                self._send_to_worker(worker, task)
-                return True
-        return False
-
-    def _start(self, task: AgentTask) -> bool:
-        if self._fail_lost(task):
-            return True
-        if not scheduling.fits(task.shape, self.available):
-            return False
-        if task.kind == ACTOR_CREATE:      # the node's worker bound (agent_bound)
-            slot = self._actor_slot(task)
-            if slot is not True:
-                return slot is None             # handed back, or wait for room here
-        allocation = self.gpus.take(task.shape.get("GPU", 0.0))
-        if allocation is None:    # enough GPU in total, but split over ids in use
-            return False
-        if task.kind == ACTOR_CREATE:
-            worker = self._spawn_worker(task.actor_id, ids_of(allocation))
-            self.actor_info[task.actor_id] = task
-        else:
-            worker = next((w for w in self.workers.values()
-                           if w.ready and w.actor_id is None and w.task is None), None)
-            if worker is None:
-                self.gpus.give_back(allocation)
-                count = sum(1 for w in self.workers.values()
-                            if w.actor_id is None and not w.blocked)
-                starting = any(not w.ready and w.actor_id is None
-                               for w in self.workers.values())
-                if count < self.max_task_workers and not starting and \
-                        self._task_worker_room(count):
-                    self._spawn_worker(None)
-                return False
-        scheduling.acquire(self.available, task.shape)
-        task.gpus = allocation
-        worker.task = task if task.kind == TASK else None
-        self._send_to_worker(worker, task)
-        for call in self.unplaced_calls.pop(task.actor_id, ()) if worker.actor_id else ():
-            self._send_to_actor(call)
-        return True
-
-    def _fail_lost(self, task: AgentTask) -> bool:
-        for arg in task.all_args():
-            if arg.state == LOST:
-                self._to_driver(task.driver, Lost.of(task.task_id, arg.object_id,
-                                                          arg.node_id))
-                return True
-            if arg.state == FULL:
-                self._to_driver(task.driver, StoreFull.of(task.task_id, arg.node_id,
-                                                               arg.reason))
-                return True
-        return False
-
-    def _send_to_actor(self, task: AgentTask) -> None:
-        if task.missing:
-            return
-        worker = self.actors.get(task.actor_id)
-        if worker is None and task.actor_id in self.unplaced_calls:
-            self.unplaced_calls[task.actor_id].append(task)
-        elif worker is None and self._return_call(task):
-            return                  # its creation went back to its driver (agent_bound)
-        elif worker is None:
-            self._to_driver(task.driver, ActorDied.of(
-                task.task_id, task.actor_id, "no such actor on this node"))
-        elif not self._fail_lost(task):
-            self._send_to_worker(worker, task)
-
-    def _send_to_worker(self, worker: WorkerProcess, task: AgentTask) -> None:
-        values = self._arg_values(worker, task)   # (agent_objects) None: failed, told
-        if values is None:
-            return
-        packer = Packer()
-        spec = task.spec
-        message = TaskMessage(
-            spec.task_id, spec.driver, spec.kind, spec.method,
-            [packer.value(value) for value in values[0]],
-            {k: packer.value(value) for k, value in values[1].items()}, spec.fn,
-            spec.fn_id,   # (an actor's worker got its GPU ids at its start)
-            ids_of(task.gpus) if spec.kind == TASK else ())
-        if worker.ready:
-            self._send(self.local, worker.identity, Kind.TASK, tuple(message),
-                       packer.frames)
-        else:
-            worker.backlog.append((tuple(message), packer.frames))
-        if worker.actor_id is not None:
-            worker.pending = getattr(worker, "pending", {})
-            worker.pending[task.task_id] = task
 
     def _shutdown(self) -> None:
         for worker in self.workers.values():

@@ -106,10 +106,11 @@ class WorkersMixin(WorkerBoundMixin):
             worker.next = None
 
     def _worker_put_begin(self, worker, header, frames) -> None:
-        self._on_put_begin(None, worker.identity, header, frames)   # a large result,
+        """A large result goes into the store in pieces before its Kind.DONE."""
+        self._on_put_begin(None, worker.identity, header, frames)
 
     def _worker_put_piece(self, worker, header, frames) -> None:
-        self._on_put_piece(None, worker.identity, header, frames)   # before its done
+        self._on_put_piece(None, worker.identity, header, frames)
 
     def _worker_done(self, worker, done: TaskDone, frames) -> None:
         task_id, ok = done.task_id, done.ok

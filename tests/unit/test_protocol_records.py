@@ -52,6 +52,16 @@ def test_a_kind_goes_out_as_its_bytes(pair):
     assert Kind.of(b"submit") is Kind.SUBMIT and Kind.of(b"nonsense") is None
 
 
+def test_a_received_frame_finds_its_kind_in_a_dispatch_table():
+    """The agent and codec dispatch on tables keyed by Kind members and look them up
+    with the received bytes: equal, and hashed alike."""
+    table = {kind: kind.name for kind in Kind}
+    for kind in Kind:
+        frame = bytes(kind.value)
+        assert type(frame) is bytes and frame == kind and hash(frame) == hash(kind)
+        assert table[frame] == kind.name
+
+
 def test_a_task_spec_round_trips_with_its_arguments(pair):
     packed, value_frames = packed_value(np.arange(100_000))
     spec = tasks.TaskSpec(b"t" * 16, "driver1", tasks.TASK, b"fn", b"f" * 16, None,
