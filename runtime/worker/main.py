@@ -219,19 +219,21 @@ class Worker:
         return ok, result
 
     @staticmethod
-    def _arguments(task: TaskMessage, frames: list) -> tuple[list, dict]:
-        return ([unpack_value(a, frames).value() for a in task.args],
-                {k: unpack_value(v, frames).value() for k, v in task.kwargs.items()})
+    def _arguments(packed_args: list, packed_kwargs: dict, frames: list
+                   ) -> tuple[list, dict]:
+        return ([unpack_value(a, frames).value() for a in packed_args],
+                {k: unpack_value(v, frames).value() for k, v in packed_kwargs.items()})
 
     def _execute(self, task: TaskMessage, frames: list):
         try:
-            nested = nested_refs.take_nested(task.kwargs)
+            packed_kwargs = dict(task.kwargs)   # (the received message stays as it came)
+            nested = nested_refs.take_nested(packed_kwargs)
             if nested:   # refs inside the arguments: see runtime.driver.nested_refs
                 with nested_refs.resolving({index: unpack_value(packed, frames)
                                             for index, packed in nested.items()}):
-                    args, kwargs = self._arguments(task, frames)
+                    args, kwargs = self._arguments(task.args, packed_kwargs, frames)
             else:
-                args, kwargs = self._arguments(task, frames)
+                args, kwargs = self._arguments(task.args, packed_kwargs, frames)
             kind = task.kind
             if kind == ACTOR_CALL:
                 if self.actor is None:
