@@ -104,7 +104,8 @@ class ResultValue(NamedTuple):
 
     @classmethod
     def of(cls, task_id: bytes, ok: bool, packed: tuple, base: int = 0) -> "ResultValue":
-        return cls(task_id, OK if ok else ERROR, packed, base)
+        # one per task: built as _make builds it, without the call to cls
+        return tuple.__new__(cls, (task_id, OK if ok else ERROR, packed, base))
 
 
 class Stored(NamedTuple):
@@ -218,8 +219,9 @@ def wire(record: tuple) -> tuple:
 
 def spec_wire(spec: TaskSpec) -> tuple:
     """A TaskSpec as it travels, its arguments plain tuples too."""
-    return (spec.task_id, spec.driver, spec.kind, spec.fn, spec.fn_id, spec.method,
-            spec.shape, spec.actor_id, spec.detached, [tuple(a) for a in spec.args],
+    if not spec.args and not spec.kwargs:
+        return tuple(spec)
+    return (*spec[:9], [tuple(a) for a in spec.args],      # (the fields before args)
             {k: tuple(v) for k, v in spec.kwargs.items()})
 
 

@@ -32,6 +32,7 @@ from runtime.worker.process import DriverOutput, die_with_parent, exit_when_repa
 __all__ = ["Worker", "main", "remote_error", "die_with_parent", "exit_when_reparented"]
 
 log = logging.getLogger("corral.worker")
+_TAKEN = frozenset((Kind.TASK, Kind.EXIT))    # what a worker is sent
 class Worker:
     def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
         self.ctx = zmq.Context()
@@ -105,7 +106,7 @@ class Worker:
         except protocol.MalformedMessageError as error:
             log.warning("dropped: %s", error)
             return None
-        if kind != Kind.TASK and kind != Kind.EXIT:
+        if kind not in _TAKEN:
             log.warning("dropped a %r message: a worker takes tasks", kind)
             return None
         return identity, kind, header, frames
