@@ -11,7 +11,7 @@ from runtime import scheduling
 from runtime.protocol.frames import Packer
 from runtime.protocol.kinds import Kind
 from runtime.protocol.tasks import (ACTOR_CREATE, TASK, ActorDied, Lost, StoreFull,
-                                    TaskMessage)
+                                    message_wire)
 from runtime.agent.gpu_ids import ids_of
 from runtime.agent.task_state import FULL, LOST, AgentTask
 
@@ -110,18 +110,14 @@ class SchedulerMixin:
         if values is None:
             return
         packer = Packer()
-        spec = task.spec
-        message = TaskMessage(
-            spec.task_id, spec.driver, spec.kind, spec.method,
-            [packer.value(value) for value in values[0]],
-            {k: packer.value(value) for k, value in values[1].items()}, spec.fn,
-            spec.fn_id,   # (an actor's worker got its GPU ids at its start)
-            ids_of(task.gpus) if spec.kind == TASK else ())
+        message = message_wire(     # (an actor's worker got its GPU ids at its start)
+            task.spec, [packer.value(value) for value in values[0]],
+            {k: packer.value(value) for k, value in values[1].items()},
+            ids_of(task.gpus) if task.kind == TASK else ())
         if worker.ready:
-            self._send(self.local, worker.identity, Kind.TASK, tuple(message),
-                       packer.frames)
+            self._send(self.local, worker.identity, Kind.TASK, message, packer.frames)
         else:
-            worker.backlog.append((tuple(message), packer.frames))
+            worker.backlog.append((message, packer.frames))
         if worker.actor_id is not None:
             worker.pending = getattr(worker, "pending", {})
             worker.pending[task.task_id] = task

@@ -60,8 +60,9 @@ class AgentTask:
         self.kind = spec.kind
         self.shape = spec.shape
         self.actor_id = spec.actor_id
-        self.args = [ArgState.of(arg, frames) for arg in spec.args]
-        self.kwargs = {key: ArgState.of(arg, frames) for key, arg in spec.kwargs.items()}
+        self.args = [ArgState.of(arg, frames) for arg in spec.args] if spec.args else []
+        self.kwargs = {key: ArgState.of(arg, frames) for key, arg in
+                       spec.kwargs.items()} if spec.kwargs else {}
         self.missing = 0        # arguments still being fetched
         self.gpus = None        # the GPU ids it holds while it runs (runtime.agent.gpu_ids)
 

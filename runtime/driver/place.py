@@ -294,8 +294,7 @@ class PlacementMixin:
             return
         if actor.sync is not None and len(records) == 1 and actor.direct_inflight == 1:
             packer = Packer()
-            spec = self._direct_spec(records[0], packer)._replace(
-                reply_to=self.core.identity)
+            spec = self._direct_spec(records[0], packer, reply_to=self.core.identity)
             message = None if packer.frames else sync_channel.encode(tuple(spec))
             if message is not None:
                 try:
@@ -311,13 +310,15 @@ class PlacementMixin:
             protocol.send(actor.direct, Kind.TASK,
                           tuple(self._direct_spec(record, packer)), packer.frames)
 
-    def _direct_spec(self, record: TaskRecord, packer: Packer) -> TaskMessage:
+    def _direct_spec(self, record: TaskRecord, packer: Packer,
+                     reply_to: bytes | None = None) -> TaskMessage:
         def value(arg):
             kind, item = arg
             return packer.value(item if kind == "v" else self.core.objects[item.id].value)
         return TaskMessage(record.task_id, self.core.driver_id, record.kind, record.method,
                            [value(a) for a in record.args],
-                           {k: value(v) for k, v in record.kwargs.items()})
+                           {k: value(v) for k, v in record.kwargs.items()},
+                           reply_to=reply_to)
 
     def _arg(self, arg, packer: Packer, node_id: str) -> ArgValue | ArgRef:
         kind, item = arg

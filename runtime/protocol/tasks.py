@@ -225,6 +225,14 @@ def spec_wire(spec: TaskSpec) -> tuple:
             {k: tuple(v) for k, v in spec.kwargs.items()})
 
 
+def message_wire(spec: TaskSpec, args: list, kwargs: dict, gpu_ids=()) -> tuple:
+    """The TaskMessage that runs `spec` with these packed arguments, as it travels:
+    a node agent sends one per task, so the tuple is built once, in TaskMessage's
+    field order, without the record in between."""
+    return (spec.task_id, spec.driver, spec.kind, spec.method, args, kwargs, spec.fn,
+            spec.fn_id, gpu_ids, None)
+
+
 def arg_of(arg) -> ArgValue | ArgRef:
     if type(arg) is not tuple and type(arg) is not list or not arg:
         raise ValueError(f"argument {arg!r:.80} is not a tuple")

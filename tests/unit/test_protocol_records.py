@@ -113,6 +113,17 @@ RESULT_ENTRIES = [
 ]
 
 
+def test_a_task_message_built_for_a_spec_is_that_spec_s_message(pair):
+    spec = tasks.TaskSpec(b"t", "d", tasks.TASK, b"fn", b"id", None, {"CPU": 1.0}, None,
+                          False, [], {})
+    packed, value_frames = packed_value(3)
+    wire = tasks.message_wire(spec, [packed], {"k": packed}, ["1"])
+    assert type(wire) is tuple
+    assert round_trip(pair, Kind.TASK, wire, value_frames)[1] == tasks.TaskMessage(
+        b"t", "d", tasks.TASK, None, [packed], {"k": packed}, fn=b"fn", fn_id=b"id",
+        gpu_ids=["1"], reply_to=None)
+
+
 def test_every_result_entry_round_trips(pair):
     wire = [tuple(entry) for entry in RESULT_ENTRIES]
     _, header, _, raw = round_trip(pair, Kind.RESULTS, wire)
