@@ -19,6 +19,7 @@ import logging
 import time
 
 from runtime.agent.worker_bound import WorkerBound
+from runtime.protocol.tasks import Returned, WorkerRoom
 
 log = logging.getLogger("corral.agent")
 
@@ -43,7 +44,7 @@ class WorkerBoundMixin:
         return bound is None or task_workers < bound.reserved or \
             len(self.workers) < bound.limit
 
-    def _actor_slot(self, task: dict) -> bool | None:
+    def _actor_slot(self, task) -> bool | None:
         """True: the actor's worker may start now. False: a retiring task worker makes
         room soon (keep it queued). None: the creation went back to its driver."""
         bound = self.worker_bound
@@ -63,8 +64,8 @@ class WorkerBoundMixin:
         self._turn_away(task)
         return None
 
-    def _turn_away(self, task: dict) -> None:
-        actor_id, driver = task["actor_id"], task["driver"]
+    def _turn_away(self, task) -> None:
+        actor_id, driver = task.actor_id, task.driver
         now = time.monotonic()
         if now - self.turn_away_logged_s >= LOG_EVERY_S:
             self.turn_away_logged_s = now
@@ -73,17 +74,16 @@ class WorkerBoundMixin:
                         len(self.workers), self.worker_bound.source, driver)
         self.turned_away.add(driver)
         self.returned_actors.add(actor_id)
-        self._to_driver(driver, (task["task_id"], "returned", self.node_id, False,
-                                 self.worker_bound.notice()))
+        self._to_driver(driver, Returned.of(task.task_id, self.node_id, False,
+                                            self.worker_bound.notice()))
         for call in self.unplaced_calls.pop(actor_id, ()):
-            self._to_driver(call["driver"], (call["task_id"], "returned", self.node_id,
-                                             False))
+            self._to_driver(call.driver, Returned.of(call.task_id, self.node_id, False))
 
-    def _return_call(self, task: dict) -> bool:
+    def _return_call(self, task) -> bool:
         """A call to an actor whose creation this node handed back follows it."""
-        if task["actor_id"] not in self.returned_actors:
+        if task.actor_id not in self.returned_actors:
             return False
-        self._to_driver(task["driver"], (task["task_id"], "returned", self.node_id, False))
+        self._to_driver(task.driver, Returned.of(task.task_id, self.node_id, False))
         return True
 
     def _announce_room(self) -> None:
@@ -96,7 +96,7 @@ class WorkerBoundMixin:
         self.turned_away &= set(self.routes)
         room = bound.limit - len(self.workers)
         for driver in self.turned_away:
-            self._to_driver(driver, ("", "worker_room", self.node_id, room))
+            self._to_driver(driver, WorkerRoom.of(self.node_id, room))
 
     def _reported_available(self) -> dict:
         """Resources available, as the heartbeat reports them: no memory while actors

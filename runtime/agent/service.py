@@ -1,7 +1,8 @@
 """The node agent: one per node. Registers with the control service and heartbeats,
 accounts the node's resources (and which GPU ids each task or actor holds), runs a pool
-of worker processes (sized to the node's CPUs), queues tasks until their resources fit,
-keeps large objects in the local store and serves them to drivers and peer agents.
+of worker processes (sized to the node's CPUs), queues tasks until their resources fit
+(runtime.agent.scheduler), keeps large objects in the local store and serves them to
+drivers and peer agents.
 
 Sockets: `local` ROUTER on ipc (workers, drivers on this node), `remote` ROUTER on TCP
 (CurveZMQ; drivers and peer agents elsewhere), a DEALER to the control service and one
@@ -19,10 +20,16 @@ import zmq
 
 from runtime import scheduling
 from runtime.node import ipc_dirs
+from runtime.protocol import codec
 from runtime.protocol import frames as protocol
+from runtime.protocol.kinds import Kind
+from runtime.protocol.objects import ObjectReply, Reclaim
+from runtime.protocol.tasks import ACTOR_CALL, ACTOR_CREATE, TASK, Returned, TaskSpec
 from runtime.agent.objects import ObjectService
+from runtime.agent.task_state import REMOTE, AgentTask
+from runtime.agent.scheduler import SchedulerMixin
 from runtime.agent.workers import WorkerProcess, WorkersMixin
-from runtime.agent.gpu_ids import GpuIds, default_ids, ids_of
+from runtime.agent.gpu_ids import GpuIds, default_ids
 from runtime.agent.store import ObjectStore
 from runtime.protocol import rpc, version
 from runtime.protocol.frames import Packer
@@ -32,7 +39,7 @@ log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
 
 
-class NodeAgent(ObjectService, WorkersMixin):
+class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
                  keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
                  gpu_ids: list[str] | None = None, store: ObjectStore | None = None):
@@ -56,7 +63,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         self.store = store if store is not None else ObjectStore()  # runtime.agent.main's
         self.workers: dict[bytes, WorkerProcess] = {}
         self.actors: dict[bytes, WorkerProcess] = {}
-        self.actor_info: dict[bytes, dict] = {}
+        self.actor_info: dict[bytes, AgentTask] = {}      # actor id -> its creation
         self.unplaced_calls: dict[bytes, list] = {}       # actor id -> calls before spawn
         self.queue: collections.deque = collections.deque()
         self.routes: dict[str, zmq.Socket] = {}          # driver id -> socket it uses
@@ -78,6 +85,12 @@ class NodeAgent(ObjectService, WorkersMixin):
         self.poller = zmq.Poller()
         for sock in (self.local, self.remote, self.control):
             self.poller.register(sock, zmq.POLLIN)
+        # what drivers (and peer agents: fetch) may ask of this agent, by kind
+        self.handlers = {Kind.SUBMIT: self._on_submit, Kind.RECLAIM: self._on_reclaim,
+                         Kind.STATS: self._on_stats, Kind.KILL_ACTOR: self._on_kill_actor,
+                         Kind.FETCH: self._on_fetch, Kind.PUT: self._on_put,
+                         Kind.PUT_BEGIN: self._on_put_begin,
+                         Kind.PUT_PIECE: self._on_put_piece, Kind.FREE: self._on_free}
         for _ in range(int(self.total.get("CPU", 1))):
             self._spawn_worker(None)
 
@@ -90,6 +103,7 @@ class NodeAgent(ObjectService, WorkersMixin):
                     try:
                         identity, kind, header, frames = protocol.recv(
                             sock, sock in (self.local, self.remote), zmq.NOBLOCK)
+                        header = codec.decode(identity, kind, header)
                     except zmq.Again:
                         break
                     except protocol.MalformedMessageError as error:
@@ -113,7 +127,7 @@ class NodeAgent(ObjectService, WorkersMixin):
         elif sock is self.control:
             self._from_control(kind, header)
         elif sock in (self.local, self.remote):
-            handler = getattr(self, "_on_" + kind.decode(), None)
+            handler = self.handlers.get(kind)
             if handler is None:
                 log.warning("unknown message %r", kind)
                 return
@@ -130,6 +144,8 @@ class NodeAgent(ObjectService, WorkersMixin):
             log.info("cannot send %s to %r: %s", kind, identity, error)
 
     def _to_driver(self, driver: str, entry: tuple, frames=()) -> None:
+        """Queue a result entry (a runtime.protocol.tasks record) for `driver`; `frames`:
+        the buffers of a ResultValue, placed at its `base` when the batch is sent."""
         self.outbox.setdefault(driver, []).append((entry, frames))
 
     def _flush(self) -> None:
@@ -141,11 +157,10 @@ class NodeAgent(ObjectService, WorkersMixin):
             entries = []
             for entry, frames in items:
                 if frames:
-                    base = len(packer.frames)
+                    entry = entry._replace(base=len(packer.frames))
                     packer.frames.extend(frames)
-                    entry = entry + (base,)
-                entries.append(entry)
-            self._send(sock, b"D" + driver.encode(), b"results", entries, packer.frames)
+                entries.append(tuple(entry))
+            self._send(sock, b"D" + driver.encode(), Kind.RESULTS, entries, packer.frames)
         self.outbox.clear()
 
     # ------------------------------------------------------------------ control
@@ -164,7 +179,7 @@ class NodeAgent(ObjectService, WorkersMixin):
             self.idle_since_s = None
         elif self.idle_since_s is None:
             self.idle_since_s = time.time()
-        demand = collections.Counter(scheduling.shape_key(t["shape"]) for t in self.queue)
+        demand = collections.Counter(scheduling.shape_key(t.shape) for t in self.queue)
         drained_idle = self.draining and not busy and not self.queue and \
             not any(w.next for w in self.workers.values())
         kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
@@ -223,181 +238,73 @@ class NodeAgent(ObjectService, WorkersMixin):
         log.info("driver %s is gone: dropping its work", driver)
         self.routes.pop(driver, None)
         self.outbox.pop(driver, None)
-        self.queue = collections.deque(t for t in self.queue if t["driver"] != driver)
+        self.queue = collections.deque(t for t in self.queue if t.driver != driver)
         for worker in list(self.workers.values()):
             info = self.actor_info.get(worker.actor_id) if worker.actor_id else None
-            owned = (info and info["driver"] == driver and not info.get("detached")) or \
-                (worker.task and worker.task["driver"] == driver) or \
-                (worker.next and worker.next["driver"] == driver)
+            owned = (info and info.driver == driver and not info.spec.detached) or \
+                (worker.task and worker.task.driver == driver) or \
+                (worker.next and worker.next.driver == driver)
             if owned:
                 worker.killed_reason = "driver exited"
                 worker.proc.kill()
         self.store.free_owner(driver)
 
     # ------------------------------------------------------------------ drivers
-    def _on_submit(self, sock, identity, tasks, frames) -> None:
-        for task in tasks:
-            if self._hand_back(task):
+    def _on_submit(self, sock, identity, specs: list[TaskSpec], frames) -> None:
+        for spec in specs:
+            if self._hand_back(spec):
                 continue
-            task["args"] = [self._arg(a, frames) for a in task["args"]]
-            task["kwargs"] = {k: self._arg(v, frames) for k, v in task["kwargs"].items()}
-            task["missing"] = 0
-            for arg in itertools.chain(task["args"], task["kwargs"].values()):
-                if arg[0] == "r":
+            task = AgentTask(spec, frames)
+            for arg in task.all_args():
+                if arg.state == REMOTE:
                     self._fetch_arg(task, arg)
-            if task["kind"] == "actor_call":
+            if task.kind == ACTOR_CALL:
                 self._send_to_actor(task)
             else:
-                if task["kind"] == "actor_create":
-                    self.unplaced_calls[task["actor_id"]] = []
+                if task.kind == ACTOR_CREATE:
+                    self.unplaced_calls[task.actor_id] = []
                 self.queue.append(task)
 
-    def _hand_back(self, task: dict) -> bool:
+    def _hand_back(self, spec: TaskSpec) -> bool:
         """While draining, new tasks and actor creations (and calls to an actor whose
         creation went back) return to their driver, which places them elsewhere."""
         if not self.draining:
-            if task["kind"] == "actor_create":
-                self.returned_actors.discard(task["actor_id"])
+            if spec.kind == ACTOR_CREATE:
+                self.returned_actors.discard(spec.actor_id)
             return False
-        if task["kind"] == "actor_call" and task["actor_id"] not in self.returned_actors:
+        if spec.kind == ACTOR_CALL and spec.actor_id not in self.returned_actors:
             return False
-        if task["kind"] == "actor_create":
-            self.returned_actors.add(task["actor_id"])
-        self._to_driver(task["driver"], (task["task_id"], "returned", self.node_id, True))
+        if spec.kind == ACTOR_CREATE:
+            self.returned_actors.add(spec.actor_id)
+        self._to_driver(spec.driver, Returned.of(spec.task_id, self.node_id, True))
         return True
 
-    def _on_reclaim(self, sock, identity, request, frames) -> None:
+    def _on_reclaim(self, sock, identity, request: Reclaim, frames) -> None:
         """A driver takes back up to `count` of its tasks still queued here (not started,
         not waiting for arguments), to place them on a node that joined since."""
-        driver, count = request
+        driver, count = request.driver, request.count
         kept, taken = collections.deque(), []
         for task in reversed(self.queue):
-            if len(taken) < count and task["kind"] == "task" and task["driver"] == driver \
-                    and not task["missing"]:
+            if len(taken) < count and task.kind == TASK and task.driver == driver \
+                    and not task.missing:
                 taken.append(task)
             else:
                 kept.appendleft(task)
         self.queue = kept
         for task in reversed(taken):
-            self._to_driver(driver, (task["task_id"], "returned", self.node_id, False))
+            self._to_driver(driver, Returned.of(task.task_id, self.node_id, False))
 
-    def _on_stats(self, sock, identity, request_id, frames) -> None:
+    def _on_stats(self, sock, identity, request_id: int, frames) -> None:
         stats = {"objects": len(self.store), "object_bytes": self.store.size_bytes,
                  "workers": len(self.workers), "queued": len(self.queue),
                  **self.store.stats()}
-        self._send(sock, identity, b"object", (request_id, True, stats))
+        self._send(sock, identity, Kind.OBJECT, tuple(ObjectReply(request_id, True, stats)))
 
     def _on_kill_actor(self, sock, identity, actor_id, frames) -> None:
         worker = self.actors.get(actor_id)
         if worker is not None:
             worker.killed_reason = "killed by kill()"
             worker.proc.kill()
-
-    # ------------------------------------------------------------------ scheduling
-    def _schedule(self) -> None:
-        if not self.queue:
-            return
-        waiting = collections.deque()
-        while self.queue:
-            task = self.queue.popleft()
-            if task["missing"] or not (self._start(task) or self._prefetch(task)):
-                waiting.append(task)
-        self.queue = waiting
-
-    def _prefetch(self, task: dict) -> bool:
-        """Queue a task at a busy worker whose running task has the same shape, so
-        the worker starts it the moment the running one ends. It takes its resources
-        only then (exactly the ones the finished task gives back). Not GPU tasks: they
-        run long, and one bound to a busy worker's GPU would wait there even when
-        another GPU frees first; they wait here and take the first GPU free."""
-        if task["kind"] != "task" or task["shape"].get("GPU"):
-            return False
-        for worker in self.workers.values():
-            if worker.task is not None and worker.next is None and not worker.blocked and \
-                    worker.task["shape"] == task["shape"]:
-                worker.next = task
-                self._send_to_worker(worker, task)
-                return True
-        return False
-
-    def _start(self, task: dict) -> bool:
-        if self._fail_lost(task):
-            return True
-        if not scheduling.fits(task["shape"], self.available):
-            return False
-        if task["kind"] == "actor_create":      # the node's worker bound (agent_bound)
-            slot = self._actor_slot(task)
-            if slot is not True:
-                return slot is None             # handed back, or wait for room here
-        allocation = self.gpus.take(task["shape"].get("GPU", 0.0))
-        if allocation is None:    # enough GPU in total, but split over ids in use
-            return False
-        if task["kind"] == "actor_create":
-            worker = self._spawn_worker(task["actor_id"], ids_of(allocation))
-            self.actor_info[task["actor_id"]] = task
-        else:
-            worker = next((w for w in self.workers.values()
-                           if w.ready and w.actor_id is None and w.task is None), None)
-            if worker is None:
-                self.gpus.give_back(allocation)
-                count = sum(1 for w in self.workers.values()
-                            if w.actor_id is None and not w.blocked)
-                starting = any(not w.ready and w.actor_id is None
-                               for w in self.workers.values())
-                if count < self.max_task_workers and not starting and \
-                        self._task_worker_room(count):
-                    self._spawn_worker(None)
-                return False
-        scheduling.acquire(self.available, task["shape"])
-        task["gpus"] = allocation
-        worker.task = task if task["kind"] == "task" else None
-        self._send_to_worker(worker, task)
-        for call in self.unplaced_calls.pop(task["actor_id"], ()) if worker.actor_id else ():
-            self._send_to_actor(call)
-        return True
-
-    def _fail_lost(self, task: dict) -> bool:
-        for arg in itertools.chain(task["args"], task["kwargs"].values()):
-            if arg[0] == "lost":
-                self._to_driver(task["driver"], (task["task_id"], "lost", arg[1], arg[2]))
-                return True
-            if arg[0] == "full":     # ["full", object id, node id, reason]
-                self._to_driver(task["driver"], (task["task_id"], "store_full", arg[2],
-                                                 arg[3]))
-                return True
-        return False
-
-    def _send_to_actor(self, task: dict) -> None:
-        if task["missing"]:
-            return
-        worker = self.actors.get(task["actor_id"])
-        if worker is None and task["actor_id"] in self.unplaced_calls:
-            self.unplaced_calls[task["actor_id"]].append(task)
-        elif worker is None and self._return_call(task):
-            return                  # its creation went back to its driver (agent_bound)
-        elif worker is None:
-            self._to_driver(task["driver"], (task["task_id"], "actor_died",
-                                             task["actor_id"], "no such actor on this node"))
-        elif not self._fail_lost(task):
-            self._send_to_worker(worker, task)
-
-    def _send_to_worker(self, worker: WorkerProcess, task: dict) -> None:
-        packer = Packer()
-        message = {k: task[k] for k in ("task_id", "driver", "kind", "fn", "fn_id", "method")}
-        if task["kind"] == "task":   # (an actor's worker got its GPU ids at its start)
-            message["gpu_ids"] = ids_of(task.get("gpus"))
-        values = self._arg_values(worker, task)   # (agent_objects) None: failed, told
-        if values is None:
-            return
-        message["args"] = [packer.value(value) for value in values[0]]
-        message["kwargs"] = {k: packer.value(value) for k, value in values[1].items()}
-        if worker.ready:
-            self._send(self.local, worker.identity, b"task", message, packer.frames)
-        else:
-            worker.backlog.append((message, packer.frames))
-        if worker.actor_id is not None:
-            worker.pending = getattr(worker, "pending", {})
-            worker.pending[task["task_id"]] = task
 
     def _shutdown(self) -> None:
         for worker in self.workers.values():

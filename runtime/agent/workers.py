@@ -3,6 +3,7 @@ their messages (ready, log lines, results), and what follows when one dies (its 
 retried or reported, its actor reported dead to the drivers)."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
 from runtime.agent.bound import WorkerBoundMixin
 from runtime.protocol.frames import INLINE_LIMIT_BYTES, unpack_value
+from runtime.protocol.kinds import Kind
+from runtime.protocol.tasks import (ACTOR_CREATE, ActorDied, Printed, ResultValue, TaskDone,
+                                    WorkerDied)
+from runtime.protocol.workers import WorkerLog
+from runtime.agent.task_state import AgentTask
+
+log = logging.getLogger("corral.agent")
 
 
 class WorkerProcess:
@@ -23,8 +31,8 @@ class WorkerProcess:
         self.proc = proc
         self.actor_id = actor_id
         self.ready = False
-        self.task: dict | None = None          # running task (task workers)
-        self.next: dict | None = None          # prefetched task, same shape
+        self.task: AgentTask | None = None     # running task (task workers)
+        self.next: AgentTask | None = None     # prefetched task, same shape
         self.backlog: list = []                # messages waiting for `ready`
         self.killed_reason: str | None = None
         self.blocked = False    # its task waits in get(): its resources are lent out
@@ -59,66 +67,85 @@ class WorkersMixin(WorkerBoundMixin):
     def _from_worker(self, worker, kind, header, frames) -> None:
         if worker is None:
             return
-        if kind == b"ready":
-            worker.ready = True
-            for message, message_frames in worker.backlog:
-                self._send(self.local, worker.identity, b"task", message, message_frames)
-            worker.backlog.clear()
-        elif kind == b"log":
-            driver, text, stream, *origin = header  # origin: a nested task's (node, pid)
-            node_id, pid = origin if origin else (self.node_id, worker.proc.pid)
-            self._to_driver(driver, ("", "log", node_id, pid, text, stream))
-        elif kind == b"blocked":   # lent: all but its GPUs (scheduling.lendable)
-            if worker.task is not None and not worker.blocked:
-                worker.blocked = True
-                lent = scheduling.lendable(worker.task["shape"])
-                scheduling.release(self.available, lent)
-        elif kind == b"unblocked":
-            if worker.blocked:    # taken back even if that oversubscribes for a while
-                worker.blocked = False
-                lent = scheduling.lendable(worker.task["shape"])
-                scheduling.acquire(self.available, lent)
-        elif kind == b"returned":   # a task queued early at a worker that then blocked
-            if worker.next is not None and worker.next["task_id"] == header:
-                self.queue.appendleft(worker.next)
-                worker.next = None
-        elif kind in (b"put_begin", b"put_piece"):   # a large result, before its done
-            getattr(self, "_on_" + kind.decode())(None, worker.identity, header, frames)
-        elif kind == b"done":
-            task_id, ok, packed = header
-            if worker.actor_id is not None:
-                task = worker.pending.pop(task_id, None)
-                if task is not None and task["kind"] == "actor_create" and not ok:
-                    # its __init__ raised: no actor to serve. The worker goes, and its
-                    # reaping gives the actor's resources back (its driver has the error)
-                    worker.killed_reason = "the actor's __init__ raised an exception"
-                    worker.proc.kill()
-            else:
-                task, worker.task, worker.next = worker.task, worker.next, None
-                if task:
-                    self._release_task(worker, task)
-                worker.blocked = False   # (a thread of the task may still be waiting)
-                if worker.task:   # the prefetched task starts now (never a GPU task)
-                    scheduling.acquire(self.available, worker.task["shape"])
-            if packed is None:     # the result came in pieces, into the store
-                self._result_arrived(task_id, task["driver"] if task else None)
-                return
-            if task is None:
-                return
-            value = unpack_value(packed, frames)
-            if ok and value.size_bytes > INLINE_LIMIT_BYTES:
-                self._keep_result(task_id, task["driver"], value)   # (agent_objects)
-            else:
-                self._to_driver(task["driver"], (task_id, "ok" if ok else "error",
-                                                 (value.data, 0, len(value.buffers))),
-                                value.buffers)
+        handler = _WORKER_HANDLERS.get(kind)
+        if handler is None:
+            log.warning("unknown message %r from worker %s", kind, worker.worker_id)
+            return
+        handler(self, worker, header, frames)
 
-    def _release_task(self, worker: WorkerProcess, task: dict) -> None:
+    def _worker_ready(self, worker, pid: int, frames) -> None:
+        worker.ready = True
+        for message, message_frames in worker.backlog:
+            self._send(self.local, worker.identity, Kind.TASK, message, message_frames)
+        worker.backlog.clear()
+
+    def _worker_log(self, worker, line: WorkerLog, frames) -> None:
+        if line.origin_node_id is not None:   # a nested task's output, passed on
+            node_id, pid = line.origin_node_id, line.origin_pid
+        else:
+            node_id, pid = self.node_id, worker.proc.pid
+        self._to_driver(line.driver, Printed.of(node_id, pid, line.text, line.stream))
+
+    def _worker_blocked(self, worker, header, frames) -> None:
+        """Lent: all but its GPUs (scheduling.lendable)."""
+        if worker.task is not None and not worker.blocked:
+            worker.blocked = True
+            lent = scheduling.lendable(worker.task.shape)
+            scheduling.release(self.available, lent)
+
+    def _worker_unblocked(self, worker, header, frames) -> None:
+        if worker.blocked:    # taken back even if that oversubscribes for a while
+            worker.blocked = False
+            lent = scheduling.lendable(worker.task.shape)
+            scheduling.acquire(self.available, lent)
+
+    def _worker_returned(self, worker, task_id: bytes, frames) -> None:
+        """A task queued early at a worker that then blocked comes back to the queue."""
+        if worker.next is not None and worker.next.task_id == task_id:
+            self.queue.appendleft(worker.next)
+            worker.next = None
+
+    def _worker_put_begin(self, worker, header, frames) -> None:
+        """A large result goes into the store in pieces before its Kind.DONE."""
+        self._on_put_begin(None, worker.identity, header, frames)
+
+    def _worker_put_piece(self, worker, header, frames) -> None:
+        self._on_put_piece(None, worker.identity, header, frames)
+
+    def _worker_done(self, worker, done: TaskDone, frames) -> None:
+        task_id, ok = done.task_id, done.ok
+        if worker.actor_id is not None:
+            task = worker.pending.pop(task_id, None)
+            if task is not None and task.kind == ACTOR_CREATE and not ok:
+                # its __init__ raised: no actor to serve. The worker goes, and its
+                # reaping gives the actor's resources back (its driver has the error)
+                worker.killed_reason = "the actor's __init__ raised an exception"
+                worker.proc.kill()
+        else:
+            task, worker.task, worker.next = worker.task, worker.next, None
+            if task:
+                self._release_task(worker, task)
+            worker.blocked = False   # (a thread of the task may still be waiting)
+            if worker.task:   # the prefetched task starts now (never a GPU task)
+                scheduling.acquire(self.available, worker.task.shape)
+        if done.packed is None:     # the result came in pieces, into the store
+            self._result_arrived(task_id, task.driver if task else None)
+            return
+        if task is None:
+            return
+        value = unpack_value(done.packed, frames)
+        if ok and value.size_bytes > INLINE_LIMIT_BYTES:
+            self._keep_result(task_id, task.driver, value)   # (agent_objects)
+        else:
+            self._to_driver(task.driver, ResultValue.of(
+                task_id, ok, (value.data, 0, len(value.buffers))), value.buffers)
+
+    def _release_task(self, worker: WorkerProcess, task: AgentTask) -> None:
         """A task ended (or its worker died): its resources and GPU ids are free. Of a
         blocked task only its GPUs are still held; the rest is out on loan."""
-        scheduling.release(self.available, scheduling.kept_while_blocked(task["shape"])
-                           if worker.blocked else task["shape"])
-        self.gpus.give_back(task.get("gpus"))
+        scheduling.release(self.available, scheduling.kept_while_blocked(task.shape)
+                           if worker.blocked else task.shape)
+        self.gpus.give_back(task.gpus)
 
     def _reap_workers(self) -> None:
         before = len(self.workers)
@@ -141,19 +168,32 @@ class WorkersMixin(WorkerBoundMixin):
                         pass
                 info = self.actor_info.pop(worker.actor_id, None)
                 if info:
-                    scheduling.release(self.available, info["shape"])
-                    self.gpus.give_back(info.get("gpus"))
-                    self._to_driver(info["driver"], (info["task_id"], "actor_died",
-                                                     worker.actor_id, cause))
+                    scheduling.release(self.available, info.shape)
+                    self.gpus.give_back(info.gpus)
+                    self._to_driver(info.driver, ActorDied.of(info.task_id,
+                                                              worker.actor_id, cause))
                 for task in getattr(worker, "pending", {}).values():
-                    self._to_driver(task["driver"], (task["task_id"], "actor_died",
-                                                     worker.actor_id, cause))
+                    self._to_driver(task.driver, ActorDied.of(task.task_id,
+                                                              worker.actor_id, cause))
             elif worker.task is not None:
                 self._release_task(worker, worker.task)
-                self._to_driver(worker.task["driver"], (worker.task["task_id"],
-                                                        "worker_died", cause))
-                if worker.next is not None and worker.next["driver"] in self.routes:
+                self._to_driver(worker.task.driver, WorkerDied.of(worker.task.task_id,
+                                                                  cause))
+                if worker.next is not None and worker.next.driver in self.routes:
                     # never started: run it on another worker
                     self.queue.appendleft(worker.next)
         if len(self.workers) < before:
             self._announce_room()     # to drivers whose actors the bound turned away
+
+
+# what a worker may send its agent, by kind
+_WORKER_HANDLERS = {
+    Kind.READY: WorkersMixin._worker_ready,
+    Kind.LOG: WorkersMixin._worker_log,
+    Kind.BLOCKED: WorkersMixin._worker_blocked,
+    Kind.UNBLOCKED: WorkersMixin._worker_unblocked,
+    Kind.RETURNED: WorkersMixin._worker_returned,
+    Kind.PUT_BEGIN: WorkersMixin._worker_put_begin,
+    Kind.PUT_PIECE: WorkersMixin._worker_put_piece,
+    Kind.DONE: WorkersMixin._worker_done,
+}

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 
 import zmq
 
+from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.driver.records import FAILED, PENDING, TaskRecord
 from runtime.errors import DriverIOError
@@ -127,6 +128,7 @@ class Serve:
         for _ in range(BATCH):
             try:
                 _, kind, header, frames = protocol.recv(sock, False, zmq.NOBLOCK)
+                header = codec.decode(None, kind, header)
             except zmq.Again:
                 break
             except protocol.MalformedMessageError as error:

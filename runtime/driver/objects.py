@@ -13,6 +13,10 @@ from runtime.protocol import frames as protocol
 from runtime.driver.records import FAILED, Entry
 from runtime.errors import ObjectLostError, ObjectStoreFullError
 from runtime.protocol.frames import Packer, unpack_value
+from runtime.protocol.kinds import Kind
+from runtime.protocol.objects import (FetchRequest, ObjectFull, ObjectReply, PutBegin,
+                                      PutPiece, PutValue)
+from runtime.protocol.tasks import TaskDone, TaskMessage
 
 PIECED_PUT_BYTES = 64 << 20
 PIECE_BYTES = 16 << 20
@@ -31,7 +35,8 @@ class ObjectsMixin:
         if value.size_bytes <= PIECED_PUT_BYTES:
             packer = Packer()
             packed = packer.value(value)
-            protocol.send(sock, b"put", (object_id, packed, self.core.driver_id),
+            protocol.send(sock, Kind.PUT,
+                          tuple(PutValue(object_id, packed, self.core.driver_id)),
                           packer.frames)
             return
         send_in_pieces(sock, object_id, self.core.driver_id, value)
@@ -51,12 +56,12 @@ class ObjectsMixin:
         entry.fetching = True
         self.fetch_ids += 1
         self.fetches[self.fetch_ids] = object_id
-        protocol.send(sock, b"fetch", (self.fetch_ids, object_id))
+        protocol.send(sock, Kind.FETCH, tuple(FetchRequest(self.fetch_ids, object_id)))
 
-    def _fetched(self, header, frames) -> None:
-        request_id, found, packed = header
+    def _fetched(self, reply: ObjectReply, frames) -> None:
+        request_id, payload = reply.request_id, reply.payload
         if request_id in self.rpc_stats:
-            self.rpc_stats.pop(request_id).set_result(packed)
+            self.rpc_stats.pop(request_id).set_result(payload)
             return
         object_id = self.fetches.pop(request_id, None)
         core = self.core
@@ -64,11 +69,11 @@ class ObjectsMixin:
             entry = core.objects.get(object_id)
             if entry is not None:
                 entry.fetching = False
-                if found:
-                    entry.value = unpack_value(packed, frames)
-                elif packed and packed[0] == "full":     # ("full", node id, reason)
+                if reply.found:
+                    entry.value = unpack_value(payload, frames)
+                elif isinstance(payload, ObjectFull):
                     entry.state = FAILED
-                    entry.error = ObjectStoreFullError(packed[1], packed[2])
+                    entry.error = ObjectStoreFullError(payload.node_id, payload.reason)
                 else:
                     entry.state = FAILED
                     entry.error = ObjectLostError(object_id.hex(), "not in the node's store")
@@ -88,28 +93,29 @@ class ObjectsMixin:
     def agent_stats(self, node_id: str, future) -> None:
         self.fetch_ids += 1
         self.rpc_stats[self.fetch_ids] = future
-        protocol.send(self.core.agents[node_id], b"stats", self.fetch_ids)
+        protocol.send(self.core.agents[node_id], Kind.STATS, self.fetch_ids)
 
 
 def send_in_pieces(sock, object_id: bytes, owner: str, value) -> None:
     """A large value as put_begin (its size) and put_piece messages (its buffers)."""
     views = [memoryview(buffer).cast("B") for buffer in value.buffers]
-    protocol.send(sock, b"put_begin", (object_id, owner, value.data,
-                                       [view.nbytes for view in views]))
+    protocol.send(sock, Kind.PUT_BEGIN, tuple(PutBegin(object_id, owner, value.data,
+                                                       [view.nbytes for view in views])))
     for index, view in enumerate(views):
         for offset in range(0, view.nbytes, PIECE_BYTES):
-            protocol.send(sock, b"put_piece", (object_id, index, offset),
+            protocol.send(sock, Kind.PUT_PIECE, tuple(PutPiece(object_id, index, offset)),
                           [view[offset:offset + PIECE_BYTES]])
 
 
-def send_result(sock, task: dict, ok: bool, result) -> None:
-    """A worker's b"done" for a task: a large result first goes in pieces into its
+def send_result(sock, task: TaskMessage, ok: bool, result) -> None:
+    """A worker's Kind.DONE for a task: a large result first goes in pieces into its
     agent's store (then the done carries None), so the agent is never sent more than
     a piece at once (runtime.agent.objects._result_arrived)."""
     if ok and result.size_bytes > PIECED_PUT_BYTES:
-        send_in_pieces(sock, task["task_id"], task["driver"], result)
-        protocol.send(sock, b"done", (task["task_id"], ok, None))
+        send_in_pieces(sock, task.task_id, task.driver, result)
+        protocol.send(sock, Kind.DONE, tuple(TaskDone(task.task_id, ok, None)))
         return
     packer = Packer()
     payload = packer.value(result)
-    protocol.send(sock, b"done", (task["task_id"], ok, payload), packer.frames)
+    protocol.send(sock, Kind.DONE, tuple(TaskDone(task.task_id, ok, payload)),
+                  packer.frames)

@@ -12,11 +12,15 @@ import pickle
 import zmq
 
 from runtime import scheduling
+from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
 from runtime.driver.records import FAILED, PENDING, TaskRecord
 from runtime.errors import ActorDiedError, DriverIOError
 from runtime.protocol.frames import INLINE_LIMIT_BYTES, Packer, Serialized
+from runtime.protocol.kinds import Kind
+from runtime.protocol.objects import Reclaim
+from runtime.protocol.tasks import ArgRef, ArgValue, TaskMessage, TaskSpec, spec_wire
 
 log = logging.getLogger("corral.driver")
 
@@ -134,7 +138,7 @@ class PlacementMixin:
         if entries is None:      # the worker is gone; the agent reports the actor
             self.close_sync(actor)
             return
-        self.handle(actor.sync, b"results", entries, [])
+        self.handle(actor.sync, Kind.RESULTS, codec.decode(None, Kind.RESULTS, entries), [])
 
     def _close_direct(self, actor, error: BaseException | None = None) -> None:
         """Close the actor's direct channels; calls in flight fail with `error` (by
@@ -204,7 +208,7 @@ class PlacementMixin:
             cpus = max(1.0, core.nodes[node_id]["resources_total"].get("CPU", 1.0))
             surplus = core.inflight[node_id] - int(cpus)
             if surplus > 0:
-                protocol.send(sock, b"reclaim", (core.driver_id, surplus))
+                protocol.send(sock, Kind.RECLAIM, tuple(Reclaim(core.driver_id, surplus)))
 
     def _drain(self) -> None:
         for key, queue in list(self.waiting.items()):
@@ -243,8 +247,8 @@ class PlacementMixin:
                 if sock is None:
                     continue
                 packer = Packer()
-                specs = [self._spec(r, packer, node_id) for r in records]
-                protocol.send(sock, b"submit", specs, packer.frames)
+                specs = [spec_wire(self._spec(r, packer, node_id)) for r in records]
+                protocol.send(sock, Kind.SUBMIT, specs, packer.frames)
             except Exception as error:
                 self._batch_failed(node_id, records, error)
         frees, self.frees = self.frees, collections.defaultdict(list)
@@ -252,7 +256,7 @@ class PlacementMixin:
             sock = core.agents.get(node_id)
             if sock is not None and oids:
                 try:
-                    protocol.send(sock, b"free", oids)
+                    protocol.send(sock, Kind.FREE, oids)
                 except zmq.ZMQError as error:   # the objects stay until the node goes
                     log.warning("cannot free %d object(s) on node %s: %s", len(oids),
                                 node_id, error)
@@ -273,13 +277,12 @@ class PlacementMixin:
                     actor.direct_inflight -= 1
             self._fail(record, failure)
 
-    def _spec(self, record: TaskRecord, packer: Packer, node_id: str) -> dict:
-        return {"task_id": record.task_id, "driver": self.core.driver_id,
-                "kind": record.kind, "fn": record.fn, "fn_id": record.fn_id,
-                "method": record.method, "shape": record.shape,
-                "actor_id": record.actor_id, "detached": record.detached,
-                "args": [self._arg(a, packer, node_id) for a in record.args],
-                "kwargs": {k: self._arg(v, packer, node_id) for k, v in record.kwargs.items()}}
+    def _spec(self, record: TaskRecord, packer: Packer, node_id: str) -> TaskSpec:
+        return TaskSpec(record.task_id, self.core.driver_id, record.kind, record.fn,
+                        record.fn_id, record.method, record.shape, record.actor_id,
+                        record.detached,
+                        [self._arg(a, packer, node_id) for a in record.args],
+                        {k: self._arg(v, packer, node_id) for k, v in record.kwargs.items()})
 
     def _send_direct(self, actor, records: list) -> None:
         """Calls straight to a same-host actor's worker: over the sync channel when the
@@ -291,9 +294,8 @@ class PlacementMixin:
             return
         if actor.sync is not None and len(records) == 1 and actor.direct_inflight == 1:
             packer = Packer()
-            spec = self._direct_spec(records[0], packer)
-            spec["reply_to"] = self.core.identity
-            message = None if packer.frames else sync_channel.encode(spec)
+            spec = self._direct_spec(records[0], packer, reply_to=self.core.identity)
+            message = None if packer.frames else sync_channel.encode(tuple(spec))
             if message is not None:
                 try:
                     actor.sync.send(message)
@@ -305,28 +307,29 @@ class PlacementMixin:
                     self.close_sync(actor)
         for record in records:
             packer = Packer()
-            protocol.send(actor.direct, b"task", self._direct_spec(record, packer),
-                          packer.frames)
+            protocol.send(actor.direct, Kind.TASK,
+                          tuple(self._direct_spec(record, packer)), packer.frames)
 
-    def _direct_spec(self, record: TaskRecord, packer: Packer) -> dict:
+    def _direct_spec(self, record: TaskRecord, packer: Packer,
+                     reply_to: bytes | None = None) -> TaskMessage:
         def value(arg):
             kind, item = arg
             return packer.value(item if kind == "v" else self.core.objects[item.id].value)
-        return {"task_id": record.task_id, "driver": self.core.driver_id,
-                "kind": record.kind, "method": record.method,
-                "args": [value(a) for a in record.args],
-                "kwargs": {k: value(v) for k, v in record.kwargs.items()}}
+        return TaskMessage(record.task_id, self.core.driver_id, record.kind, record.method,
+                           [value(a) for a in record.args],
+                           {k: value(v) for k, v in record.kwargs.items()},
+                           reply_to=reply_to)
 
-    def _arg(self, arg, packer: Packer, node_id: str):
+    def _arg(self, arg, packer: Packer, node_id: str) -> ArgValue | ArgRef:
         kind, item = arg
         if kind == "v":
-            return ("v", packer.value(item))
+            return ArgValue.of(packer.value(item))
         entry = self.core.objects.get(item.id)
         if entry is None:
-            return ("r", item.id, "")
+            return ArgRef.of(item.id, "")
         if entry.value is not None and (entry.node_id is None and
                                         entry.value.size_bytes > INLINE_LIMIT_BYTES):
             self._upload(item.id, entry)
         if entry.node_id is not None:
-            return ("r", item.id, entry.node_id)
-        return ("v", packer.value(entry.value))
+            return ArgRef.of(item.id, entry.node_id)
+        return ArgValue.of(packer.value(entry.value))

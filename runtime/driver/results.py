@@ -13,6 +13,9 @@ from runtime.driver.records import FAILED, READY, TaskRecord, user_error
 from runtime.errors import (ActorDiedError, DriverIOError, ObjectLostError,
                             ObjectStoreFullError, RuntimeSystemError, TaskError)
 from runtime.protocol.frames import Serialized
+from runtime.protocol.kinds import Kind
+from runtime.protocol.tasks import (ACTOR_DIED, ERROR, LOG, LOST, OK, RETURNED, STORE_FULL,
+                                    STORED, WORKER_DIED, WORKER_ROOM, result_of)
 
 log = logging.getLogger("corral.driver")
 
@@ -38,7 +41,7 @@ class ResultsMixin:
                     self.learn_nodes(result["nodes"])
             elif kind == Kind.NODES:
                 self.learn_nodes(header)
-        elif kind == b"results":
+        elif kind == Kind.RESULTS:
             with core.cv:
                 for item in header:
                     try:
@@ -47,27 +50,29 @@ class ResultsMixin:
                         self._result_failed(item, error)
                 core.cv.notify_all()
             self._drain()
-        elif kind == b"object":
+        elif kind == Kind.OBJECT:
             self._fetched(header, frames)
 
     def _result(self, item, frames) -> None:
+        """One entry of a results message (a runtime.protocol.tasks result record)."""
         core = self.core
-        task_id, status = item[0], item[1]
-        if status == "log":
-            self._print(*item[2:])
+        entry = result_of(item)
+        task_id, status = entry.task_id, entry.status
+        if status == LOG:
+            self._print(entry.node_id, entry.pid, entry.text, entry.stream)
             return
-        if status == "worker_room":      # an agent at its worker bound has room again
-            self.worker_room(item[2], item[3] if len(item) > 3 else None)
+        if status == WORKER_ROOM:      # an agent at its worker bound has room again
+            self.worker_room(entry.node_id, entry.room)
             return
         record = core.tasks.pop(task_id, None)
         if record is None:
-            if status == "stored":
-                self.frees[item[2]].append(task_id)
-            elif status == "actor_died":   # an actor that had been created died
-                actor = core.actors.get(item[2])
+            if status == STORED:
+                self.frees[entry.node_id].append(task_id)
+            elif status == ACTOR_DIED:   # an actor that had been created died
+                actor = core.actors.get(entry.actor_id)
                 if actor is not None and actor.create is not None and \
                         actor.create.task_id == task_id and actor.state != "dead":
-                    self._actor_failed(actor, item[3])
+                    self._actor_failed(actor, entry.cause)
             return
         if record.kind == "task":
             core.inflight[record.node_id] -= 1
@@ -84,11 +89,11 @@ class ResultsMixin:
             actor = core.actors.get(record.actor_id)
             if actor is not None and actor.via_agent > 0:
                 actor.via_agent -= 1
-        if status in ("ok", "error"):
-            data, _, count = item[2]
-            base = item[3] if len(item) > 3 else 0
+        if status == OK or status == ERROR:
+            data, _, count = entry.packed
+            base = entry.base
             value = Serialized(data, [f.buffer for f in frames[base:base + count]])
-            if status == "error":
+            if status == ERROR:
                 self._fail(record, user_error(record.name, value))
             elif record.kind == "actor_create":
                 actor = core.actors.get(record.actor_id)
@@ -98,28 +103,30 @@ class ResultsMixin:
                     self.publish_actor(actor, "up")
             else:
                 self._complete(task_id, value=value)
-        elif status == "stored":
-            self._complete(task_id, node_id=item[2])
-        elif status == "worker_died":
-            self._retry(record, item[2], None)
-        elif status == "actor_died":
+        elif status == STORED:
+            self._complete(task_id, node_id=entry.node_id)
+        elif status == WORKER_DIED:
+            self._retry(record, entry.cause, None)
+        elif status == ACTOR_DIED:
             actor = core.actors.get(record.actor_id)
             if record.kind == "actor_create":
                 if actor is not None and actor.create is record:
-                    self._actor_failed(actor, item[3])
+                    self._actor_failed(actor, entry.cause)
             else:
                 known = actor.error if actor is not None and actor.state == "dead" else None
-                self._fail(record, known or ActorDiedError(record.actor_id.hex(), item[3]))
+                self._fail(record, known or ActorDiedError(record.actor_id.hex(),
+                                                           entry.cause))
                 if actor is not None and not actor.owned and actor.state == "alive":
-                    self.relocate(actor, item[3])     # its owner may restart it
-        elif status == "lost":
-            self._fail(record, ObjectLostError(item[2].hex(), f"on node {item[3]}"))
-        elif status == "store_full":     # (runtime.agent.objects) node id, reason
-            self._fail(record, ObjectStoreFullError(item[2], item[3]))
-        elif status == "returned":   # item[4]: the agent's worker bound, if that was why
-            if len(item) > 4 and isinstance(item[4], dict):
-                self.turned_away(item[2], item[4])
-            self._returned(record, node_id=item[2], draining=item[3])
+                    self.relocate(actor, entry.cause)     # its owner may restart it
+        elif status == LOST:
+            self._fail(record, ObjectLostError(entry.object_id.hex(),
+                                               f"on node {entry.node_id}"))
+        elif status == STORE_FULL:     # (runtime.agent.objects)
+            self._fail(record, ObjectStoreFullError(entry.node_id, entry.reason))
+        elif status == RETURNED:   # with a notice: the agent's worker bound was why
+            if isinstance(entry.notice, dict):
+                self.turned_away(entry.node_id, entry.notice)
+            self._returned(record, node_id=entry.node_id, draining=entry.draining)
 
     def _result_failed(self, item, error: Exception) -> None:
         """One entry of a results message could not be handled: logged, and the object
@@ -134,6 +141,8 @@ class ResultsMixin:
             return
         record = core.tasks.pop(task_id, None)
         if record is not None:
+            if record.kind == "task" and record.node_id is not None:
+                core.inflight[record.node_id] -= 1     # it is answered, if badly
             try:
                 self._fail(record, failure, lock=False)
                 return
@@ -261,6 +270,6 @@ class ResultsMixin:
         actor.state = "killed"
         sock = self.core.agents.get(actor.node_id) if actor.node_id else None
         if sock is not None:
-            protocol.send(sock, b"kill_actor", actor_id)
+            protocol.send(sock, Kind.KILL_ACTOR, actor_id)
         else:
             self._actor_dead(actor, ActorDiedError(actor_id.hex(), "killed by kill()"))

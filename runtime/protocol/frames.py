@@ -2,9 +2,13 @@
 
 Frame layout of every message (a ROUTER socket prepends the peer's identity frame):
 
-    frame 0   kind      ASCII message type, e.g. b"submit", b"done", b"rpc"
-    frame 1   header    pickle (protocol 5) of a small tuple/dict: ids, names, resources,
-                        and the in-band part of every value it carries
+    frame 0   kind      a runtime.protocol.kinds.Kind (a bytes Enum: the member is the
+                        frame, e.g. Kind.SUBMIT is b"submit")
+    frame 1   header    pickle (protocol 5) of the kind's record as a plain tuple (or a
+                        list of them): ids, names, resources, and the in-band part of
+                        every value it carries. The records are in runtime.protocol
+                        .tasks, objects, workers and rpc; runtime.protocol.codec turns a
+                        received header back into its record
     frame 2+  buffers   out-of-band pickle-5 buffers of large values (numpy arrays, bytes),
                         sent and received zero-copy; a value in the header points at its
                         buffers by (first frame index, count)
@@ -110,6 +114,8 @@ def _buffer(frame):
 
 
 def send(sock: zmq.Socket, kind: bytes, header, frames=(), identity: bytes | None = None):
+    """Send one message: `kind` (a Kind), `header` (plain tuples: see the module
+    docstring) and its value buffers as zero-copy frames."""
     parts = [identity] if identity is not None else []
     parts.append(kind)
     parts.append(pickle.dumps(header, protocol=5))

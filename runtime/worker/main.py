@@ -5,14 +5,12 @@ start to its end; runtime.node.gpus)."""
 from __future__ import annotations
 
 import argparse
-import ctypes
-import io
+import logging
 import os
 import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 
 import zmq
@@ -21,69 +19,20 @@ from runtime import api
 from runtime.driver import objects as driver_objects
 from runtime.node import gpus
 from runtime.driver import nested_refs
+from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
 from runtime.protocol.frames import Packer, serialize, unpack_value
+from runtime.protocol.kinds import Kind
+from runtime.protocol.tasks import (ACTOR_CALL, ACTOR_CREATE, ResultValue, TaskMessage,
+                                    message_of)
+from runtime.protocol.workers import WorkerLog
+from runtime.worker.process import DriverOutput, die_with_parent, exit_when_reparented
 
-PR_SET_PDEATHSIG = 1
-PARENT_POLL_S = 0.5  # where the kernel sends no death signal (not Linux)
+__all__ = ["Worker", "main", "remote_error", "die_with_parent", "exit_when_reparented"]
 
-
-def die_with_parent(parent_pid: int | None) -> None:
-    """SIGKILL this worker when its node agent dies. An agent that died before this
-    ran (while the worker was starting) sends nothing: the worker, reparented by now,
-    exits here instead of waiting forever for an agent that is gone. The death signal
-    is Linux's (prctl); elsewhere (macOS) a thread notices that the worker was
-    reparented."""
-    if sys.platform.startswith("linux"):
-        try:  # the C library the process runs with (glibc or musl)
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    elif parent_pid is not None:
-        threading.Thread(target=exit_when_reparented, args=(parent_pid,), daemon=True,
-                         name="parent-watch").start()
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def exit_when_reparented(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
-    """Exit the process once its parent is no longer parent_pid (the parent died)."""
-    while os.getppid() == parent_pid:
-        time.sleep(poll_s)
-    os._exit(0)
-
-
-class DriverOutput(io.TextIOBase):
-    """stdout/stderr replacement: complete lines go to the current task's driver."""
-
-    def __init__(self, worker: "Worker", stream: str):
-        self.worker = worker
-        self.stream = stream
-        self.pending = ""
-
-    def writable(self):
-        return True
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        if "\n" in self.pending:
-            lines, self.pending = self.pending.rsplit("\n", 1)
-            self.worker.send_log(lines + "\n", self.stream)
-        return len(text)
-
-    def flush(self):
-        if self.pending:
-            text, self.pending = self.pending, ""
-            self.worker.send_log(text, self.stream)
-
-    def forward_log(self, node_id: str, pid: int, text: str) -> None:
-        """Output of a task this worker's task submitted: passed on under its own origin
-        (node, pid), so the driver prints it once with the right prefix."""
-        self.flush()
-        self.worker.send_log(text, self.stream, origin=(node_id, pid))
-
-
+log = logging.getLogger("corral.worker")
+_TAKEN = frozenset((Kind.TASK, Kind.EXIT))    # what a worker is sent
 class Worker:
     def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
         self.ctx = zmq.Context()
@@ -109,14 +58,14 @@ class Worker:
 
     def send_log(self, text: str, stream: str, origin: tuple[str, int] | None = None) -> None:
         """`origin`: (node id, pid) of the process that printed it, when not this one."""
-        payload = (self.driver, text, stream) if origin is None else \
-            (self.driver, text, stream, *origin)
+        line = WorkerLog(self.driver, text, stream) if origin is None else \
+            WorkerLog(self.driver, text, stream, *origin)
         with self.lock:
-            protocol.send(self.sock, b"log", payload)
+            protocol.send(self.sock, Kind.LOG, tuple(line))
 
     def run(self) -> None:
         with self.lock:
-            protocol.send(self.sock, b"ready", os.getpid())
+            protocol.send(self.sock, Kind.READY, os.getpid())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         if self.direct is not None:
@@ -128,12 +77,15 @@ class Worker:
                 if type(sock) is int:
                     self._serve_sync(sock, poller)
                 elif sock is self.sock:
-                    _, kind, task, frames = protocol.recv(self.sock, routed=False)
-                    if kind == b"exit":
+                    received = self._receive(self.sock, routed=False)
+                    if received is None:
+                        continue
+                    _, kind, task, frames = received
+                    if kind == Kind.EXIT:
                         self._close()
                         return
                     if self.direct is None:   # a task worker: this task's GPUs, or none
-                        gpus.assign(task.get("gpu_ids", ()))
+                        gpus.assign(task.gpu_ids)
                     ok, result = self._run_task(task, frames)
                     with self.lock:   # a large result goes in pieces (driver_objects)
                         driver_objects.send_result(self.sock, task, ok, result)
@@ -143,19 +95,35 @@ class Worker:
                 else:
                     self._serve_direct()
 
+    @staticmethod
+    def _receive(sock, routed: bool, flags: int = 0):
+        """(identity, kind, record, frames) of the next task (or Kind.EXIT); None
+        (logged) for a message that does not parse or is neither: the worker goes on.
+        zmq.Again as recv."""
+        try:
+            identity, kind, header, frames = protocol.recv(sock, routed, flags)
+            header = codec.decode(identity, kind, header)
+        except protocol.MalformedMessageError as error:
+            log.warning("dropped: %s", error)
+            return None
+        if kind not in _TAKEN:
+            log.warning("dropped a %r message: a worker takes tasks", kind)
+            return None
+        return identity, kind, header, frames
+
     # -- a task blocked in get()/wait() (runtime.api.set_blocking_hooks) --------------------
     def blocked_enter(self) -> None:
         """The agent lends this task's resources to other work until blocked_leave."""
         with self.lock:
             self.blocked_depth += 1
             if self.blocked_depth == 1:
-                protocol.send(self.sock, b"blocked", None)
+                protocol.send(self.sock, Kind.BLOCKED, None)
 
     def blocked_leave(self) -> None:
         with self.lock:
             self.blocked_depth -= 1
             if self.blocked_depth == 0:
-                protocol.send(self.sock, b"unblocked", None)
+                protocol.send(self.sock, Kind.UNBLOCKED, None)
 
     def blocked_tick(self) -> None:
         """Tasks the agent queued here early (the next one of the same shape) go back to
@@ -163,13 +131,16 @@ class Worker:
         with self.lock:
             while True:
                 try:
-                    _, kind, task, _ = protocol.recv(self.sock, False, zmq.NOBLOCK)
+                    received = self._receive(self.sock, False, zmq.NOBLOCK)
                 except zmq.Again:
                     return
-                if kind == b"exit":
+                if received is None:
+                    continue
+                kind, task = received[1], received[2]
+                if kind == Kind.EXIT:
                     self.exit_requested = True
                 else:
-                    protocol.send(self.sock, b"returned", task["task_id"])
+                    protocol.send(self.sock, Kind.RETURNED, task.task_id)
 
     def _close(self) -> None:
         for path in (self.direct_endpoint and protocol.ipc_path(self.direct_endpoint),
@@ -190,80 +161,91 @@ class Worker:
             return
         conn = self.sync_conns[fd]
         try:
-            task = sync_channel.receive(conn)
+            header = sync_channel.receive(conn)
         except OSError:
-            task = None
-        if task is None:                       # the driver went away
+            header = None
+        if header is None:                       # the driver went away
             poller.unregister(fd)
             del self.sync_conns[fd]
             conn.close()
             return
+        try:
+            task = message_of(header)
+        except ValueError as error:
+            log.warning("dropped a sync-channel message: %s", error)
+            return
         ok, result = self._run_task(task, [])
         packer = Packer()
-        entries = [(task["task_id"], "ok" if ok else "error", packer.value(result), 0)]
+        entries = [tuple(ResultValue.of(task.task_id, ok, packer.value(result)))]
         message = None if packer.frames else sync_channel.encode(entries)
         if message is not None:
             conn.send(message)
             return
         with self.lock:
-            protocol.send(self.direct, b"results", entries, packer.frames,
-                          identity=task["reply_to"])
+            protocol.send(self.direct, Kind.RESULTS, entries, packer.frames,
+                          identity=task.reply_to)
 
     def _serve_direct(self) -> None:
         """Actor calls sent straight here by a driver on this node: run every call
-        already queued, then answer them in one b"results" message."""
+        already queued, then answer them in one Kind.RESULTS message."""
         replies: dict[bytes, tuple[list, Packer]] = {}
         while True:
             try:   # no poll() per message: a non-blocking receive says when none is left
-                identity, _, task, frames = protocol.recv(self.direct, routed=True,
-                                                          flags=zmq.NOBLOCK)
+                received = self._receive(self.direct, routed=True, flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if received is None:
+                continue
+            identity, kind, task, frames = received
+            if kind != Kind.TASK:     # (an exit comes from the agent, not here)
+                continue
             ok, result = self._run_task(task, frames)
             entries, packer = replies.setdefault(identity, ([], Packer()))
             base = len(packer.frames)
             packed = packer.value(result)
-            entries.append((task["task_id"], "ok" if ok else "error", packed, base))
+            entries.append(tuple(ResultValue.of(task.task_id, ok, packed, base)))
         for identity, (entries, packer) in replies.items():
             with self.lock:
-                protocol.send(self.direct, b"results", entries, packer.frames,
+                protocol.send(self.direct, Kind.RESULTS, entries, packer.frames,
                               identity=identity)
 
-    def _run_task(self, task: dict, frames: list):
-        self.driver = task["driver"]
+    def _run_task(self, task: TaskMessage, frames: list):
+        self.driver = task.driver
         ok, result = self._execute(task, frames)
         sys.stdout.flush()
         sys.stderr.flush()
-        if ok and task["kind"] == "actor_create" and self.direct is not None:
+        if ok and task.kind == ACTOR_CREATE and self.direct is not None:
             result = serialize({"direct": self.direct_endpoint, "sync": self.sync_path,
                                 "hostname": socket.gethostname()})
         return ok, result
 
     @staticmethod
-    def _arguments(task: dict, frames: list) -> tuple[list, dict]:
-        return ([unpack_value(a, frames).value() for a in task["args"]],
-                {k: unpack_value(v, frames).value() for k, v in task["kwargs"].items()})
+    def _arguments(packed_args: list, packed_kwargs: dict, frames: list
+                   ) -> tuple[list, dict]:
+        return ([unpack_value(a, frames).value() for a in packed_args],
+                {k: unpack_value(v, frames).value() for k, v in packed_kwargs.items()})
 
-    def _execute(self, task: dict, frames: list):
+    def _execute(self, task: TaskMessage, frames: list):
         try:
-            nested = nested_refs.take_nested(task["kwargs"])
+            packed_kwargs = dict(task.kwargs)   # (the received message stays as it came)
+            nested = nested_refs.take_nested(packed_kwargs)
             if nested:   # refs inside the arguments: see runtime.driver.nested_refs
                 with nested_refs.resolving({index: unpack_value(packed, frames)
                                             for index, packed in nested.items()}):
-                    args, kwargs = self._arguments(task, frames)
+                    args, kwargs = self._arguments(task.args, packed_kwargs, frames)
             else:
-                args, kwargs = self._arguments(task, frames)
-            kind = task["kind"]
-            if kind == "actor_call":
+                args, kwargs = self._arguments(task.args, packed_kwargs, frames)
+            kind = task.kind
+            if kind == ACTOR_CALL:
                 if self.actor is None:
                     raise RuntimeError("this worker hosts no actor")
-                value = getattr(self.actor, task["method"])(*args, **kwargs)
+                value = getattr(self.actor, task.method)(*args, **kwargs)
             else:
-                code = self.functions.get(task["fn_id"])
+                code = self.functions.get(task.fn_id)
                 if code is None:
-                    code = self.functions[task["fn_id"]] = protocol.pickle.loads(task["fn"])
+                    code = self.functions[task.fn_id] = protocol.pickle.loads(task.fn)
                 value = code(*args, **kwargs)
-                if kind == "actor_create":
+                if kind == ACTOR_CREATE:
                     self.actor, value = value, None
             return True, serialize(value)
         except BaseException as error:  # user code: everything goes back to get()
