@@ -7,8 +7,8 @@ driver / node agent / worker messages turn the plain tuples of the wire into rec
 Headers that are a single value (a pid, an id, None) are checked for their type and
 stay that value. A kind with no entry here (the control service's rpc, reply, nodes and
 driver_dead: runtime.protocol.rpc) passes through unchanged; a frame no version of corral
-sends is MalformedMessageError. Senders build records and send `tasks.wire(record)`
-(or `tasks.spec_wire`): the same tuple these decoders read.
+sends is MalformedMessageError. Senders build records and send `tuple(record)` (or
+`tasks.spec_wire`, `tasks.message_wire`): the tuples these decoders read.
 """
 from __future__ import annotations
 

@@ -7,9 +7,11 @@ answer, and the result entries drivers receive.
     Kind.RESULTS  A/W -> D [result entry]   one record per status (RESULT_TYPES)
 
 Records are NamedTuples: fields by name for every sender and receiver, at the cost of a
-tuple on the hot path. On the wire each is the plain tuple of its fields (`wire` and
-`spec_wire` build it; a NamedTuple itself would pickle with a reference to its class),
-so the bytes are as small as the hand-built tuples they replace; `*_of` turn a received
+tuple on the hot path. On the wire each is the plain tuple of its fields: senders send
+`tuple(record)` (`spec_wire` for a spec, whose arguments are records too;
+`message_wire` on the agent's hot path), because a NamedTuple itself would pickle with
+a reference to its class. So the bytes are as small as the hand-built tuples they
+replace (smaller than the dicts a spec and a task message were); `*_of` turn a received
 one back into its record and raise ValueError when it is not one (runtime.protocol.codec
 makes that a MalformedMessageError). A received record is never edited: a node agent
 keeps what it learns about a task (fetched arguments, GPU ids) beside its spec.
@@ -212,11 +214,6 @@ RESULT_TYPES = {OK: ResultValue, ERROR: ResultValue, STORED: Stored, RETURNED: R
 
 
 # ---------------------------------------------------------------- to and from the wire
-def wire(record: tuple) -> tuple:
-    """A flat record as it travels: the plain tuple of its fields."""
-    return tuple(record)
-
-
 def spec_wire(spec: TaskSpec) -> tuple:
     """A TaskSpec as it travels, its arguments plain tuples too."""
     if not spec.args and not spec.kwargs:
