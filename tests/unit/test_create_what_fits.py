@@ -9,12 +9,12 @@ from autoscaler.tracker import MonitorState
 from launcher.commands.cluster_up import _create
 from launcher.errors import CapacityError, ProviderAuthError
 from launcher.providers.base import create_what_fits
-from tests.contract.provider_fake import WORKER_TYPE, fake_config
+from tests.contract.provider_process import WORKER_TYPE, process_config
 from tests.fake_provider import FakeProvider
 
 
 def test_outcomes(tmp_path):
-    provider = FakeProvider(fake_config("fits"))
+    provider = FakeProvider(process_config("fits"))
     provider.room[WORKER_TYPE] = 2
     partial = create_what_fits(provider, WORKER_TYPE, {}, {}, 5)
     assert isinstance(partial.error, CapacityError) and partial.retried_count == 2
@@ -30,7 +30,7 @@ def test_outcomes(tmp_path):
 
 
 def test_up_and_the_autoscaler_both_create_what_fits(tmp_path):
-    config = fake_config("fits")
+    config = process_config("fits")
     provider = FakeProvider(config)
     provider.room[WORKER_TYPE] = 3
     ids, message = _create(config, provider, "worker", WORKER_TYPE, 4)

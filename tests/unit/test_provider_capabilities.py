@@ -11,7 +11,7 @@ from launcher.commands.cluster_down import can_purge, purge
 from launcher.errors import UsageError
 from launcher.providers import PROVIDERS, provider_class
 from launcher.providers.base import Capability, NodeProvider, unreachable_hosts
-from tests.contract.provider_fake import fake_config
+from tests.contract.provider_process import process_config
 from tests.fake_provider import FakeProvider
 
 # The member of NodeProvider a provider overrides when it has the capability.
@@ -32,12 +32,12 @@ def test_each_provider_declares_the_extras_it_implements(provider_type):
     for capability, member in MEMBER.items():
         overridden = getattr(cls, member) is not getattr(NodeProvider, member)
         assert overridden == cls.supports(capability), (provider_type, capability)
-    assert can_purge(fake_config("c").replace(provider={"type": provider_type})) == \
+    assert can_purge(process_config("c").replace(provider={"type": provider_type})) == \
         (Capability.PURGE in EXPECTED[provider_type])
 
 
 def test_a_provider_without_extras_gets_the_neutral_defaults(tmp_path):
-    provider = FakeProvider(fake_config("plain"), str(tmp_path))
+    provider = FakeProvider(process_config("plain"), str(tmp_path))
     assert provider.capabilities == frozenset()
     [node_id] = provider.create_nodes("cpu", {}, {}, 1)
     assert [node.id for node in all_nodes(provider)] == [node_id]
