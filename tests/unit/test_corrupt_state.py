@@ -92,6 +92,12 @@ def make_cluster(tmp_path, corral_home):
         made.append(cluster)
         result = cluster.run("up", "-y")
         assert result.returncode == 0, result.stdout + result.stderr
+        # The start command's daemon is forked by a shell that exits at once; on a busy
+        # machine it may still be exec'ing (its environment not yet readable) when up
+        # returns, so the tests start from every node's daemon seen running.
+        wait_for(lambda: all(cluster.processes().get(node.name)
+                             for node in cluster.node_dirs()), 30,
+                 "a running process on every node after up")
         return cluster
     try:
         yield make
