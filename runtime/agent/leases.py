@@ -61,8 +61,8 @@ class LeasesMixin:
                 worker.lease = AgentLease(uuid.uuid4().bytes, request.driver, shape)
                 grants.append(tuple(LeaseGrant(
                     worker.lease.lease_id, worker.worker_id,
-                    protocol.ipc_endpoint(self.ipc_dir, f"actor-{worker.worker_id}"),
-                    sync_channel.endpoint_path(self.ipc_dir, worker.worker_id))))
+                    protocol.ipc_endpoint(self.ipc_dir, f"task-{worker.worker_id}"),
+                    sync_channel.endpoint_path(self.ipc_dir, worker.worker_id, "task"))))
         self.routes[request.driver] = sock
         self._send(sock, identity, Kind.LEASED,
                    tuple(LeaseReply(request.request_id, shape, grants)))

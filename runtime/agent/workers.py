@@ -166,9 +166,10 @@ class WorkersMixin(WorkerBoundMixin):
                 f"worker process {worker.proc.pid} died "
                 + (f"(signal {-code})" if code < 0 else f"(exit code {code})"))
             if worker.actor_id is not None or self.leasable:
+                role = "actor" if worker.actor_id is not None else "task"
                 for path in (protocol.ipc_path(protocol.ipc_endpoint(    # left behind
-                        self.ipc_dir, f"actor-{worker.worker_id}")),
-                        sync_channel.endpoint_path(self.ipc_dir, worker.worker_id)):
+                        self.ipc_dir, f"{role}-{worker.worker_id}")),
+                        sync_channel.endpoint_path(self.ipc_dir, worker.worker_id, role)):
                     try:
                         os.unlink(path)
                     except OSError:

@@ -9,8 +9,9 @@ its value here, small (a ref whose value is on a node, or large, needs the agent
 fetch or keep it). Other work keeps the agent path, as does everything while
 CORRAL_LEASES is not 1 (runtime.protocol.leases.enabled).
 
-Such a task waits in a queue per shape until a leased worker of that shape has fewer
-than PIPELINE_DEPTH tasks in flight; it stays counted in the node's in-flight tasks
+Such a task waits in a queue per (node, shape) until a leased worker of that shape is
+idle, or, while the agent has no more workers to lease for it ("full", as when its own
+queue would hold the task at a busy worker), has fewer than PIPELINE_DEPTH in flight; it stays counted in the node's in-flight tasks
 (placement), and while queued as pending demand (the driver's heartbeat). The queue
 asks the agent for more leases while it is not empty; "not now" with no usable lease
 of that shape sends the queue through the agent instead, as does an agent that does
@@ -42,7 +43,10 @@ from runtime.protocol.tasks import RETURNED
 
 log = logging.getLogger("corral.driver")
 
-PIPELINE_DEPTH = 4            # tasks in flight per leased worker
+# Tasks in flight per leased worker once the node has no more to lease: the running one
+# and the next, as the agent queues one early at a busy worker (a deeper pipeline would
+# keep tasks at a busy worker that a node joining since could run: take_back).
+PIPELINE_DEPTH = 2
 LEASE_IDLE_S = 0.075          # a lease with nothing to do this long goes back
 LEASE_RETRY_S = 0.02          # after "not now", ask again for that shape this much later
 LEASE_REPLY_TIMEOUT_S = 2.0   # an agent that never answers: its node has no leases
@@ -84,6 +88,7 @@ class DriverLeases:
         self.requests: dict[int, tuple] = {}    # request id -> (key, node id, sent at)
         self.asking: dict[tuple, int] = {}      # key -> its request in flight
         self.retry_at: dict[tuple, float] = {}
+        self.full_until: dict[tuple, float] = {}   # key -> the agent leases no more
         self.request_ids = 0
         self.granted_total = 0       # leases granted so far (what tests and logs read)
         self.worker_deaths = 0       # leased workers that died
@@ -128,10 +133,11 @@ class DriverLeases:
 
     def _send_queued(self, key: tuple, queue: collections.deque, now: float) -> None:
         leases = self.by_key.get(key, ())
+        depth = PIPELINE_DEPTH if now < self.full_until.get(key, 0.0) else 1
         while queue:
             best = None
             for lease in leases:
-                if lease.usable and lease.inflight < PIPELINE_DEPTH and \
+                if lease.usable and lease.inflight < depth and \
                         (best is None or lease.inflight < best.inflight):
                     best = lease
             if best is None:
@@ -147,8 +153,8 @@ class DriverLeases:
             self._to_agent(key)
             return
         self.request_ids += 1
-        count = -(-len(queue) // PIPELINE_DEPTH)
-        self.requests[self.request_ids] = (key, node_id, now)
+        count = min(len(queue), 64)
+        self.requests[self.request_ids] = (key, node_id, now, count)
         self.asking[key] = self.request_ids
         protocol.send(sock, Kind.LEASE, tuple(LeaseRequest(
             self.request_ids, self.core.driver_id, dict(shape_key), count)))
@@ -198,12 +204,13 @@ class DriverLeases:
                 self._return_id(grant.lease_id, self.core.agents.get(
                     self.core.home_node_id))
             return
-        key, node_id, _ = request
+        key, node_id, _, count = request
         self.asking.pop(key, None)
         for grant in reply.grants:
             self._open(grant, node_id, key)
+        if len(reply.grants) < count:     # the node has no more for this shape now
+            self.retry_at[key] = self.full_until[key] = time.monotonic() + LEASE_RETRY_S
         if not reply.grants:
-            self.retry_at[key] = time.monotonic() + LEASE_RETRY_S
             if not any(lease.usable for lease in self.by_key.get(key, ())):
                 self._to_agent(key)
 
@@ -300,7 +307,7 @@ class DriverLeases:
             lease.sync = None
 
     def _expire_requests(self, now: float) -> None:
-        for request_id, (key, node_id, sent_s) in list(self.requests.items()):
+        for request_id, (key, node_id, sent_s, _) in list(self.requests.items()):
             if now - sent_s >= LEASE_REPLY_TIMEOUT_S:
                 log.warning("node %s did not answer a lease request within %.0f s: its "
                             "tasks go through its agent", node_id, LEASE_REPLY_TIMEOUT_S)

@@ -23,8 +23,9 @@ from runtime.node import private_paths
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def endpoint_path(directory: str, worker_id: str) -> str:
-    return os.path.join(directory, f"actor-{worker_id}.sync")
+def endpoint_path(directory: str, worker_id: str, role: str = "actor") -> str:
+    """role: "actor" (an actor's worker) or "task" (a task worker drivers may lease)."""
+    return os.path.join(directory, f"{role}-{worker_id}.sync")
 
 
 def listen(path: str) -> socket.socket:

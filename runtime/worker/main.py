@@ -55,9 +55,10 @@ class Worker:
         self.sync_conns: dict[int, socket.socket] = {}
         if direct or leasable:  # local drivers may call it without the agent in between
             directory = os.path.dirname(protocol.ipc_path(endpoint))
-            self.direct_endpoint = protocol.ipc_endpoint(directory, f"actor-{worker_id}")
+            role = "actor" if direct else "task"
+            self.direct_endpoint = protocol.ipc_endpoint(directory, f"{role}-{worker_id}")
             self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
-            self.sync_path = sync_channel.endpoint_path(directory, worker_id)
+            self.sync_path = sync_channel.endpoint_path(directory, worker_id, role)
             self.sync_listener = sync_channel.listen(self.sync_path)
         self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
                                             b"W" + worker_id.encode())
