@@ -1,6 +1,7 @@
 """A worker process: runs tasks (or hosts one actor) for its node agent, over the agent's
 local ipc socket; a leasable task worker (--leasable) also runs the tasks of the driver
-that leased it (runtime.protocol.leases), sent straight to its direct socket. Its stdout/stderr go to the driver of the task it runs. It runs each
+that leased it (runtime.protocol.leases, runtime.worker.leased), sent straight to its
+direct socket. Its stdout/stderr go to the driver of the task it runs. It runs each
 task with that task's GPU ids in CUDA_VISIBLE_DEVICES (an actor: with its own, from its
 start to its end; runtime.node.gpus)."""
 from __future__ import annotations
@@ -12,7 +13,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 
 import zmq
@@ -26,21 +26,17 @@ from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
 from runtime.protocol.frames import INLINE_LIMIT_BYTES, Packer, serialize, unpack_value
 from runtime.protocol.kinds import Kind
-from runtime.protocol.tasks import (ACTOR_CALL, ACTOR_CREATE, Returned, ResultValue,
-                                    TaskMessage, message_of)
+from runtime.protocol.tasks import (ACTOR_CALL, ACTOR_CREATE, ResultValue, TaskMessage,
+                                    message_of)
 from runtime.protocol.workers import WorkerLog
+from runtime.worker.leased import LeasedServing
 from runtime.worker.process import DriverOutput, die_with_parent, exit_when_reparented
 
 __all__ = ["Worker", "main", "remote_error", "die_with_parent", "exit_when_reparented"]
 
 log = logging.getLogger("corral.worker")
 _TAKEN = frozenset((Kind.TASK, Kind.EXIT))    # what a worker is sent
-# A leased worker answers the tasks it ran at once when none is queued, and at the
-# latest this long after the first unanswered one ended.
-LEASED_ANSWER_DELAY_S = 0.002
-
-
-class Worker:
+class Worker(LeasedServing):
     def __init__(self, endpoint: str, worker_id: str, direct: bool = False,
                  leasable: bool = False):
         """direct: an actor's worker; leasable: a task worker that drivers may lease.
@@ -160,19 +156,6 @@ class Worker:
                 else:
                     protocol.send(self.sock, Kind.RETURNED, task.task_id)
 
-    def _return_leased(self) -> None:
-        """(lock held) The same for tasks a driver sent here under a lease: back to it
-        as Returned entries; it places them again, not on this worker while it waits."""
-        while True:
-            try:
-                received = self._receive(self.direct, True, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if received is not None and received[1] == Kind.TASK:
-                entry = Returned.of(received[2].task_id, self.node_id, False)
-                protocol.send(self.direct, Kind.RESULTS, [tuple(entry)],
-                              identity=received[0])
-
     def _close(self) -> None:
         for path in (self.direct_endpoint and protocol.ipc_path(self.direct_endpoint),
                      self.sync_path):
@@ -239,49 +222,6 @@ class Worker:
             base = len(packer.frames)
             packed = packer.value(result)
             entries.append(tuple(ResultValue.of(task.task_id, ok, packed, base)))
-        for identity, (entries, packer) in replies.items():
-            with self.lock:
-                protocol.send(self.direct, Kind.RESULTS, entries, packer.frames,
-                              identity=identity)
-
-    def _serve_leased(self) -> bool:
-        """Tasks sent here by the driver that leased this worker: each runs, and the
-        answers go back together when no task is queued (or LEASED_ANSWER_DELAY_S
-        after the first one waiting), so a short task's answer does not wait behind a
-        long task. A large result goes into the agent's store (Kind.DONE, as for the
-        agent's tasks), which tells the driver where it is. -> True when the agent
-        asked this worker to exit while a task was blocked."""
-        replies: dict[bytes, tuple[list, Packer]] = {}
-        first_done_s = None
-        while True:
-            if replies and time.monotonic() - first_done_s >= LEASED_ANSWER_DELAY_S:
-                self._send_replies(replies)
-                replies, first_done_s = {}, None
-            try:
-                received = self._receive(self.direct, routed=True, flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if received is None or received[1] != Kind.TASK:
-                continue
-            identity, _, task, frames = received
-            gpus.assign(())       # leases are never for GPU tasks
-            ok, result = self._run_task(task, frames)
-            if ok and result.size_bytes > INLINE_LIMIT_BYTES:
-                with self.lock:
-                    driver_objects.send_result(self.sock, task, ok, result)
-            else:
-                entries, packer = replies.setdefault(identity, ([], Packer()))
-                base = len(packer.frames)
-                entries.append(tuple(ResultValue.of(task.task_id, ok,
-                                                    packer.value(result), base)))
-                if first_done_s is None:
-                    first_done_s = time.monotonic()
-            if self.exit_requested:
-                break
-        self._send_replies(replies)
-        return self.exit_requested
-
-    def _send_replies(self, replies: dict) -> None:
         for identity, (entries, packer) in replies.items():
             with self.lock:
                 protocol.send(self.direct, Kind.RESULTS, entries, packer.frames,

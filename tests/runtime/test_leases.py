@@ -88,11 +88,26 @@ def test_tasks_go_to_leased_workers_and_the_lease_holds_its_cpu_until_idle(
     wait_until(lambda: _cpu_available() == 2.0, what="its CPU free again")
 
 
-def test_a_task_blocking_in_get_on_a_leased_worker_lends_its_cpu(leasing, local_cluster):
+@runtime.remote(num_cpus=1)
+def parent_of_held(started: str, release: str):
+    return runtime.get(hold.remote(started, release), timeout=60)
+
+
+def test_a_task_blocking_in_get_on_a_leased_worker_lends_its_cpu(
+        leasing, local_cluster, tmp_path):
     local_cluster.start_head(num_cpus=1)
     local_cluster.connect()
+    # a task worker is up once a lease was granted (until then tasks use the agent)
+    wait_until(lambda: runtime.get(add_one.remote(0)) and _leases().granted_total,
+               what="a lease granted")
+    started, release = tmp_path / "started", tmp_path / "release"
+    ref = parent_of_held.remote(str(started), str(release))
+    # the child runs on the node's only CPU: lent by its parent, blocked in get()
+    wait_until(started.exists, what="the child task started")
+    assert _leases().leases
+    release.touch()
+    assert isinstance(runtime.get(ref, timeout=60), int)
     assert runtime.get([parent.remote(i) for i in range(3)], timeout=60) == [10, 20, 30]
-    assert _leases().granted_total >= 1
 
 
 def test_a_leased_worker_that_dies_has_its_task_retried_then_failed(
