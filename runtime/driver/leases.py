@@ -6,8 +6,8 @@ A task goes this way when it is placed on a node whose agent this driver reaches
 ipc (same host) and: it is a plain task (not an actor creation or call), its shape has
 no GPU (GPU ids are given per task by the agent), and every argument that is a ref has
 its value here, small (a ref whose value is on a node, or large, needs the agent to
-fetch or keep it). Other work keeps the agent path, as does everything while
-CORRAL_LEASES is not 1 (runtime.protocol.leases.enabled).
+fetch or keep it). Other work keeps the agent path, as does everything when
+CORRAL_LEASES=0 (runtime.protocol.leases.enabled).
 
 Such a task waits in a queue per (node, shape) until a leased worker of that shape is
 idle, or, while the agent has no more workers to lease for it ("full", as when its own
@@ -49,7 +49,7 @@ log = logging.getLogger("corral.driver")
 PIPELINE_DEPTH = 2
 LEASE_IDLE_S = 0.075          # a lease with nothing to do this long goes back
 LEASE_RETRY_S = 0.02          # after "not now", ask again for that shape this much later
-LEASE_REPLY_TIMEOUT_S = 2.0   # an agent that never answers: its node has no leases
+LEASE_REPLY_TIMEOUT_S = 10.0  # an agent that never answers: its node has no leases
 
 
 class DriverLease:
@@ -87,6 +87,7 @@ class DriverLeases:
         self.queues: dict[tuple, collections.deque] = {}
         self.requests: dict[int, tuple] = {}    # request id -> (key, node id, sent at)
         self.asking: dict[tuple, int] = {}      # key -> its request in flight
+        self.expired: dict[int, str] = {}       # request id -> node, given up on
         self.retry_at: dict[tuple, float] = {}
         self.full_until: dict[tuple, float] = {}   # key -> the agent leases no more
         self.request_ids = 0
@@ -200,9 +201,9 @@ class DriverLeases:
     def granted(self, reply: LeaseReply) -> None:
         request = self.requests.pop(reply.request_id, None)
         if request is None:      # answered after it expired: give the leases back
+            node_id = self.expired.pop(reply.request_id, None)
             for grant in reply.grants:
-                self._return_id(grant.lease_id, self.core.agents.get(
-                    self.core.home_node_id))
+                self._return_id(grant.lease_id, self.core.agents.get(node_id))
             return
         key, node_id, _, count = request
         self.asking.pop(key, None)
@@ -312,6 +313,7 @@ class DriverLeases:
                 log.warning("node %s did not answer a lease request within %.0f s: its "
                             "tasks go through its agent", node_id, LEASE_REPLY_TIMEOUT_S)
                 del self.requests[request_id]
+                self.expired[request_id] = node_id
                 self.asking.pop(key, None)
                 self.refused_nodes.add(node_id)
                 self._to_agent(key)

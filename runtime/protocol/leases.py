@@ -80,6 +80,8 @@ def revoked_of(header) -> LeaseRevoked:
 
 
 def enabled() -> bool:
-    """Leases are on when CORRAL_LEASES=1 in the environment of the driver and the node
-    agent (its workers inherit it); off (every task through the agent) by default."""
-    return os.environ.get(ENV_SWITCH, "0") == "1"
+    """Leases are on unless CORRAL_LEASES=0 in the environment of the driver or the
+    node agent (its workers inherit it): then every task goes through the agent, as
+    before leases. A driver whose agent has them off is granted none, and sends its
+    tasks through that agent (runtime.driver.leases)."""
+    return os.environ.get(ENV_SWITCH, "1") != "0"
