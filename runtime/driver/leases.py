@@ -1,6 +1,7 @@
 """Worker leases, on the driver's IO thread: tasks straight to task workers leased
 from the node agent on this host (runtime.agent.leases), pipelined, their results
-straight back; the agent sees nothing per task.
+straight back; the agent sees nothing per task. One lease's channels and sending:
+runtime.driver.leased.
 
 A task goes this way when it is placed on a node whose agent this driver reaches over
 ipc (same host) and: it is a plain task (not an actor creation or call), its shape has
@@ -29,16 +30,15 @@ import collections
 import logging
 import time
 
-import zmq
-
 from runtime import scheduling
 from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
-from runtime.protocol.frames import INLINE_LIMIT_BYTES, Packer
+from runtime.driver.leased import DriverLease
+from runtime.protocol.frames import INLINE_LIMIT_BYTES
 from runtime.protocol.kinds import Kind
-from runtime.protocol.leases import LeaseGrant, LeaseReply, LeaseRequest, LeaseReturn, \
-    LeaseRevoked, enabled
+from runtime.protocol.leases import (LeaseGrant, LeaseReply, LeaseRequest, LeaseReturn,
+                                     LeaseRevoked, enabled)
 from runtime.protocol.tasks import RETURNED
 
 log = logging.getLogger("corral.driver")
@@ -50,26 +50,6 @@ PIPELINE_DEPTH = 2
 LEASE_IDLE_S = 0.075          # a lease with nothing to do this long goes back
 LEASE_RETRY_S = 0.02          # after "not now", ask again for that shape this much later
 LEASE_REPLY_TIMEOUT_S = 10.0  # an agent that never answers: its node has no leases
-
-
-class DriverLease:
-    __slots__ = ("lease_id", "node_id", "key", "sock", "sync", "inflight", "blocked",
-                 "revoked", "idle_since_s", "functions_sent")
-
-    def __init__(self, lease_id: bytes, node_id: str, key: tuple, sock, sync):
-        """key: (node id, shape key), as the queue of tasks it takes from."""
-        self.lease_id, self.node_id, self.key = lease_id, node_id, key
-        self.sock = sock            # DEALER to the worker's direct socket
-        self.sync = sync            # its sync channel, or None
-        self.inflight = 0
-        self.blocked = False        # it sent tasks back: its task waits in get()
-        self.revoked = False        # send no more; return once nothing is in flight
-        self.idle_since_s = time.monotonic()
-        self.functions_sent: set = set()   # the worker keeps functions by fn_id
-
-    @property
-    def usable(self) -> bool:
-        return not self.blocked and not self.revoked
 
 
 class DriverLeases:
@@ -161,34 +141,9 @@ class DriverLeases:
             self.request_ids, self.core.driver_id, dict(shape_key), count)))
 
     def _send(self, lease: DriverLease, record, single: bool) -> None:
-        core = self.core
-        packer = Packer()
-        objects = core.objects
-
-        def value(arg):
-            kind, item = arg
-            return packer.value(item if kind == "v" else objects[item.id].value)
-        fn = None if record.fn_id in lease.functions_sent else record.fn
-        lease.functions_sent.add(record.fn_id)
-        args = [value(a) for a in record.args] if record.args else []
-        kwargs = {k: value(v) for k, v in record.kwargs.items()} if record.kwargs else {}
-        record.lease = lease
-        lease.inflight += 1
-        if single and lease.sync is not None and lease.inflight == 1 and not packer.frames:
-            message = sync_channel.encode((record.task_id, core.driver_id, "task", None,
-                                           args, kwargs, fn, record.fn_id, (),
-                                           core.identity))
-            if message is not None:
-                try:
-                    lease.sync.send(message)
-                    return
-                except OSError as error:
-                    log.warning("lease %s: sync channel failed (%s); tasks use ZeroMQ",
-                                lease.lease_id.hex(), error)
-                    self._close_sync(lease)
-        protocol.send(lease.sock, Kind.TASK, (record.task_id, core.driver_id, "task", None,
-                                              args, kwargs, fn, record.fn_id, (), None),
-                      packer.frames)
+        if not lease.send(self.core, record, single):     # its sync channel closed
+            self.by_fd = {fd: other for fd, other in self.by_fd.items()
+                          if other is not lease}
 
     def _to_agent(self, key: tuple) -> None:
         """The queued tasks of a shape go through their node's agent, as without leases."""
@@ -216,19 +171,9 @@ class DriverLeases:
                 self._to_agent(key)
 
     def _open(self, grant: LeaseGrant, node_id: str, key: tuple) -> None:
-        core = self.core
-        sock = protocol.connect_dealer(core.ctx, grant.direct, None, core.identity)
-        core.poller.register(sock, zmq.POLLIN)
-        sync = None
-        if grant.sync:
-            try:
-                sync = sync_channel.connect(grant.sync)
-            except OSError as error:
-                log.info("lease %s: no sync channel (%s)", grant.lease_id.hex(), error)
-        lease = DriverLease(grant.lease_id, node_id, key, sock, sync)
-        if sync is not None:
-            core.poller.register(sync.fileno(), zmq.POLLIN)
-            self.by_fd[sync.fileno()] = lease
+        lease = DriverLease.open(self.core, grant, node_id, key)
+        if lease.sync is not None:
+            self.by_fd[lease.sync.fileno()] = lease
         self.leases[lease.lease_id] = lease
         self.by_key[key].append(lease)
         self.granted_total += 1
@@ -295,17 +240,12 @@ class DriverLeases:
         if leases and lease in leases:
             leases.remove(lease)
         self._close_sync(lease)
-        if lease.sock is not None:
-            self.core.poller.unregister(lease.sock)
-            lease.sock.close(0)
-            lease.sock = None
+        lease.close(self.core)
 
     def _close_sync(self, lease: DriverLease) -> None:
         if lease.sync is not None:
-            self.core.poller.unregister(lease.sync.fileno())
             self.by_fd.pop(lease.sync.fileno(), None)
-            lease.sync.close()
-            lease.sync = None
+            lease.close_sync(self.core)
 
     def _expire_requests(self, now: float) -> None:
         for request_id, (key, node_id, sent_s, _) in list(self.requests.items()):
