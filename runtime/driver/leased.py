@@ -52,11 +52,12 @@ class DriverLease:
     def usable(self) -> bool:
         return not self.blocked and not self.revoked
 
-    def send(self, core, record, single: bool) -> bool:
+    def send(self, core, record) -> bool:
         """Send the task (a TaskMessage; the function only the first time this worker
-        gets it): over the sync channel when it is the only task in flight here and
-        small (`single`: none is queued behind it), else over ZeroMQ. -> False when
-        the sync channel failed (closed now; the task went over ZeroMQ)."""
+        gets it): over the sync channel when it is small (no out-of-band buffers; at
+        most PIPELINE_DEPTH are in flight, so its buffers never fill, and tasks need
+        no order among them), else over ZeroMQ. -> False when the sync channel failed
+        (closed now; the task went over ZeroMQ)."""
         packer = Packer()
         objects = core.objects
 
@@ -70,7 +71,7 @@ class DriverLease:
         record.lease = self
         self.inflight += 1
         ok = True
-        if single and self.sync is not None and self.inflight == 1 and not packer.frames:
+        if self.sync is not None and not packer.frames:
             message = sync_channel.encode((record.task_id, core.driver_id, TASK, None,
                                            args, kwargs, fn, record.fn_id, (),
                                            core.identity))

@@ -123,7 +123,7 @@ class DriverLeases:
                     best = lease
             if best is None:
                 break
-            self._send(best, queue.popleft(), single=not queue)
+            self._send(best, queue.popleft())
         if queue and key not in self.asking and now >= self.retry_at.get(key, 0.0):
             self._ask(key, queue, now)
 
@@ -140,8 +140,8 @@ class DriverLeases:
         protocol.send(sock, Kind.LEASE, tuple(LeaseRequest(
             self.request_ids, self.core.driver_id, dict(shape_key), count)))
 
-    def _send(self, lease: DriverLease, record, single: bool) -> None:
-        if not lease.send(self.core, record, single):     # its sync channel closed
+    def _send(self, lease: DriverLease, record) -> None:
+        if not lease.send(self.core, record):     # its sync channel closed
             self.by_fd = {fd: other for fd, other in self.by_fd.items()
                           if other is not lease}
 

@@ -59,3 +59,16 @@ def receive(sock: socket.socket):
     if not data:
         return None
     return pickle.loads(data)
+
+
+def receive_waiting(sock: socket.socket) -> list:
+    """The headers already waiting on the channel, without blocking."""
+    headers = []
+    while True:
+        try:
+            data = sock.recv(MAX_MESSAGE_BYTES + 1, socket.MSG_DONTWAIT)
+        except OSError:     # nothing waiting (BlockingIOError), or the peer is gone
+            return headers
+        if not data:
+            return headers
+        headers.append(pickle.loads(data))

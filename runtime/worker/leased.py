@@ -9,9 +9,10 @@ import zmq
 from runtime.driver import objects as driver_objects
 from runtime.node import gpus
 from runtime.protocol import frames as protocol
+from runtime.protocol import sync_channel
 from runtime.protocol.frames import INLINE_LIMIT_BYTES, Packer
 from runtime.protocol.kinds import Kind
-from runtime.protocol.tasks import Returned, ResultValue
+from runtime.protocol.tasks import Returned, ResultValue, message_of
 
 # A leased worker answers the tasks it ran at once when none is queued, and at the
 # latest this long after the first unanswered one ended.
@@ -32,6 +33,14 @@ class LeasedServing:
                 entry = Returned.of(received[2].task_id, self.node_id, False)
                 protocol.send(self.direct, Kind.RESULTS, [tuple(entry)],
                               identity=received[0])
+        for conn in list(self.sync_conns.values()):     # and those on sync channels
+            for header in sync_channel.receive_waiting(conn):
+                try:
+                    task = message_of(header)
+                except ValueError:
+                    continue
+                entry = Returned.of(task.task_id, self.node_id, False)
+                conn.send(sync_channel.encode([tuple(entry)]))
 
     def _serve_leased(self) -> bool:
         """Tasks sent here by the driver that leased this worker: each runs, and the

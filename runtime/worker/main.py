@@ -188,6 +188,8 @@ class Worker(LeasedServing):
         except ValueError as error:
             log.warning("dropped a sync-channel message: %s", error)
             return
+        if not self.hosts_actor:
+            gpus.assign(())       # leases are never for GPU tasks
         ok, result = self._run_task(task, [])
         if not self.hosts_actor and ok and result.size_bytes > INLINE_LIMIT_BYTES:
             with self.lock:   # a leased task's large result: into the agent's store
