@@ -52,12 +52,12 @@ class DriverLease:
     def usable(self) -> bool:
         return not self.blocked and not self.revoked
 
-    def send(self, core, record) -> bool:
+    def send(self, core, record, closing: list) -> bool:
         """Send the task (a TaskMessage; the function only the first time this worker
         gets it): over the sync channel when it is small (no out-of-band buffers; at
         most PIPELINE_DEPTH are in flight, so its buffers never fill, and tasks need
         no order among them), else over ZeroMQ. -> False when the sync channel failed
-        (closed now; the task went over ZeroMQ)."""
+        (its socket on `closing`; the task went over ZeroMQ)."""
         packer = Packer()
         objects = core.objects
 
@@ -82,22 +82,25 @@ class DriverLease:
                 except OSError as error:
                     log.warning("lease %s: sync channel failed (%s); tasks use ZeroMQ",
                                 self.lease_id.hex(), error)
-                    self.close_sync(core)
+                    self.close_sync(core, closing)
                     ok = False
         protocol.send(self.sock, Kind.TASK, (record.task_id, core.driver_id, TASK, None,
                                              args, kwargs, fn, record.fn_id, (), None),
                       packer.frames)
         return ok
 
-    def close(self, core) -> None:
-        self.close_sync(core)
+    def close(self, core, closing: list) -> None:
+        """Out of the poller now; the sockets themselves go on `closing`, closed after
+        this round of events (runtime.driver.leases.DriverLeases.pump): an event of
+        this round may still name them, and a closed one would fail its receive."""
+        self.close_sync(core, closing)
         if self.sock is not None:
             core.poller.unregister(self.sock)
-            self.sock.close(0)
+            closing.append(self.sock)
             self.sock = None
 
-    def close_sync(self, core) -> None:
+    def close_sync(self, core, closing: list) -> None:
         if self.sync is not None:
             core.poller.unregister(self.sync.fileno())
-            self.sync.close()
+            closing.append(self.sync)
             self.sync = None

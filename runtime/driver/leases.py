@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import time
 
 from runtime import scheduling
@@ -68,6 +69,7 @@ class DriverLeases:
         self.requests: dict[int, tuple] = {}    # request id -> (key, node id, sent at)
         self.asking: dict[tuple, int] = {}      # key -> its request in flight
         self.expired: dict[int, str] = {}       # request id -> node, given up on
+        self.closing: list = []                 # sockets of ended leases (leased.py)
         self.retry_at: dict[tuple, float] = {}
         self.full_until: dict[tuple, float] = {}   # key -> the agent leases no more
         self.request_ids = 0
@@ -101,6 +103,12 @@ class DriverLeases:
     def pump(self) -> None:
         """Send what the queues hold to leases with room; ask for leases, give back
         idle ones; fall back to the agent where none come."""
+        while self.closing:
+            sock = self.closing.pop()
+            if isinstance(sock, socket.socket):
+                sock.close()          # a sync channel
+            else:
+                sock.close(0)         # a ZeroMQ socket: linger 0
         now = time.monotonic()
         if self.requests:
             self._expire_requests(now)
@@ -141,7 +149,7 @@ class DriverLeases:
             self.request_ids, self.core.driver_id, dict(shape_key), count)))
 
     def _send(self, lease: DriverLease, record) -> None:
-        if not lease.send(self.core, record):     # its sync channel closed
+        if not lease.send(self.core, record, self.closing):    # its sync channel closed
             self.by_fd = {fd: other for fd, other in self.by_fd.items()
                           if other is not lease}
 
@@ -240,12 +248,12 @@ class DriverLeases:
         if leases and lease in leases:
             leases.remove(lease)
         self._close_sync(lease)
-        lease.close(self.core)
+        lease.close(self.core, self.closing)
 
     def _close_sync(self, lease: DriverLease) -> None:
         if lease.sync is not None:
             self.by_fd.pop(lease.sync.fileno(), None)
-            lease.close_sync(self.core)
+            lease.close_sync(self.core, self.closing)
 
     def _expire_requests(self, now: float) -> None:
         for request_id, (key, node_id, sent_s, _) in list(self.requests.items()):
