@@ -191,7 +191,12 @@ def test_driver_exit_returns_its_leases_and_a_dead_drivers_workers_are_killed(
     local_cluster.start_head(num_cpus=1)
     local_cluster.connect()
     exiting = _driver(local_cluster, tmp_path / "exit.pid", "exit")
-    assert exiting.wait(60) == 0
+    try:
+        assert exiting.wait(60) == 0
+    finally:                  # (a driver that hangs must not outlive the test)
+        if exiting.poll() is None:
+            exiting.kill()
+            exiting.wait(30)
     returned_pid = int((tmp_path / "exit.pid").read_text())
     wait_until(lambda: _cpu_available() == 1.0, what="the exited driver's lease back")
     assert _alive(returned_pid)                    # returned, not killed
