@@ -59,17 +59,11 @@ class SchedulerMixin:
             worker = self._spawn_worker(task.actor_id, ids_of(allocation))
             self.actor_info[task.actor_id] = task
         else:
-            worker = next((w for w in self.workers.values()
-                           if w.ready and w.actor_id is None and w.task is None), None)
+            worker = next((w for w in self.workers.values() if w.ready and
+                           w.actor_id is None and w.task is None and w.lease is None), None)
             if worker is None:
                 self.gpus.give_back(allocation)
-                count = sum(1 for w in self.workers.values()
-                            if w.actor_id is None and not w.blocked)
-                starting = any(not w.ready and w.actor_id is None
-                               for w in self.workers.values())
-                if count < self.max_task_workers and not starting and \
-                        self._task_worker_room(count):
-                    self._spawn_worker(None)
+                self._start_task_worker_if_room()
                 return False
         scheduling.acquire(self.available, task.shape)
         task.gpus = allocation
@@ -78,6 +72,16 @@ class SchedulerMixin:
         for call in self.unplaced_calls.pop(task.actor_id, ()) if worker.actor_id else ():
             self._send_to_actor(call)
         return True
+
+    def _start_task_worker_if_room(self) -> None:
+        """No task worker is idle: start one, unless one is starting or the node is at
+        its bound of task workers (runtime.agent.bound)."""
+        count = sum(1 for w in self.workers.values()
+                    if w.actor_id is None and not w.blocked)
+        starting = any(not w.ready and w.actor_id is None for w in self.workers.values())
+        if count < self.max_task_workers and not starting and \
+                self._task_worker_room(count):
+            self._spawn_worker(None)
 
     def _fail_lost(self, task: AgentTask) -> bool:
         for arg in task.all_args():

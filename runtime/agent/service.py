@@ -28,6 +28,8 @@ from runtime.protocol.tasks import ACTOR_CALL, ACTOR_CREATE, TASK, Returned, Tas
 from runtime.agent.objects import ObjectService
 from runtime.agent.task_state import REMOTE, AgentTask
 from runtime.agent.scheduler import SchedulerMixin
+from runtime.agent.leases import LeasesMixin
+from runtime.protocol import leases
 from runtime.agent.workers import WorkerProcess, WorkersMixin
 from runtime.agent.gpu_ids import GpuIds, default_ids
 from runtime.agent.store import ObjectStore
@@ -39,7 +41,7 @@ log = logging.getLogger("corral.agent")
 HEARTBEAT_INTERVAL_S = 0.5
 
 
-class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
+class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin, LeasesMixin):
     def __init__(self, node_id: str, node_type: str | None, control_address: str,
                  keys, resources: dict, advertise_ip: str, bind_ip: str, ipc_dir: str,
                  gpu_ids: list[str] | None = None, store: ObjectStore | None = None):
@@ -78,6 +80,7 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
         self.registered = False
         self.on_registered = None
         self.draining = False      # told by the control service: hand back new work
+        self.leasable = leases.enabled()   # drivers here may lease task workers
         self.returned_actors: set[bytes] = set()   # creations handed back while draining
         self.next_heartbeat = 0.0
         self.running = True
@@ -90,7 +93,8 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
                          Kind.STATS: self._on_stats, Kind.KILL_ACTOR: self._on_kill_actor,
                          Kind.FETCH: self._on_fetch, Kind.PUT: self._on_put,
                          Kind.PUT_BEGIN: self._on_put_begin,
-                         Kind.PUT_PIECE: self._on_put_piece, Kind.FREE: self._on_free}
+                         Kind.PUT_PIECE: self._on_put_piece, Kind.FREE: self._on_free,
+                         Kind.LEASE: self._on_lease, Kind.LEASE_RETURN: self._on_lease_return}
         for _ in range(int(self.total.get("CPU", 1))):
             self._spawn_worker(None)
 
@@ -174,7 +178,7 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
             protocol.send(self.control, Kind.RPC,
                           tuple(rpc.RpcRequest("register", "register_node", kwargs)))
             return
-        busy = any(w.task for w in self.workers.values()) or self.actors
+        busy = any(w.task or w.lease for w in self.workers.values()) or self.actors
         if busy:
             self.idle_since_s = None
         elif self.idle_since_s is None:
@@ -215,7 +219,9 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
                 self.on_registered()
             self._learn_nodes(result["nodes"])
         elif request_id == "heartbeat":
-            self.draining = bool(result.get("draining"))
+            was_draining, self.draining = self.draining, bool(result.get("draining"))
+            if self.draining and not was_draining:
+                self._revoke_leases(f"node {self.node_id} drains")
             if not result["known"]:
                 self.registered = False
                 self.next_heartbeat = 0.0
@@ -239,6 +245,7 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin):
         self.routes.pop(driver, None)
         self.outbox.pop(driver, None)
         self.queue = collections.deque(t for t in self.queue if t.driver != driver)
+        self._kill_leased_of(driver)
         for worker in list(self.workers.values()):
             info = self.actor_info.get(worker.actor_id) if worker.actor_id else None
             owned = (info and info.driver == driver and not info.spec.detached) or \

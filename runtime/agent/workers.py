@@ -36,6 +36,7 @@ class WorkerProcess:
         self.backlog: list = []                # messages waiting for `ready`
         self.killed_reason: str | None = None
         self.blocked = False    # its task waits in get(): its resources are lent out
+        self.lease = None       # runtime.agent.leases.AgentLease: a driver leases it
 
 
 class WorkersMixin(WorkerBoundMixin):
@@ -52,6 +53,8 @@ class WorkersMixin(WorkerBoundMixin):
                 "--worker-id", worker_id, "--parent-pid", str(os.getpid())]
         env = dict(os.environ, CORRAL_NODE_ID=self.node_id)
         env.pop(gpus.CUDA_VISIBLE_DEVICES, None)
+        if actor_id is None and self.leasable:
+            argv += ["--leasable"]
         if actor_id is not None:
             argv += ["--direct"]
             if gpu_ids:
@@ -87,16 +90,18 @@ class WorkersMixin(WorkerBoundMixin):
         self._to_driver(line.driver, Printed.of(node_id, pid, line.text, line.stream))
 
     def _worker_blocked(self, worker, header, frames) -> None:
-        """Lent: all but its GPUs (scheduling.lendable)."""
-        if worker.task is not None and not worker.blocked:
+        """Lent: all but its GPUs (scheduling.lendable); of a leased worker, its lease's."""
+        held = worker.task or worker.lease
+        if held is not None and not worker.blocked:
             worker.blocked = True
-            lent = scheduling.lendable(worker.task.shape)
+            lent = scheduling.lendable(held.shape)
             scheduling.release(self.available, lent)
 
     def _worker_unblocked(self, worker, header, frames) -> None:
-        if worker.blocked:    # taken back even if that oversubscribes for a while
-            worker.blocked = False
-            lent = scheduling.lendable(worker.task.shape)
+        held = worker.task or worker.lease
+        if worker.blocked and held is not None:   # taken back even if that
+            worker.blocked = False                 # oversubscribes for a while
+            lent = scheduling.lendable(held.shape)
             scheduling.acquire(self.available, lent)
 
     def _worker_returned(self, worker, task_id: bytes, frames) -> None:
@@ -114,6 +119,9 @@ class WorkersMixin(WorkerBoundMixin):
 
     def _worker_done(self, worker, done: TaskDone, frames) -> None:
         task_id, ok = done.task_id, done.ok
+        if worker.lease is not None and worker.task is None:   # (runtime.agent.leases)
+            self._leased_done(worker, done, frames)
+            return
         if worker.actor_id is not None:
             task = worker.pending.pop(task_id, None)
             if task is not None and task.kind == ACTOR_CREATE and not ok:
@@ -157,15 +165,19 @@ class WorkersMixin(WorkerBoundMixin):
             cause = worker.killed_reason or (
                 f"worker process {worker.proc.pid} died "
                 + (f"(signal {-code})" if code < 0 else f"(exit code {code})"))
-            if worker.actor_id is not None:
-                self.actors.pop(worker.actor_id, None)
+            if worker.actor_id is not None or self.leasable:
+                role = "actor" if worker.actor_id is not None else "task"
                 for path in (protocol.ipc_path(protocol.ipc_endpoint(    # left behind
-                        self.ipc_dir, f"actor-{worker.worker_id}")),
-                        sync_channel.endpoint_path(self.ipc_dir, worker.worker_id)):
+                        self.ipc_dir, f"{role}-{worker.worker_id}")),
+                        sync_channel.endpoint_path(self.ipc_dir, worker.worker_id, role)):
                     try:
                         os.unlink(path)
                     except OSError:
                         pass
+            if worker.lease is not None:
+                self._leased_worker_died(worker, cause)
+            if worker.actor_id is not None:
+                self.actors.pop(worker.actor_id, None)
                 info = self.actor_info.pop(worker.actor_id, None)
                 if info:
                     scheduling.release(self.available, info.shape)

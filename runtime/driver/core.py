@@ -259,6 +259,10 @@ class DriverCore:
 
     def close(self, notify: bool = True) -> None:
         if notify and self.running:
+            try:     # idle leases go back before the control service says we are gone
+                self._run(lambda: self.io.leases.return_all())
+            except DriverIOError:
+                pass
             try:
                 self.call_control("driver_exit", timeout_s=2.0, driver_id=self.driver_id)
             except (RuntimeConnectionError, DriverIOError):

@@ -22,6 +22,7 @@ from runtime import scheduling
 from runtime.protocol import frames as protocol
 from runtime.driver.bound import DriverBoundMixin
 from runtime.driver.objects import ObjectsMixin
+from runtime.driver.leases import DriverLeases
 from runtime.driver.place import PlacementMixin
 from runtime.driver.relocate import RelocateMixin
 from runtime.driver.results import ResultsMixin
@@ -52,6 +53,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
         self.full_nodes: dict[str, dict] = {}   # node id -> its agent's bound notice
         self.bound_waiting: collections.deque = collections.deque()  # actor creations
         self.bound_explained_s: float | None = None    # when that wait was explained
+        self.leases = DriverLeases(self)       # tasks straight to leased workers
 
     # ------------------------------------------------------------ nodes
     def learn_nodes(self, table) -> None:
@@ -92,6 +94,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
         core.poller.register(sock, zmq.POLLIN)
         if core.home_node_id is None and endpoint == ipc:
             core.home_node_id = node["node_id"]
+        if endpoint == ipc:
+            self.leases.local_nodes.add(node["node_id"])
         return sock
 
     def _close_agent(self, node_id: str) -> None:
@@ -102,6 +106,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
 
     def _node_died(self, node_id: str) -> None:
         core = self.core
+        self.leases.node_died(node_id)
         self._close_agent(node_id)
         core.inflight.pop(node_id, None)
         cause = f"node {node_id} died"
@@ -127,6 +132,7 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
         for key, queue in self.waiting.items():
             if queue:
                 demand[key] += len(queue)
+        demand.update(self.leases.queued_demand())
         self._warn_unfit(demand)
         demand.update(self.bound_demand())
         request_id = self._rpc_id()

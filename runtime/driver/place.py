@@ -128,6 +128,8 @@ class PlacementMixin:
             actor.sync = None
 
     def sync_readable(self, fd: int) -> None:
+        if self.leases.sync_readable(fd):
+            return
         actor = self.core.sync_actors.get(fd)
         if actor is None:
             return
@@ -207,6 +209,12 @@ class PlacementMixin:
                 continue
             cpus = max(1.0, core.nodes[node_id]["resources_total"].get("CPU", 1.0))
             surplus = core.inflight[node_id] - int(cpus)
+            for record in self.leases.take_back(node_id, max(0, surplus)):
+                core.tasks.pop(record.task_id, None)
+                core.inflight[node_id] -= 1
+                surplus -= 1
+                record.node_id = None
+                self.place(record)
             if surplus > 0:
                 protocol.send(sock, Kind.RECLAIM, tuple(Reclaim(core.driver_id, surplus)))
 
@@ -226,6 +234,8 @@ class PlacementMixin:
         self.core.tasks[record.task_id] = record
         if record.kind == "task":
             self.core.inflight[node_id] += 1
+            if self.leases.offer(record, node_id):   # straight to a leased worker
+                return
         self.core.outgoing[node_id].append(record)
 
     def flush(self) -> None:
@@ -233,6 +243,7 @@ class PlacementMixin:
         same-host actors, frees. A batch that cannot be built or sent fails its own
         records (DriverIOError), not the IO thread nor the other batches."""
         core = self.core
+        self.leases.pump()     # (before the batches: tasks it cannot lease go in them)
         outgoing, core.outgoing = core.outgoing, collections.defaultdict(list)
         for node_id, records in outgoing.items():
             if not records:

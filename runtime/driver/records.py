@@ -39,7 +39,7 @@ class TaskRecord:
 
     __slots__ = ("task_id", "kind", "name", "fn", "fn_id", "method", "args", "kwargs",
                  "shape", "actor_id", "detached", "retries_left", "node_id", "deps",
-                 "last_cause", "direct")
+                 "last_cause", "direct", "lease")
 
     def __init__(self, task_id: bytes, kind: str, name: str, fn: bytes | None,
                  fn_id: bytes | None, args: list, kwargs: dict, shape: dict,
@@ -61,6 +61,7 @@ class TaskRecord:
         self.deps: set = set()
         self.last_cause = ""
         self.direct = False         # an actor call sent straight to the actor's worker
+        self.lease = None           # the lease it was sent on (runtime.driver.leases)
 
     def refs(self):
         for kind, item in list(self.args) + list(self.kwargs.values()):

@@ -41,6 +41,10 @@ class ResultsMixin:
                     self.learn_nodes(result["nodes"])
             elif kind == Kind.NODES:
                 self.learn_nodes(header)
+        elif kind == Kind.LEASED:
+            self.leases.granted(header)
+        elif kind == Kind.LEASE_REVOKED:
+            self.leases.revoked(header)
         elif kind == Kind.RESULTS:
             with core.cv:
                 for item in header:
@@ -76,6 +80,8 @@ class ResultsMixin:
             return
         if record.kind == "task":
             core.inflight[record.node_id] -= 1
+            if record.lease is not None:
+                self.leases.answered(record, status)
         elif record.kind == "actor_call" and record.direct:
             actor = core.actors.get(record.actor_id)
             if actor is not None and actor.direct_inflight > 0:
@@ -143,6 +149,8 @@ class ResultsMixin:
         if record is not None:
             if record.kind == "task" and record.node_id is not None:
                 core.inflight[record.node_id] -= 1     # it is answered, if badly
+            if record.lease is not None:
+                self.leases.answered(record, "")
             try:
                 self._fail(record, failure, lock=False)
                 return

@@ -2,7 +2,8 @@
 
 Each node session has one: `<tmp>/corral-ipc-<uid>/<digest of the session path>`
 (short, so socket paths fit the 107-byte limit; private, 0700). Its node agent binds
-`agent.sock` there, its actor workers `actor-*.sock` and `actor-*.sync`. The agent
+`agent.sock` there, its actor workers `actor-*.sock` and `actor-*.sync` (leasable
+task workers: `task-*`). The agent
 claims the directory before it binds anything: `owner.json` names its pid and start
 time (runtime.node.processes identifies a process by both). Then:
 

@@ -12,7 +12,7 @@ sends is MalformedMessageError. Senders build records and send `tuple(record)` (
 """
 from __future__ import annotations
 
-from runtime.protocol import objects, tasks, workers
+from runtime.protocol import leases, objects, tasks, workers
 from runtime.protocol.frames import MalformedMessageError
 from runtime.protocol.kinds import Kind
 
@@ -52,6 +52,10 @@ DECODERS = {
     Kind.RETURNED: _typed(bytes),
     Kind.LOG: workers.log_of,
     Kind.EXIT: _none,
+    Kind.LEASE: leases.request_of,
+    Kind.LEASED: leases.reply_of,
+    Kind.LEASE_RETURN: leases.return_of,
+    Kind.LEASE_REVOKED: leases.revoked_of,
 }
 PASSED_THROUGH = frozenset((Kind.RPC, Kind.REPLY, Kind.NODES, Kind.DRIVER_DEAD))
 

@@ -39,6 +39,11 @@ class Kind(bytes, enum.Enum):
     RETURNED = b"returned"        # W -> A: an actor call's resources go back
     LOG = b"log"                  # W -> A: a line the task printed
     EXIT = b"exit"                # W -> A: the worker is leaving
+    # worker leases (runtime.protocol.leases): tasks straight from driver to worker
+    LEASE = b"lease"              # D -> A: LeaseRequest, task workers for a shape
+    LEASED = b"leased"            # A -> D: LeaseReply, the leases granted (maybe none)
+    LEASE_RETURN = b"lease_return"    # D -> A: LeaseReturn, a lease given back
+    LEASE_REVOKED = b"lease_revoked"  # A -> D: LeaseRevoked, send it no more tasks
 
     @classmethod
     def of(cls, frame: bytes) -> "Kind | None":

@@ -23,8 +23,9 @@ from runtime.node import private_paths
 MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def endpoint_path(directory: str, worker_id: str) -> str:
-    return os.path.join(directory, f"actor-{worker_id}.sync")
+def endpoint_path(directory: str, worker_id: str, role: str = "actor") -> str:
+    """role: "actor" (an actor's worker) or "task" (a task worker drivers may lease)."""
+    return os.path.join(directory, f"{role}-{worker_id}.sync")
 
 
 def listen(path: str) -> socket.socket:
@@ -58,3 +59,16 @@ def receive(sock: socket.socket):
     if not data:
         return None
     return pickle.loads(data)
+
+
+def receive_waiting(sock: socket.socket) -> list:
+    """The headers already waiting on the channel, without blocking."""
+    headers = []
+    while True:
+        try:
+            data = sock.recv(MAX_MESSAGE_BYTES + 1, socket.MSG_DONTWAIT)
+        except OSError:     # nothing waiting (BlockingIOError), or the peer is gone
+            return headers
+        if not data:
+            return headers
+        headers.append(pickle.loads(data))

@@ -1,5 +1,7 @@
 """A worker process: runs tasks (or hosts one actor) for its node agent, over the agent's
-local ipc socket. Its stdout/stderr go to the driver of the task it runs. It runs each
+local ipc socket; a leasable task worker (--leasable) also runs the tasks of the driver
+that leased it (runtime.protocol.leases, runtime.worker.leased), sent straight to its
+direct socket. Its stdout/stderr go to the driver of the task it runs. It runs each
 task with that task's GPU ids in CUDA_VISIBLE_DEVICES (an actor: with its own, from its
 start to its end; runtime.node.gpus)."""
 from __future__ import annotations
@@ -22,30 +24,37 @@ from runtime.driver import nested_refs
 from runtime.protocol import codec
 from runtime.protocol import frames as protocol
 from runtime.protocol import sync_channel
-from runtime.protocol.frames import Packer, serialize, unpack_value
+from runtime.protocol.frames import INLINE_LIMIT_BYTES, Packer, serialize, unpack_value
 from runtime.protocol.kinds import Kind
 from runtime.protocol.tasks import (ACTOR_CALL, ACTOR_CREATE, ResultValue, TaskMessage,
                                     message_of)
 from runtime.protocol.workers import WorkerLog
+from runtime.worker.leased import LeasedServing
 from runtime.worker.process import DriverOutput, die_with_parent, exit_when_reparented
 
 __all__ = ["Worker", "main", "remote_error", "die_with_parent", "exit_when_reparented"]
 
 log = logging.getLogger("corral.worker")
 _TAKEN = frozenset((Kind.TASK, Kind.EXIT))    # what a worker is sent
-class Worker:
-    def __init__(self, endpoint: str, worker_id: str, direct: bool = False):
+class Worker(LeasedServing):
+    def __init__(self, endpoint: str, worker_id: str, direct: bool = False,
+                 leasable: bool = False):
+        """direct: an actor's worker; leasable: a task worker that drivers may lease.
+        Both take tasks from drivers on this host on a direct socket and a sync channel."""
         self.ctx = zmq.Context()
+        self.hosts_actor = direct
+        self.node_id = os.environ.get("CORRAL_NODE_ID", "")
         self.direct = None
         self.direct_endpoint = None
         self.sync_path = None
         self.sync_listener = None
         self.sync_conns: dict[int, socket.socket] = {}
-        if direct:  # an actor: local drivers may call it without the agent in between
+        if direct or leasable:  # local drivers may call it without the agent in between
             directory = os.path.dirname(protocol.ipc_path(endpoint))
-            self.direct_endpoint = protocol.ipc_endpoint(directory, f"actor-{worker_id}")
+            role = "actor" if direct else "task"
+            self.direct_endpoint = protocol.ipc_endpoint(directory, f"{role}-{worker_id}")
             self.direct = protocol.bind_router(self.ctx, self.direct_endpoint, None)
-            self.sync_path = sync_channel.endpoint_path(directory, worker_id)
+            self.sync_path = sync_channel.endpoint_path(directory, worker_id, role)
             self.sync_listener = sync_channel.listen(self.sync_path)
         self.sock = protocol.connect_dealer(self.ctx, endpoint, None,
                                             b"W" + worker_id.encode())
@@ -84,7 +93,7 @@ class Worker:
                     if kind == Kind.EXIT:
                         self._close()
                         return
-                    if self.direct is None:   # a task worker: this task's GPUs, or none
+                    if not self.hosts_actor:   # a task worker: this task's GPUs, or none
                         gpus.assign(task.gpu_ids)
                     ok, result = self._run_task(task, frames)
                     with self.lock:   # a large result goes in pieces (driver_objects)
@@ -92,8 +101,11 @@ class Worker:
                     if self.exit_requested:   # asked while the task was blocked
                         self._close()
                         return
-                else:
+                elif self.hosts_actor:
                     self._serve_direct()
+                elif self._serve_leased():
+                    self._close()
+                    return
 
     @staticmethod
     def _receive(sock, routed: bool, flags: int = 0):
@@ -129,6 +141,8 @@ class Worker:
         """Tasks the agent queued here early (the next one of the same shape) go back to
         it: waiting behind this task, one of them could be the very task it waits for."""
         with self.lock:
+            if self.direct is not None and not self.hosts_actor:
+                self._return_leased()
             while True:
                 try:
                     received = self._receive(self.sock, False, zmq.NOBLOCK)
@@ -174,7 +188,13 @@ class Worker:
         except ValueError as error:
             log.warning("dropped a sync-channel message: %s", error)
             return
+        if not self.hosts_actor:
+            gpus.assign(())       # leases are never for GPU tasks
         ok, result = self._run_task(task, [])
+        if not self.hosts_actor and ok and result.size_bytes > INLINE_LIMIT_BYTES:
+            with self.lock:   # a leased task's large result: into the agent's store
+                driver_objects.send_result(self.sock, task, ok, result)
+            return
         packer = Packer()
         entries = [tuple(ResultValue.of(task.task_id, ok, packer.value(result)))]
         message = None if packer.frames else sync_channel.encode(entries)
@@ -272,6 +292,8 @@ def main(argv=None) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--direct", action="store_true",
                         help="actor worker: also accept calls from local drivers")
+    parser.add_argument("--leasable", action="store_true",
+                        help="task worker: drivers on this host may lease it")
     parser.add_argument("--parent-pid", type=int,
                         help="the node agent's pid: exit at once if it is already gone")
     parser.add_argument("--gpu-ids", default="",
@@ -282,7 +304,7 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # A task that calls remote functions or actors connects to the cluster on first use.
     api.connect_on_first_use()
-    worker = Worker(args.endpoint, args.worker_id, args.direct)
+    worker = Worker(args.endpoint, args.worker_id, args.direct, args.leasable)
     if not args.direct:   # an actor keeps its resources for its whole life
         api.set_blocking_hooks(worker.blocked_enter, worker.blocked_leave,
                                worker.blocked_tick)
