@@ -20,6 +20,8 @@ import zmq
 
 from runtime import scheduling
 from runtime.protocol import frames as protocol
+from runtime.protocol import rpc
+from runtime.protocol.kinds import Kind
 from runtime.driver.bound import DriverBoundMixin
 from runtime.driver.objects import ObjectsMixin
 from runtime.driver.leases import DriverLeases
@@ -135,9 +137,8 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
         demand.update(self.leases.queued_demand())
         self._warn_unfit(demand)
         demand.update(self.bound_demand())
-        request_id = self._rpc_id()
-        protocol.send(self.core.control, b"rpc", (request_id, "driver_heartbeat", {
-            "driver_id": self.core.driver_id, "pending_demand": dict(demand)}))
+        self.send_rpc("driver_heartbeat", {"driver_id": self.core.driver_id,
+                                           "pending_demand": dict(demand)})
 
     def _warn_unfit(self, demand: collections.Counter) -> None:
         """Once per shape: work that has waited UNFIT_WARNING_S for resources no live
@@ -163,3 +164,10 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
 
     def _rpc_id(self) -> int:
         return next(self.core.rpc_ids)
+
+    def send_rpc(self, method: str, kwargs: dict, request_id=None) -> None:
+        """A request to the control service (runtime.protocol.rpc); its reply is matched
+        by request_id in ResultsMixin.handle when someone waits for it."""
+        request_id = self._rpc_id() if request_id is None else request_id
+        protocol.send(self.core.control, Kind.RPC,
+                      tuple(rpc.RpcRequest(request_id, method, kwargs)))

@@ -75,11 +75,11 @@ class PlacementMixin:
             if actor.owned:
                 self.publish_actor(actor, "creating")
             if actor.name and actor.owned:
-                protocol.send(core.control, b"rpc", (self._rpc_id(), "register_actor", {
+                self.send_rpc("register_actor", {
                     "name": actor.name, "info": {
                         "actor_id": actor.actor_id, "node_id": node_id,
                         "owner": core.driver_id, "detached": record.detached,
-                        "class_name": actor.class_name, "epoch": actor.epoch}}))
+                        "class_name": actor.class_name, "epoch": actor.epoch}})
             calls, actor.waiting_calls = actor.waiting_calls, []
             for call in calls:
                 self.place(call)

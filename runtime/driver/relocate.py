@@ -22,7 +22,6 @@ import heapq
 import time
 from concurrent.futures import Future
 
-from runtime.protocol import frames as protocol
 from runtime.errors import ActorDiedError
 
 RELOCATE_POLL_S = 0.2
@@ -37,7 +36,7 @@ class RelocateMixin:
         request_id = self._rpc_id()
         self.core.rpc_futures[request_id] = future
         future.add_done_callback(lambda done: on_answer(*done.result()))
-        protocol.send(self.core.control, b"rpc", (request_id, method, kwargs))
+        self.send_rpc(method, kwargs, request_id)
 
     def later(self, delay_s: float, action) -> None:
         heapq.heappush(self.timers, (time.monotonic() + delay_s, next(self.timer_ids),
@@ -51,14 +50,13 @@ class RelocateMixin:
     # -- owner ------------------------------------------------------------------------
     def publish_actor(self, actor, state: str) -> None:
         """state: "creating", "up" or "restarting" (an actor this process owns)."""
-        protocol.send(self.core.control, b"rpc", (self._rpc_id(), "actor_up", {
+        self.send_rpc("actor_up", {
             "actor_id": actor.actor_id,
             "info": {"state": state, "node_id": actor.node_id, "epoch": actor.epoch,
-                     "owner": self.core.driver_id, "detached": actor.create.detached}}))
+                     "owner": self.core.driver_id, "detached": actor.create.detached}})
 
     def publish_actor_gone(self, actor) -> None:
-        protocol.send(self.core.control, b"rpc", (self._rpc_id(), "remove_actor", {
-            "name": actor.name, "actor_id": actor.actor_id}))
+        self.send_rpc("remove_actor", {"name": actor.name, "actor_id": actor.actor_id})
 
     # -- borrower ---------------------------------------------------------------------
     def relocate(self, actor, cause: str) -> None:
