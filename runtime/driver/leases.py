@@ -7,8 +7,8 @@ A task goes this way when it is placed on a node whose agent this driver reaches
 ipc (same host) and: it is a plain task (not an actor creation or call), its shape has
 no GPU (GPU ids are given per task by the agent), and every argument that is a ref has
 its value here, small (a ref whose value is on a node, or large, needs the agent to
-fetch or keep it). Other work keeps the agent path, as does everything when
-CORRAL_LEASES=0 (runtime.protocol.leases.enabled).
+fetch or keep it). Other work keeps the agent path, as does everything unless
+CORRAL_LEASES=1 (runtime.protocol.leases.enabled).
 
 Such a task waits in a queue per (node, shape) until a leased worker of that shape is
 idle, or, while the agent has no more workers to lease for it ("full", as when its own

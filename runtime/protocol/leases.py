@@ -80,8 +80,10 @@ def revoked_of(header) -> LeaseRevoked:
 
 
 def enabled() -> bool:
-    """Leases are on unless CORRAL_LEASES=0 in the environment of the driver or the
-    node agent (its workers inherit it): then every task goes through the agent, as
-    before leases. A driver whose agent has them off is granted none, and sends its
-    tasks through that agent (runtime.driver.leases)."""
-    return os.environ.get(ENV_SWITCH, "1") != "0"
+    """Leases are on with CORRAL_LEASES=1 in the environment of the driver and the
+    node agent (its workers inherit it); otherwise every task goes through the agent.
+    Off by default for now: a print from a nested task run on a leased worker was once
+    lost in CI (tests/runtime/test_nested.py), so the old path stays the default until
+    that is understood. A driver whose agent has them off is granted none, and sends
+    its tasks through that agent (runtime.driver.leases)."""
+    return os.environ.get(ENV_SWITCH, "0") == "1"

@@ -41,8 +41,10 @@ def test_malformed_lease_headers_are_refused(pair, kind, header):  # noqa: F811
         round_trip(pair, kind, header)
 
 
-def test_leases_are_on_unless_switched_off(monkeypatch):
+def test_leases_are_off_unless_switched_on(monkeypatch):
     monkeypatch.delenv(leases.ENV_SWITCH, raising=False)
+    assert not leases.enabled()
+    monkeypatch.setenv(leases.ENV_SWITCH, "1")
     assert leases.enabled()
     monkeypatch.setenv(leases.ENV_SWITCH, "0")
     assert not leases.enabled()
