@@ -105,9 +105,8 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin, LeasesMixin):
             for sock in events:
                 for _ in range(1000):
                     try:
-                        identity, kind, header, frames = protocol.recv(
+                        identity, kind, header, frames = codec.receive(
                             sock, sock in (self.local, self.remote), zmq.NOBLOCK)
-                        header = codec.decode(identity, kind, header)
                     except zmq.Again:
                         break
                     except protocol.MalformedMessageError as error:
@@ -175,8 +174,7 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin, LeasesMixin):
                           address=self.address, ipc=self.local_endpoint,
                           hostname=socket.gethostname(), resources_total=self.total,
                           protocol_version=version.PROTOCOL_VERSION)
-            protocol.send(self.control, Kind.RPC,
-                          tuple(rpc.RpcRequest("register", "register_node", kwargs)))
+            rpc.send_request(self.control, "register", "register_node", kwargs)
             return
         busy = any(w.task or w.lease for w in self.workers.values()) or self.actors
         if busy:
@@ -189,8 +187,7 @@ class NodeAgent(ObjectService, WorkersMixin, SchedulerMixin, LeasesMixin):
         kwargs = dict(node_id=self.node_id, resources_available=self._reported_available(),
                       idle_since_s=self.idle_since_s, queued_demand=dict(demand),
                       drained_idle=drained_idle)
-        protocol.send(self.control, Kind.RPC,
-                      tuple(rpc.RpcRequest("heartbeat", "heartbeat", kwargs)))
+        rpc.send_request(self.control, "heartbeat", "heartbeat", kwargs)
 
     def _from_control(self, kind, header) -> None:
         if kind == Kind.DRIVER_DEAD:

@@ -55,7 +55,7 @@ class ControlClient:
         """The method's result; RemoteCallError (UnknownMethodError: an older service
         without it) when it failed there, RuntimeConnectionError when no answer came."""
         request_id = next(self.ids)
-        protocol.send(self.sock, Kind.RPC, tuple(rpc.RpcRequest(request_id, method, kwargs)))
+        rpc.send_request(self.sock, request_id, method, kwargs)
         while True:
             if not self.sock.poll(int(self.timeout_s * 1000)):
                 raise RuntimeConnectionError(self.address, f"no answer to {method} within "

@@ -17,7 +17,6 @@ import zmq
 
 from runtime.protocol import frames as protocol
 from runtime.protocol import rpc, version
-from runtime.protocol.kinds import Kind
 from runtime.driver.loop import Call, fail_queued_commands
 from runtime.driver.records import ActorRecord, Entry, TaskRecord
 from runtime.errors import DriverIOError, RuntimeConnectionError
@@ -125,8 +124,7 @@ class DriverCore:
         def send():
             request_id = next(self.rpc_ids)
             self.rpc_futures[request_id] = future
-            protocol.send(self.control, Kind.RPC,
-                          tuple(rpc.RpcRequest(request_id, method, kwargs)))
+            rpc.send_request(self.control, request_id, method, kwargs)
         self._run(Call(send, future, f"the control call {method}"))
         try:
             ok, result = future.result(timeout_s)

@@ -21,7 +21,6 @@ import zmq
 from runtime import scheduling
 from runtime.protocol import frames as protocol
 from runtime.protocol import rpc
-from runtime.protocol.kinds import Kind
 from runtime.driver.bound import DriverBoundMixin
 from runtime.driver.objects import ObjectsMixin
 from runtime.driver.leases import DriverLeases
@@ -169,5 +168,4 @@ class DriverIO(PlacementMixin, ResultsMixin, ObjectsMixin, RelocateMixin,
         """A request to the control service (runtime.protocol.rpc); its reply is matched
         by request_id in ResultsMixin.handle when someone waits for it."""
         request_id = self._rpc_id() if request_id is None else request_id
-        protocol.send(self.core.control, Kind.RPC,
-                      tuple(rpc.RpcRequest(request_id, method, kwargs)))
+        rpc.send_request(self.core.control, request_id, method, kwargs)

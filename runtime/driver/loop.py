@@ -127,8 +127,7 @@ class Serve:
             return
         for _ in range(BATCH):
             try:
-                _, kind, header, frames = protocol.recv(sock, False, zmq.NOBLOCK)
-                header = codec.decode(None, kind, header)
+                _, kind, header, frames = codec.receive(sock, False, zmq.NOBLOCK)
             except zmq.Again:
                 break
             except protocol.MalformedMessageError as error:

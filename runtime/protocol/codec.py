@@ -1,8 +1,7 @@
 """A received header, by its kind, as its record: the one place receivers of the
 driver / node agent / worker messages turn the plain tuples of the wire into records.
 
-    identity, kind, header, frames = frames.recv(sock, routed)
-    header = codec.decode(identity, kind, header)   # MalformedMessageError if not one
+    identity, kind, header, frames = codec.receive(sock, routed)   # header: a record
 
 Headers that are a single value (a pid, an id, None) are checked for their type and
 stay that value. A kind with no entry here (the control service's rpc, reply, nodes and
@@ -13,6 +12,7 @@ sends is MalformedMessageError. Senders build records and send `tuple(record)` (
 from __future__ import annotations
 
 from runtime.protocol import leases, objects, tasks, workers
+from runtime.protocol import frames as wire
 from runtime.protocol.frames import MalformedMessageError
 from runtime.protocol.kinds import Kind
 
@@ -72,3 +72,11 @@ def decode(identity: bytes | None, kind: bytes, header):
         return decoder(header)
     except (ValueError, TypeError) as error:
         raise MalformedMessageError(identity, kind, str(error)) from None
+
+
+def receive(sock, routed: bool, flags: int = 0):
+    """frames.recv, then decode: (identity or None, kind, record, extra frames).
+    zmq.Again as recv; MalformedMessageError (the message consumed) when its frames or
+    its header do not parse."""
+    identity, kind, header, frames = wire.recv(sock, routed, flags)
+    return identity, kind, decode(identity, kind, header), frames

@@ -73,6 +73,13 @@ def unknown_method(method) -> RemoteFailure:
     return RemoteFailure(UNKNOWN_METHOD, f"unknown control method {method!r:.100}")
 
 
+def send_request(sock, request_id, method: str, kwargs: dict) -> None:
+    """Send an RpcRequest (Kind.RPC) on `sock`: the one way every caller asks."""
+    from runtime.protocol import frames
+    from runtime.protocol.kinds import Kind
+    frames.send(sock, Kind.RPC, tuple(RpcRequest(request_id, method, kwargs)))
+
+
 def request_of(header) -> RpcRequest:
     """The request in a received header; ValueError when it is not three items (there
     is no request id to answer). Its method and kwargs are not checked here: a request

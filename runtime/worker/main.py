@@ -113,8 +113,7 @@ class Worker(LeasedServing):
         (logged) for a message that does not parse or is neither: the worker goes on.
         zmq.Again as recv."""
         try:
-            identity, kind, header, frames = protocol.recv(sock, routed, flags)
-            header = codec.decode(identity, kind, header)
+            identity, kind, header, frames = codec.receive(sock, routed, flags)
         except protocol.MalformedMessageError as error:
             log.warning("dropped: %s", error)
             return None
